@@ -1,0 +1,29 @@
+# The two commands of the README:
+#   make demo   set up (idempotent) and run the main job
+#   make test   set up (idempotent) and run every test and check
+# Cargo finds libtorch through the venv's python (tch's LIBTORCH_USE_PYTORCH route); build.rs
+# embeds an rpath, so the built binaries need no environment of their own.
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+export LIBTORCH_USE_PYTORCH := 1
+CARGO ?= cargo
+
+.PHONY: setup build demo test lint bench
+setup:
+	./scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release
+
+demo: build
+	./target/release/infini --help
+	./target/release/infini demo-memory
+
+lint: setup
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+test: lint
+	$(CARGO) test --all-targets
+
+bench: setup
+	$(CARGO) bench --bench ltm

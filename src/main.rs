@@ -1,0 +1,26 @@
+//! The `infini` command line.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use infini::demo::{run_memory_demo, MemoryDemo};
+
+/// infini: chat with unbounded memory at constant cost per token (the ∞-former).
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Stream a long synthetic signal through one ∞-former memory and show that its size and
+    /// update cost stay constant while the latest chunk stays readable.
+    DemoMemory(MemoryDemo),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::DemoMemory(args) => run_memory_demo(&args, &mut std::io::stdout()),
+    }
+}
