@@ -1,6 +1,6 @@
 //! infini: an inference server whose conversations keep an unbounded memory at constant cost per
 //! token, built on the ∞-former (Martins et al., ACL 2022).
 
+pub mod demo;
 pub mod ltm;
 pub mod rope;
-pub mod demo;
