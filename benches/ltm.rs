@@ -7,7 +7,9 @@
 //! * Gibbs read: the joint softmax of §9.2 for 1024 queries (and for 1, a decode step) over a
 //!   1024-slot short-term memory plus R = 256 memory points, 9 heads of 64.
 
-use infini::ltm::{joint_attention, GaussianReading, LongTermMemory, LtmConfig, MemoryOperators};
+use infini::ltm::{
+    joint_attention, GaussianReading, KeyGroup, LongTermMemory, LtmConfig, MemoryOperators,
+};
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -71,12 +73,24 @@ fn main() {
         let stm_v = Tensor::randn([batch, HEADS, QUERIES, HEAD_DIM], options);
         let mem_k = Tensor::randn([batch, HEADS, points, HEAD_DIM], options);
         let mem_v = Tensor::randn([batch, HEADS, points, HEAD_DIM], options);
-        let log_w = Tensor::zeros([batch, points], options);
+        let log_w = Tensor::zeros([batch, 1, 1, points], options);
+        let groups = [
+            KeyGroup {
+                keys: &stm_k,
+                values: &stm_v,
+                bias: None,
+            },
+            KeyGroup {
+                keys: &mem_k,
+                values: &mem_v,
+                bias: Some(&log_w),
+            },
+        ];
         report(
             "Gibbs joint read (§9.2), L=1024",
             batch,
             time_ms(|| {
-                let _ = joint_attention(&queries, (&stm_k, &stm_v, None), (&mem_k, &mem_v, &log_w));
+                let _ = joint_attention(&queries, &groups);
             }),
         );
         let one = queries.narrow(2, 0, 1);
@@ -84,7 +98,7 @@ fn main() {
             "Gibbs joint read, 1 query",
             batch,
             time_ms(|| {
-                let _ = joint_attention(&one, (&stm_k, &stm_v, None), (&mem_k, &mem_v, &log_w));
+                let _ = joint_attention(&one, &groups);
             }),
         );
     }

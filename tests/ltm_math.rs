@@ -6,8 +6,8 @@ use infini::ltm::ridge::{
 };
 use infini::ltm::sticky::{gaussian_mass_histogram, sample_positions};
 use infini::ltm::{
-    joint_attention, quadrature_log_weights, variance_kl, Basis, GaussianReading, LongTermMemory,
-    LtmConfig, MemoryOperators,
+    joint_attention, quadrature_log_weights, variance_kl, Basis, GaussianReading, KeyGroup,
+    LongTermMemory, LtmConfig, MemoryOperators,
 };
 use infini::rope::Rope;
 use std::f64::consts::PI;
@@ -447,10 +447,21 @@ fn t8_gibbs_reading_is_exact_in_the_interpolating_limit() {
     let mem_v = unfold(points.narrow(2, heads * head_dim, heads * head_dim));
     let mem_k_rot = rope.rotate(&mem_k, &memory_position.expand([chunk as i64], false));
     let log_w = quadrature_log_weights(memory.token_density(), ops.quadrature_positions(), None);
+    let log_w = log_w.unsqueeze(1).unsqueeze(1); // [B, 1, 1, R]
     let read = joint_attention(
         &q_rot,
-        (&stm_k_rot, &stm_values, Some(&causal)),
-        (&mem_k_rot, &mem_v, &log_w),
+        &[
+            KeyGroup {
+                keys: &stm_k_rot,
+                values: &stm_values,
+                bias: Some(&causal),
+            },
+            KeyGroup {
+                keys: &mem_k_rot,
+                values: &mem_v,
+                bias: Some(&log_w),
+            },
+        ],
     );
 
     let diff = max_abs(&(&read.context - &reference));
@@ -458,7 +469,7 @@ fn t8_gibbs_reading_is_exact_in_the_interpolating_limit() {
         diff < 1e-7,
         "joint reading differs from full attention by {diff}"
     );
-    let mass = read.memory_mass.sum(Kind::Double).double_value(&[]);
+    let mass = read.probabilities[1].sum(Kind::Double).double_value(&[]);
     assert!(
         mass > 0.1 * (heads * queries) as f64,
         "memory took almost no mass ({mass}); the test has no power"

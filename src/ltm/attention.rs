@@ -111,49 +111,62 @@ pub fn quadrature_log_weights(
     weight.clamp_min(1e-30).log()
 }
 
-/// The result of a joint read over the short-term memory and the memory points.
+/// One group of keys in a joint softmax: keys and values `[B, H, L_i, d]` and an optional additive
+/// logit bias broadcastable to `[B, H, T, L_i]` (ln w_k for memory points, −∞ to hide a slot).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyGroup<'a> {
+    pub keys: &'a Tensor,
+    pub values: &'a Tensor,
+    pub bias: Option<&'a Tensor>,
+}
+
+/// The result of a joint read.
 #[derive(Debug)]
 pub struct JointRead {
     /// Attention output `[B, H, T, d]`.
     pub context: Tensor,
-    /// Softmax mass on each memory point `[B, H, T, R]` (feeds sticky memories, §9.2).
-    pub memory_mass: Tensor,
+    /// Softmax mass on every key of each group, `[B, H, T, L_i]` in the groups' order (the mass on
+    /// memory points feeds sticky memories, §9.2).
+    pub probabilities: Vec<Tensor>,
 }
 
-/// One softmax over short-term keys and memory points (§9.2).
+/// One softmax over several groups of keys: sinks, short-term memory, archive blocks and memory
+/// points alike (§9.2, §9.7).
 ///
-/// Queries `[B, H, T, d]`; short-term keys and values `[B, H, S, d]` with an optional additive mask
-/// broadcastable to `[B, H, T, S]` (−∞ hides a slot); memory keys and values `[B, H, R, d]`, already
-/// rotated to the memory position by the caller, and their ln w_k `[B, R]`. Logits are q·k/√d for
-/// both, plus ln w_k for the memory, so with an exact signal this equals attention over every past
-/// token, and with a compressed one p(t) ∝ density(t)·exp(q·k(t)/√d) by the midpoint rule.
-pub fn joint_attention(
-    queries: &Tensor,
-    short_term: (&Tensor, &Tensor, Option<&Tensor>),
-    memory: (&Tensor, &Tensor, &Tensor),
-) -> JointRead {
-    let (stm_keys, stm_values, stm_mask) = short_term;
-    let (mem_keys, mem_values, mem_log_weights) = memory;
+/// Queries `[B, H, T, d]`, already rotated; each group's keys already rotated to where they are read
+/// (the memory's at the memory position). Logits are q·k/√d plus the group's bias, so with an exact
+/// signal and ln w_k = 0 this is attention over every past token, and with a compressed signal it
+/// is p(t) ∝ density(t)·exp(q·k(t)/√d) by the midpoint rule. Logits are formed per group and only
+/// they are concatenated, so no key or value tensor is copied.
+pub fn joint_attention(queries: &Tensor, groups: &[KeyGroup]) -> JointRead {
     let head_dim = *queries
         .size()
         .last()
         .expect("queries have a feature dimension") as f64;
     let scaled = queries / head_dim.sqrt();
-    let mut stm_logits = scaled.matmul(&stm_keys.transpose(-1, -2)); // [B, H, T, S]
-    if let Some(mask) = stm_mask {
-        stm_logits += mask;
-    }
-    let mem_logits =
-        scaled.matmul(&mem_keys.transpose(-1, -2)) + mem_log_weights.unsqueeze(1).unsqueeze(1);
-    let stm_len = stm_logits.size()[3];
-    let mem_len = mem_logits.size()[3];
-    let probabilities = Tensor::cat(&[stm_logits, mem_logits], -1).softmax(-1, queries.kind());
-    let stm_p = probabilities.narrow(-1, 0, stm_len);
-    let mem_p = probabilities.narrow(-1, stm_len, mem_len);
-    let context = stm_p.matmul(stm_values) + mem_p.matmul(mem_values);
+    let logits: Vec<Tensor> = groups
+        .iter()
+        .map(|g| {
+            let logits = scaled.matmul(&g.keys.transpose(-1, -2)); // [B, H, T, L_i]
+            match g.bias {
+                Some(bias) => logits + bias,
+                None => logits,
+            }
+        })
+        .collect();
+    let lengths: Vec<i64> = logits.iter().map(|l| l.size()[3]).collect();
+    let probabilities = Tensor::cat(&logits, -1)
+        .softmax(-1, queries.kind())
+        .split_with_sizes(&lengths, -1);
+    let context = probabilities
+        .iter()
+        .zip(groups)
+        .map(|(p, g)| p.matmul(g.values))
+        .reduce(|a, b| a + b)
+        .expect("at least one key group");
     JointRead {
         context,
-        memory_mass: mem_p,
+        probabilities,
     }
 }
 

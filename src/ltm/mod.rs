@@ -16,6 +16,7 @@ pub mod sticky;
 
 pub use attention::{
     joint_attention, quadrature_log_weights, variance_kl, GaussianRead, GaussianReading, JointRead,
+    KeyGroup,
 };
 pub use basis::Basis;
 pub use config::{LtmConfig, LtmConfigError, TokenPositions};
