@@ -3,4 +3,5 @@
 
 pub mod demo;
 pub mod ltm;
+pub mod model;
 pub mod rope;

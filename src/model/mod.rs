@@ -1,0 +1,3 @@
+//! The language model: weight loading and the decoder (`architecture.md`, "model/").
+
+pub mod gguf;
