@@ -2,6 +2,8 @@
 //! token, built on the ∞-former (Martins et al., ACL 2022).
 
 pub mod demo;
+pub mod engine;
 pub mod ltm;
 pub mod model;
 pub mod rope;
+pub mod tokenizer;
