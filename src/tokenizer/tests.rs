@@ -37,7 +37,7 @@ fn template_errors_are_clear() {
         .unwrap_err()
         .to_string();
     assert!(
-        message.starts_with("chat template:") && message.contains("line 1"),
+        message.starts_with("chat template: syntax error") && message.contains("chat_template:1"),
         "{message}"
     );
     let raising = ChatTemplate::new("{% if messages[0].role != 'system' %}{{ raise_exception('the first message must be a system message') }}{% endif %}", "", "").unwrap();
