@@ -163,19 +163,15 @@ impl Tokenizer {
             eos: id("tokenizer.ggml.eos_token_id"),
             padding: id("tokenizer.ggml.padding_token_id"),
         };
-        let mut tokenizer = Self {
+        let add_bos = file
+            .meta_bool("tokenizer.ggml.add_bos_token")
+            .unwrap_or(false);
+        Self::assemble(
             inner,
             special,
-            add_bos: file
-                .meta_bool("tokenizer.ggml.add_bos_token")
-                .unwrap_or(false),
-            chat_template: None,
-        };
-        tokenizer.check_special_ids()?;
-        if let Ok(source) = file.meta_str("tokenizer.chat_template") {
-            tokenizer.chat_template = Some(tokenizer.template_from(source)?);
-        }
-        Ok(tokenizer)
+            add_bos,
+            file.meta_str("tokenizer.chat_template").ok(),
+        )
     }
 
     /// Loads a Hugging Face `tokenizer.json`, with the special tokens and chat template of the
@@ -205,14 +201,25 @@ impl Tokenizer {
             eos: token_id("eos_token"),
             padding: token_id("pad_token"),
         };
+        let add_bos = config["add_bos_token"].as_bool().unwrap_or(false);
+        Self::assemble(inner, special, add_bos, config["chat_template"].as_str())
+    }
+
+    /// Completes a loaded tokenizer: checks its special ids and compiles its chat template.
+    fn assemble(
+        inner: tokenizers::Tokenizer,
+        special: SpecialTokens,
+        add_bos: bool,
+        chat_template: Option<&str>,
+    ) -> Result<Self, TokenizerError> {
         let mut tokenizer = Self {
             inner,
             special,
-            add_bos: config["add_bos_token"].as_bool().unwrap_or(false),
+            add_bos,
             chat_template: None,
         };
         tokenizer.check_special_ids()?;
-        if let Some(source) = config["chat_template"].as_str() {
+        if let Some(source) = chat_template {
             tokenizer.chat_template = Some(tokenizer.template_from(source)?);
         }
         Ok(tokenizer)

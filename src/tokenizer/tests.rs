@@ -119,3 +119,35 @@ fn finishing_mid_character_flushes_a_replacement_character() {
     assert_eq!(text, "a");
     assert!(decoder.finish(&tokenizer).unwrap().contains('\u{FFFD}'));
 }
+
+#[test]
+fn a_tokenizer_json_folder_loads_with_its_config() {
+    let gguf = smollm();
+    let dir = std::env::temp_dir().join(format!("infini-hf-tokenizer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    gguf.inner.save(dir.join("tokenizer.json"), false).unwrap();
+    let config = r#"{"bos_token": "<|im_start|>", "eos_token": {"content": "<|im_end|>"},
+        "chat_template": "{{ messages[0].content }}"}"#;
+    std::fs::write(dir.join("tokenizer_config.json"), config).unwrap();
+    let hf = Tokenizer::from_hf_dir(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let hf = hf.unwrap();
+    let expected = SpecialTokens {
+        bos: Some(1),
+        eos: Some(2),
+        padding: None,
+    };
+    assert_eq!(hf.special_tokens(), expected);
+    let text = "Hello <|im_end|> 2026 中文 😀";
+    assert_eq!(hf.encode(text).unwrap(), gguf.encode(text).unwrap());
+    let rendered = hf
+        .chat_template()
+        .unwrap()
+        .render(&user("x"), false)
+        .unwrap();
+    assert_eq!(rendered, "x");
+    let missing = Tokenizer::from_hf_dir(Path::new("/nonexistent"))
+        .unwrap_err()
+        .to_string();
+    assert!(missing.contains("/nonexistent/tokenizer.json"), "{missing}");
+}
