@@ -4,3 +4,5 @@
 pub mod ltm;
 pub mod rope;
 pub mod demo;
+pub mod engine;
+pub mod model;
