@@ -9,7 +9,7 @@ use infini::ltm::{
 };
 use infini::rope::Rope;
 use std::f64::consts::PI;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 const F64: (Kind, Device) = (Kind::Double, Device::Cpu);
 
@@ -34,14 +34,16 @@ fn max_abs(t: &Tensor) -> f64 {
 }
 
 /// §10.1: fit then evaluate reconstructs a smooth multi-dimensional signal at the token midpoints;
-/// the error falls as N grows. Tolerance: relative L2 error ≤ 2% at N = 512, and strictly falling
-/// over N = 64, 128, 256, 512 (a wrong basis, G or evaluation breaks one of the two).
+/// the error falls as N grows. Tolerance at N = 512: relative L2 error ≤ 1e-3 on the interior
+/// (5% of the tokens dropped at each end; measured 7.5e-5) and ≤ 3% over all tokens (measured 2.4%:
+/// the zero padding pulls the signal towards 0 at the edges, §9.6); both strictly falling over
+/// N = 64, 128, 256, 512. A wrong basis, G or evaluation breaks them.
 #[test]
 fn t1_fit_reconstructs_a_smooth_signal_and_improves_with_more_basis_functions() {
     let len = 512;
     let t = midpoint_positions(len);
     let x = smooth_signal(&t, 4, 0.0);
-    let mut errors = vec![];
+    let (mut errors, mut interior_errors) = (vec![], vec![]);
     for num_basis in [64, 128, 256, 512] {
         let config = LtmConfig { num_basis, ..LtmConfig::default() };
         let ops = MemoryOperators::new(&config, len, Kind::Double, Device::Cpu);
@@ -49,9 +51,15 @@ fn t1_fit_reconstructs_a_smooth_signal_and_improves_with_more_basis_functions() 
         memory.absorb(&ops, &x);
         let back = memory.evaluate(&ops, &Tensor::from_slice(&t));
         errors.push(relative_error(&back, &x));
+        let interior = |v: &Tensor| v.narrow(1, 26, len as i64 - 52);
+        interior_errors.push(relative_error(&interior(&back), &interior(&x)));
     }
-    assert!(errors.windows(2).all(|w| w[1] < w[0]), "errors do not fall with N: {errors:?}");
-    assert!(errors[3] < 0.02, "relative error at N = 512 is {} > 2%", errors[3]);
+    eprintln!("relative errors over N = 64..512: all {errors:?}, interior {interior_errors:?}");
+    for errors in [&errors, &interior_errors] {
+        assert!(errors.windows(2).all(|w| w[1] < w[0]), "errors do not fall with N: {errors:?}");
+    }
+    assert!(errors[3] < 0.03, "relative error at N = 512 is {} > 3%", errors[3]);
+    assert!(interior_errors[3] < 1e-3, "interior relative error at N = 512 is {} > 1e-3", interior_errors[3]);
 }
 
 /// §10.2: the padded G equals the explicit ridge solution with zero targets at the padding points,
@@ -59,10 +67,10 @@ fn t1_fit_reconstructs_a_smooth_signal_and_improves_with_more_basis_functions() 
 /// Tolerance 1e-8 absolute on B. Dropping the padding moves B by far more (checked: > 1e-2).
 #[test]
 fn t2_padded_operator_equals_ridge_with_zero_targets_at_the_padding() {
-    let (num_basis, len, features, lambda) = (32, 20, 3, 0.5);
-    let basis = Basis::new(num_basis, &[0.05, 0.1]);
+    let (num_basis, len, features, lambda) = (32i64, 20, 3i64, 0.5);
+    let basis = Basis::new(num_basis as usize, &[0.05, 0.1]);
     let inner = midpoint_positions(len);
-    let x = smooth_signal(&inner, features, 0.4).squeeze_dim(0); // [L, e]
+    let x = smooth_signal(&inner, features as usize, 0.4).squeeze_dim(0); // [L, e]
     let g = padded_ridge_operator(&basis, &inner, lambda);
     let via_operator = g.transpose(0, 1).matmul(&x); // [N, e]
 
@@ -116,10 +124,11 @@ fn t3_closed_form_expectation_matches_numerical_integration() {
 fn t4_gaussian_attention_gradients_match_finite_differences() {
     tch::manual_seed(4);
     let basis = Basis::new(16, &[0.05, 0.1]);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let mut reading = GaussianReading::new(&vs.root(), basis.len(), 1e-4);
-    reading.w_mean = Tensor::randn([16], F64).set_requires_grad(true);
-    reading.w_variance = (Tensor::randn([16], F64) * 0.3).set_requires_grad(true);
+    let reading = GaussianReading::from_parameters(
+        Tensor::randn([16], F64).set_requires_grad(true),
+        (Tensor::randn([16], F64) * 0.3).set_requires_grad(true),
+        1e-4,
+    );
     let queries = Tensor::randn([1, 2, 3, 4], F64).set_requires_grad(true);
     let keys = Tensor::randn([1, 2, 16, 4], F64);
     let values = Tensor::randn([1, 2, 16, 4], F64).set_requires_grad(true);
@@ -148,10 +157,12 @@ fn t4_gaussian_attention_gradients_match_finite_differences() {
             assert!((numeric - analytic).abs() < tol, "{name}[{i}]: autograd {analytic}, finite difference {numeric}");
         }
     };
-    let with = |wm: Option<&Tensor>, wv: Option<&Tensor>| GaussianReading {
-        w_mean: wm.map_or_else(|| reading.w_mean.detach(), |t| t.shallow_clone()),
-        w_variance: wv.map_or_else(|| reading.w_variance.detach(), |t| t.shallow_clone()),
-        ..GaussianReading::new(&vs.root().sub("probe"), 16, 1e-4)
+    let with = |wm: Option<&Tensor>, wv: Option<&Tensor>| {
+        GaussianReading::from_parameters(
+            wm.map_or_else(|| reading.w_mean.detach(), |t| t.shallow_clone()),
+            wv.map_or_else(|| reading.w_variance.detach(), |t| t.shallow_clone()),
+            1e-4,
+        )
     };
     let scalar = |t: Tensor| t.double_value(&[]);
     check("w_mean", &reading.w_mean, &|p| scalar(loss_of(&with(Some(p), None), &queries.detach(), &values.detach())));
@@ -250,8 +261,8 @@ fn t7_memory_size_is_constant_over_a_thousand_updates() {
 /// §10.8: the exact limit of the Gibbs reading. One chunk of C tokens absorbed with N = 2C (the
 /// padded fit interpolates), λ → 0 and R = C points at the chunk's midpoints: STM + LTM attention
 /// equals full attention over the same tokens, the chunk's keys rotated to the memory position just
-/// before the oldest STM token. Tolerance 1e-7 absolute (f64). Dropping the 1/√d scaling in either
-/// path, the density weights, or the padding breaks it.
+/// before the oldest STM token. Tolerance 1e-7 absolute (f64). Dropping the 1/√d scaling, rotating
+/// the memory elsewhere than the memory position, or splitting the softmax breaks it.
 #[test]
 fn t8_gibbs_reading_is_exact_in_the_interpolating_limit() {
     tch::manual_seed(8);

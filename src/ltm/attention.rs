@@ -38,6 +38,11 @@ impl GaussianReading {
         }
     }
 
+    /// A reading with the given parameters `[N]` (e.g. loaded from a checkpoint).
+    pub fn from_parameters(w_mean: Tensor, w_variance: Tensor, min_variance: f64) -> Self {
+        Self { w_mean, w_variance, min_variance }
+    }
+
     /// Continuous attention of queries `[B, H, T, d]` over keys and values `[B, H, N, d]` derived
     /// from the coefficients (K = B W^K, V = B W^V, §1.4):
     /// s = q·Kᵀ/√d ∈ R^N, μ = sigmoid(w_μᵀ s), σ² = softplus(w_σᵀ s) clamped below,
@@ -113,4 +118,24 @@ pub fn joint_attention(
     let mem_p = probabilities.narrow(-1, stm_len, mem_len);
     let context = stm_p.matmul(stm_values) + mem_p.matmul(mem_values);
     JointRead { context, memory_mass: mem_p }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    #[test]
+    fn quadrature_weights_count_the_tokens_each_point_stands_for() {
+        // 4 bins holding 8, 0, 2, 30 tokens; 8 points, two per bin: each stands for half its bin.
+        let density = Tensor::from_slice(&[8.0f64, 0.0, 2.0, 30.0]).view([1, 4]);
+        let points = Tensor::from_slice(&crate::ltm::ridge::midpoint_positions(8));
+        let w: Vec<f64> = Vec::try_from(quadrature_log_weights(&density, &points, None).exp().view([-1])).unwrap();
+        let expected = [4.0, 4.0, 0.0, 0.0, 1.0, 1.0, 15.0, 15.0];
+        assert!(w.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-12), "{w:?}");
+        let capped: Vec<f64> =
+            Vec::try_from(quadrature_log_weights(&density, &points, Some(4.0)).exp().view([-1])).unwrap();
+        assert_eq!(capped[6], 4.0);
+        assert_eq!(Device::Cpu, density.device());
+    }
 }
