@@ -1,8 +1,8 @@
 //! infini: an inference server whose conversations keep an unbounded memory at constant cost per
 //! token, built on the ∞-former (Martins et al., ACL 2022).
 
-pub mod ltm;
-pub mod rope;
 pub mod demo;
 pub mod engine;
+pub mod ltm;
 pub mod model;
+pub mod rope;

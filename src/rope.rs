@@ -15,27 +15,46 @@ pub struct Rope {
 
 impl Rope {
     pub fn new(head_dim: usize, base: f64) -> Self {
-        assert!(head_dim % 2 == 0, "RoPE needs an even head size, got {head_dim}");
+        assert!(
+            head_dim % 2 == 0,
+            "RoPE needs an even head size, got {head_dim}"
+        );
         let half = head_dim / 2;
-        let inverse_frequencies = (0..half).map(|i| base.powf(-(2.0 * i as f64) / head_dim as f64)).collect();
-        Self { inverse_frequencies }
+        let inverse_frequencies = (0..half)
+            .map(|i| base.powf(-(2.0 * i as f64) / head_dim as f64))
+            .collect();
+        Self {
+            inverse_frequencies,
+        }
     }
 
     /// Rotates `x` `[..., T, d]` by the positions `[T]` (any float kind; angles in f64).
     pub fn rotate(&self, x: &Tensor, positions: &Tensor) -> Tensor {
         let device = x.device();
         let inv = Tensor::from_slice(&self.inverse_frequencies).to_device(device);
-        let angles = positions.to_kind(Kind::Double).to_device(device).unsqueeze(-1) * inv.unsqueeze(0); // [T, d/2]
+        let angles = positions
+            .to_kind(Kind::Double)
+            .to_device(device)
+            .unsqueeze(-1)
+            * inv.unsqueeze(0); // [T, d/2]
         let angles = Tensor::cat(&[&angles, &angles], -1);
-        rotate_with(x, &angles.cos().to_kind(x.kind()), &angles.sin().to_kind(x.kind()))
+        rotate_with(
+            x,
+            &angles.cos().to_kind(x.kind()),
+            &angles.sin().to_kind(x.kind()),
+        )
     }
 
     /// cos and sin of every position in `0..positions`, computed once, in `kind` on `device`.
     pub fn table(&self, positions: i64, kind: Kind, device: Device) -> RopeTable {
         let inv = Tensor::from_slice(&self.inverse_frequencies);
-        let angles = Tensor::arange(positions, (Kind::Double, Device::Cpu)).unsqueeze(-1) * inv.unsqueeze(0); // [P, d/2]
+        let angles =
+            Tensor::arange(positions, (Kind::Double, Device::Cpu)).unsqueeze(-1) * inv.unsqueeze(0); // [P, d/2]
         let angles = Tensor::cat(&[&angles, &angles], -1); // [P, d]
-        RopeTable { cos: angles.cos().to_kind(kind).to_device(device), sin: angles.sin().to_kind(kind).to_device(device) }
+        RopeTable {
+            cos: angles.cos().to_kind(kind).to_device(device),
+            sin: angles.sin().to_kind(kind).to_device(device),
+        }
     }
 }
 
@@ -61,8 +80,17 @@ impl RopeTable {
     pub fn rotate(&self, x: &Tensor, start: i64) -> Tensor {
         let size = x.size();
         let t = size[size.len() - 2];
-        assert!(start >= 0 && start + t <= self.len(), "positions {start}..{} outside the RoPE table of {}", start + t, self.len());
-        rotate_with(x, &self.cos.narrow(0, start, t), &self.sin.narrow(0, start, t))
+        assert!(
+            start >= 0 && start + t <= self.len(),
+            "positions {start}..{} outside the RoPE table of {}",
+            start + t,
+            self.len()
+        );
+        rotate_with(
+            x,
+            &self.cos.narrow(0, start, t),
+            &self.sin.narrow(0, start, t),
+        )
     }
 }
 
@@ -91,7 +119,10 @@ mod tests {
         let near = score(1_005.0, 1_000.0);
         let far = score(1_000_005.0, 1_000_000.0);
         assert!((near - far).abs() < 1e-6, "{near} vs {far}");
-        assert!((near - score(1_006.0, 1_000.0)).abs() > 1e-6, "a different distance must change the score");
+        assert!(
+            (near - score(1_006.0, 1_000.0)).abs() > 1e-6,
+            "a different distance must change the score"
+        );
     }
 
     #[test]
@@ -99,9 +130,15 @@ mod tests {
         tch::manual_seed(1);
         let rope = Rope::new(16, 10000.0);
         let x = Tensor::randn([2, 3, 5, 16], (Kind::Double, Device::Cpu));
-        let direct = rope.rotate(&x, &Tensor::arange_start(40, 45, (Kind::Int64, Device::Cpu)));
+        let direct = rope.rotate(
+            &x,
+            &Tensor::arange_start(40, 45, (Kind::Int64, Device::Cpu)),
+        );
         let table = rope.table(64, Kind::Double, Device::Cpu);
-        let error = (table.rotate(&x, 40) - direct).abs().max().double_value(&[]);
+        let error = (table.rotate(&x, 40) - direct)
+            .abs()
+            .max()
+            .double_value(&[]);
         assert!(error < 1e-12, "table and direct rotation differ by {error}");
     }
 }

@@ -12,8 +12,15 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def ensure_packages(*requirements: str) -> None:
-    """pip-installs each `module==version`-style requirement whose module is missing."""
-    missing = [r for r in requirements if importlib.util.find_spec(r.split("=")[0].split("<")[0].split(">")[0]) is None]
+    """pip-installs each requirement whose module is missing. A requirement is a pip name
+    (`transformers`) or `module==pip requirement` where they differ (`llama_cpp==llama-cpp-python==0.3.36`)."""
+    def split(requirement: str) -> tuple[str, str]:
+        module, _, pip_name = requirement.partition("==")
+        if pip_name and not pip_name[0].isdigit():
+            return module, pip_name
+        return module.replace("-", "_"), requirement
+
+    missing = [pip_name for module, pip_name in map(split, requirements) if importlib.util.find_spec(module) is None]
     if missing:
         print(f"installing {' '.join(missing)} into {sys.prefix}", file=sys.stderr)
         subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *missing])

@@ -36,7 +36,11 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_tokens: 256, stop_tokens: Vec::new(), prefill_chunk: 512 }
+        Self {
+            max_tokens: 256,
+            stop_tokens: Vec::new(),
+            prefill_chunk: 512,
+        }
     }
 }
 
@@ -78,7 +82,8 @@ pub fn generate<C: LayerCache>(
     let started = Instant::now();
     let mut logits = None;
     for part in prompt.chunks(chunk) {
-        logits = Some(model.forward(&token_row(part), caches, LogitsAt::Last)?); // [1, V]
+        logits = Some(model.forward(&token_row(part), caches, LogitsAt::Last)?);
+        // [1, V]
     }
     let mut logits = logits.expect("the prompt is not empty");
     let mut tokens = Vec::new();
@@ -103,7 +108,12 @@ pub fn generate<C: LayerCache>(
         logits = model.forward(&token_row(&[token]), caches, LogitsAt::Last)?;
     }
     let prefill = prefill.unwrap_or_else(|| started.elapsed());
-    Ok(Generation { tokens, finish, prefill, decode: started.elapsed().saturating_sub(prefill) })
+    Ok(Generation {
+        tokens,
+        finish,
+        prefill,
+        decode: started.elapsed().saturating_sub(prefill),
+    })
 }
 
 /// `[1, T]` int64 from token ids.
@@ -122,7 +132,13 @@ mod tests {
     fn greedy_without_cache(model: &Llama, prompt: &[u32], n: usize) -> Vec<u32> {
         let mut sequence = prompt.to_vec();
         for _ in 0..n {
-            let logits = model.forward(&token_row(&sequence), &mut model.new_cache(), LogitsAt::Last).unwrap();
+            let logits = model
+                .forward(
+                    &token_row(&sequence),
+                    &mut model.new_cache(),
+                    LogitsAt::Last,
+                )
+                .unwrap();
             sequence.push(Greedy.next(&logits.select(0, 0), &sequence));
         }
         sequence[prompt.len()..].to_vec()
@@ -133,8 +149,20 @@ mod tests {
         let model = tiny(Precision::F32);
         let prompt = [5u32, 9, 33, 12, 7];
         let expected = greedy_without_cache(&model, &prompt, 10);
-        let options = GenerateOptions { max_tokens: 10, stop_tokens: vec![], prefill_chunk: 2 };
-        let out = generate(&model, &mut model.new_cache(), &prompt, &mut Greedy, &options, |_| true).unwrap();
+        let options = GenerateOptions {
+            max_tokens: 10,
+            stop_tokens: vec![],
+            prefill_chunk: 2,
+        };
+        let out = generate(
+            &model,
+            &mut model.new_cache(),
+            &prompt,
+            &mut Greedy,
+            &options,
+            |_| true,
+        )
+        .unwrap();
         assert_eq!(out.tokens, expected);
         assert_eq!(out.finish, FinishReason::Length);
     }
@@ -144,18 +172,51 @@ mod tests {
         let model = tiny(Precision::F32);
         let prompt = [5u32, 9, 33];
         let free = greedy_without_cache(&model, &prompt, 6);
-        let options = GenerateOptions { max_tokens: 6, stop_tokens: vec![free[2]], prefill_chunk: 512 };
-        let out = generate(&model, &mut model.new_cache(), &prompt, &mut Greedy, &options, |_| true).unwrap();
+        let options = GenerateOptions {
+            max_tokens: 6,
+            stop_tokens: vec![free[2]],
+            prefill_chunk: 512,
+        };
+        let out = generate(
+            &model,
+            &mut model.new_cache(),
+            &prompt,
+            &mut Greedy,
+            &options,
+            |_| true,
+        )
+        .unwrap();
         let first_stop = free.iter().position(|&t| t == free[2]).unwrap();
-        assert_eq!((out.tokens.as_slice(), out.finish), (&free[..first_stop], FinishReason::Stop));
+        assert_eq!(
+            (out.tokens.as_slice(), out.finish),
+            (&free[..first_stop], FinishReason::Stop)
+        );
         let mut seen = 0;
-        let options = GenerateOptions { max_tokens: 6, ..Default::default() };
-        let out = generate(&model, &mut model.new_cache(), &prompt, &mut Greedy, &options, |_| {
-            seen += 1;
-            seen < 2
-        })
+        let options = GenerateOptions {
+            max_tokens: 6,
+            ..Default::default()
+        };
+        let out = generate(
+            &model,
+            &mut model.new_cache(),
+            &prompt,
+            &mut Greedy,
+            &options,
+            |_| {
+                seen += 1;
+                seen < 2
+            },
+        )
         .unwrap();
         assert_eq!((out.tokens.len(), out.finish), (2, FinishReason::Cancelled));
-        assert!(generate(&model, &mut model.new_cache(), &[], &mut Greedy, &options, |_| true).is_err());
+        assert!(generate(
+            &model,
+            &mut model.new_cache(),
+            &[],
+            &mut Greedy,
+            &options,
+            |_| true
+        )
+        .is_err());
     }
 }

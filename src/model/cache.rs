@@ -28,7 +28,13 @@ pub trait LayerCache {
     /// past and the new tokens up to itself).
     /// `queries` `[B, H, T, D]`, `keys` and `values` `[B, H_kv, T, D]`, all before RoPE;
     /// returns `[B, H, T, D]`.
-    fn attend(&mut self, queries: &Tensor, keys: &Tensor, values: &Tensor, rope: &RopeTable) -> Result<Tensor, ModelError>;
+    fn attend(
+        &mut self,
+        queries: &Tensor,
+        keys: &Tensor,
+        values: &Tensor,
+        rope: &RopeTable,
+    ) -> Result<Tensor, ModelError>;
 }
 
 /// Softmax attention of grouped queries over shared key/value heads (GQA): query head h reads
@@ -39,12 +45,54 @@ pub fn grouped_attention(queries: &Tensor, keys: &Tensor, values: &Tensor) -> Te
     let (b, h, t, d) = queries.size4().expect("queries are [B, H, T, D]");
     let (_, h_kv, l, _) = keys.size4().expect("keys are [B, H_kv, L, D]");
     let group = h / h_kv;
-    // Fold each group of query heads into the time axis, so one key/value head serves it without
-    // copies: rows ordered (g, t).
-    let q = queries.reshape([b, h_kv, group * t, d]); // [B, H_kv, G·T, D]
-    let mask = (t > 1).then(|| causal_mask(t, l, queries.device()).repeat([group, 1])); // [G·T, L]
-    let out = Tensor::scaled_dot_product_attention(&q, keys, values, mask.as_ref(), 0.0, false, None, false); // [B, H_kv, G·T, D]
-    out.reshape([b, h, t, d])
+    if t == 1 {
+        // Decode: fold each group of query heads into the time axis, so one key/value head serves
+        // it without copies and without a mask (a single new token sees everything).
+        let q = queries.reshape([b, h_kv, group, d]); // [B, H_kv, G, D]
+        let out = Tensor::scaled_dot_product_attention(
+            &q,
+            keys,
+            values,
+            None::<Tensor>,
+            0.0,
+            false,
+            None,
+            false,
+        );
+        return out.reshape([b, h, 1, d]);
+    }
+    // Prefill: give every query head its key/value head (one copy of the keys, small next to the
+    // scores) so libtorch's fused causal kernel applies.
+    let expand = |x: &Tensor| {
+        x.unsqueeze(2)
+            .expand([b, h_kv, group, l, d], false)
+            .reshape([b, h, l, d])
+    }; // [B, H, L, D]
+    let (keys, values) = (expand(keys), expand(values));
+    if l == t {
+        Tensor::scaled_dot_product_attention(
+            queries,
+            &keys,
+            &values,
+            None::<Tensor>,
+            0.0,
+            true,
+            None,
+            false,
+        )
+    } else {
+        let mask = causal_mask(t, l, queries.device()); // [T, L]
+        Tensor::scaled_dot_product_attention(
+            queries,
+            &keys,
+            &values,
+            Some(&mask),
+            0.0,
+            false,
+            None,
+            false,
+        )
+    }
 }
 
 /// `[T, L]` true where new token i (at L − T + i) may read key j: j ≤ L − T + i.
@@ -69,7 +117,12 @@ const FIRST_ALLOCATION: i64 = 256;
 
 impl KvCache {
     pub fn new(capacity: i64) -> Self {
-        Self { keys: None, values: None, len: 0, capacity }
+        Self {
+            keys: None,
+            values: None,
+            len: 0,
+            capacity,
+        }
     }
 
     pub fn capacity(&self) -> i64 {
@@ -91,7 +144,9 @@ impl KvCache {
         for buffer in [&mut self.keys, &mut self.values] {
             let grown = Tensor::zeros([b, h_kv, size, d], (like.kind(), like.device()));
             if let Some(old) = buffer.as_ref() {
-                grown.narrow(2, 0, self.len).copy_(&old.narrow(2, 0, self.len));
+                grown
+                    .narrow(2, 0, self.len)
+                    .copy_(&old.narrow(2, 0, self.len));
             }
             *buffer = Some(grown);
         }
@@ -103,26 +158,46 @@ impl LayerCache for KvCache {
         self.len
     }
 
-    fn attend(&mut self, queries: &Tensor, keys: &Tensor, values: &Tensor, rope: &RopeTable) -> Result<Tensor, ModelError> {
+    fn attend(
+        &mut self,
+        queries: &Tensor,
+        keys: &Tensor,
+        values: &Tensor,
+        rope: &RopeTable,
+    ) -> Result<Tensor, ModelError> {
         let t = keys.size()[2];
         let start = self.len;
         let needed = start + t;
         if needed > self.capacity.min(rope.len()) {
-            return Err(ModelError::ContextFull { needed, capacity: self.capacity.min(rope.len()) });
+            return Err(ModelError::ContextFull {
+                needed,
+                capacity: self.capacity.min(rope.len()),
+            });
         }
         if let Some(held) = &self.keys {
             if held.size()[0] != keys.size()[0] {
-                return Err(ModelError::BadInput(format!("batch of {} rows for a cache of {}", keys.size()[0], held.size()[0])));
+                return Err(ModelError::BadInput(format!(
+                    "batch of {} rows for a cache of {}",
+                    keys.size()[0],
+                    held.size()[0]
+                )));
             }
         }
         let queries = rope.rotate(queries, start); // [B, H, T, D]
         let keys = rope.rotate(keys, start); // [B, H_kv, T, D]
         self.reserve(&keys, needed);
-        let (held_keys, held_values) = (self.keys.as_ref().expect("reserved"), self.values.as_ref().expect("reserved"));
+        let (held_keys, held_values) = (
+            self.keys.as_ref().expect("reserved"),
+            self.values.as_ref().expect("reserved"),
+        );
         held_keys.narrow(2, start, t).copy_(&keys);
         held_values.narrow(2, start, t).copy_(values);
         self.len = needed;
-        Ok(grouped_attention(&queries, &held_keys.narrow(2, 0, needed), &held_values.narrow(2, 0, needed)))
+        Ok(grouped_attention(
+            &queries,
+            &held_keys.narrow(2, 0, needed),
+            &held_values.narrow(2, 0, needed),
+        ))
     }
 }
 
@@ -160,8 +235,13 @@ mod tests {
         let mut start = 0;
         for step in [5, 1, 3] {
             let part = |x: &Tensor| x.narrow(2, start, step);
-            let out = cache.attend(&part(&q), &part(&k), &part(&v), &rope).unwrap();
-            let error = (out - expected.narrow(2, start, step)).abs().max().double_value(&[]);
+            let out = cache
+                .attend(&part(&q), &part(&k), &part(&v), &rope)
+                .unwrap();
+            let error = (out - expected.narrow(2, start, step))
+                .abs()
+                .max()
+                .double_value(&[]);
             assert!(error < 1e-10, "step at {start}: off by {error}");
             start += step;
         }
@@ -174,13 +254,27 @@ mod tests {
         let rope = Rope::new(4, 10000.0).table(600, Kind::Float, Device::Cpu);
         let mut cache = KvCache::new(600);
         let step = |cache: &mut KvCache, t: i64| {
-            cache.attend(&Tensor::ones([1, 2, t, 4], opts), &Tensor::ones([1, 1, t, 4], opts), &Tensor::ones([1, 1, t, 4], opts), &rope)
+            cache.attend(
+                &Tensor::ones([1, 2, t, 4], opts),
+                &Tensor::ones([1, 1, t, 4], opts),
+                &Tensor::ones([1, 1, t, 4], opts),
+                &rope,
+            )
         };
-        step(&mut cache, 200).unwrap();
+        let _ = step(&mut cache, 200).unwrap();
         let first_key = cache.keys.as_ref().unwrap().narrow(2, 0, 1).copy();
-        step(&mut cache, 100).unwrap(); // grows 256 → 512
-        let error = (cache.keys.as_ref().unwrap().narrow(2, 0, 1) - first_key).abs().max().double_value(&[]);
+        let _ = step(&mut cache, 100).unwrap(); // grows 256 → 512
+        let error = (cache.keys.as_ref().unwrap().narrow(2, 0, 1) - first_key)
+            .abs()
+            .max()
+            .double_value(&[]);
         assert_eq!(error, 0.0, "growth must keep the held keys");
-        assert!(matches!(step(&mut cache, 301), Err(ModelError::ContextFull { needed: 601, capacity: 600 })));
+        assert!(matches!(
+            step(&mut cache, 301),
+            Err(ModelError::ContextFull {
+                needed: 601,
+                capacity: 600
+            })
+        ));
     }
 }

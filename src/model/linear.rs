@@ -41,7 +41,9 @@ impl std::str::FromStr for Precision {
             "f32" | "float32" => Ok(Precision::F32),
             "bf16" | "bfloat16" => Ok(Precision::Bf16),
             "int4" | "q4" => Ok(Precision::Int4),
-            other => Err(ModelError::BadInput(format!("unknown precision `{other}` (expected f32, bf16 or int4)"))),
+            other => Err(ModelError::BadInput(format!(
+                "unknown precision `{other}` (expected f32, bf16 or int4)"
+            ))),
         }
     }
 }
@@ -64,22 +66,37 @@ impl Int4Groups {
     pub fn quantise(weight: &Tensor) -> Result<Self, ModelError> {
         let (n, k) = weight.size2()?;
         if k % INT4_GROUP != 0 {
-            return Err(ModelError::Unsupported(format!("int4 needs input features in multiples of {INT4_GROUP}, got {k}")));
+            return Err(ModelError::Unsupported(format!(
+                "int4 needs input features in multiples of {INT4_GROUP}, got {k}"
+            )));
         }
-        let groups = weight.to_kind(Kind::Float).reshape([n, k / INT4_GROUP, INT4_GROUP]); // [N, K/32, 32]
+        let groups = weight
+            .to_kind(Kind::Float)
+            .reshape([n, k / INT4_GROUP, INT4_GROUP]); // [N, K/32, 32]
         let min = groups.amin(-1, true); // [N, K/32, 1]
         let max = groups.amax(-1, true);
         let scale = ((max - &min) / 15.0).clamp_min(1e-12);
-        let codes = ((groups - &min) / &scale).round().clamp(0.0, 15.0).to_kind(Kind::Int).reshape([n, k]);
+        let codes = ((groups - &min) / &scale)
+            .round()
+            .clamp(0.0, 15.0)
+            .to_kind(Kind::Int)
+            .reshape([n, k]);
         let scales = scale.squeeze_dim(-1);
         let zeros = min.squeeze_dim(-1) + &scales * 8.0;
-        Ok(Self { codes, scales, zeros })
+        Ok(Self {
+            codes,
+            scales,
+            zeros,
+        })
     }
 
     /// The dense weights these codes stand for, `[N, K]` f32.
     pub fn dequantise(&self) -> Tensor {
         let (n, k) = self.codes.size2().expect("codes are [N, K]");
-        let codes = self.codes.to_kind(Kind::Float).reshape([n, k / INT4_GROUP, INT4_GROUP]);
+        let codes = self
+            .codes
+            .to_kind(Kind::Float)
+            .reshape([n, k / INT4_GROUP, INT4_GROUP]);
         ((codes - 8.0) * self.scales.unsqueeze(-1) + self.zeros.unsqueeze(-1)).reshape([n, k])
     }
 }
@@ -101,7 +118,11 @@ impl Linear {
     /// Dense f32 weights `[out, in]` in `precision` on `device` (int4: CPU only).
     pub fn new(weight: &Tensor, precision: Precision, device: Device) -> Result<Self, ModelError> {
         match precision {
-            Precision::F32 | Precision::Bf16 => Ok(Linear::Dense(weight.to_device(device).to_kind(precision.activation_kind()))),
+            Precision::F32 | Precision::Bf16 => Ok(Linear::Dense(
+                weight
+                    .to_device(device)
+                    .to_kind(precision.activation_kind()),
+            )),
             Precision::Int4 => Self::from_int4(&Int4Groups::quantise(weight)?, device),
         }
     }
@@ -114,23 +135,36 @@ impl Linear {
             )));
         }
         let (n, _) = groups.codes.size2()?;
-        let packed = groups.codes.to_kind(Kind::Int).contiguous().f_internal_convert_weight_to_int4pack_for_cpu(1)?;
+        let packed = groups
+            .codes
+            .to_kind(Kind::Int)
+            .contiguous()
+            .f_internal_convert_weight_to_int4pack_for_cpu(1)?;
         let scales_and_zeros = Tensor::stack(&[&groups.scales, &groups.zeros], -1) // [N, K/32, 2]
             .transpose(0, 1)
             .to_kind(Kind::BFloat16)
             .contiguous(); // [K/32, N, 2]
-        Ok(Linear::Int4 { packed, scales_and_zeros, out_features: n })
+        Ok(Linear::Int4 {
+            packed,
+            scales_and_zeros,
+            out_features: n,
+        })
     }
 
     /// `x [..., in]` → `[..., out]`, in the kind of `x`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         match self {
             Linear::Dense(weight) => x.linear::<&Tensor>(weight, None),
-            Linear::Int4 { packed, scales_and_zeros, out_features } => {
+            Linear::Int4 {
+                packed,
+                scales_and_zeros,
+                out_features,
+            } => {
                 let mut shape = x.size();
                 let k = *shape.last().expect("x has a feature dimension");
                 let rows = x.reshape([-1, k]); // [M, K]
-                let y = rows.internal_weight_int4pack_mm_for_cpu(packed, INT4_GROUP, scales_and_zeros); // [M, N]
+                let y =
+                    rows.internal_weight_int4pack_mm_for_cpu(packed, INT4_GROUP, scales_and_zeros); // [M, N]
                 *shape.last_mut().expect("non-empty") = *out_features;
                 y.reshape(shape)
             }
@@ -153,10 +187,16 @@ mod tests {
         let groups = Int4Groups::quantise(&w).unwrap();
         let error = (groups.dequantise() - &w).abs().reshape([64, 4, 32]);
         let half_step = groups.scales.unsqueeze(-1) * 0.5 + 1e-7;
-        assert!(bool::try_from(error.le_tensor(&half_step).all()).unwrap(), "rounding error above half a step");
+        assert!(
+            bool::try_from(error.le_tensor(&half_step).all()).unwrap(),
+            "rounding error above half a step"
+        );
         let max = groups.codes.max().int64_value(&[]);
         let min = groups.codes.min().int64_value(&[]);
-        assert!((0..=15).contains(&min) && (0..=15).contains(&max) && max == 15 && min == 0, "codes {min}..{max}");
+        assert!(
+            (0..=15).contains(&min) && (0..=15).contains(&max) && max == 15 && min == 0,
+            "codes {min}..{max}"
+        );
     }
 
     #[test]
@@ -168,11 +208,16 @@ mod tests {
         let groups = Int4Groups::quantise(&w).unwrap();
         let expected = x.linear::<&Tensor>(&groups.dequantise(), None);
         let linear = Linear::from_int4(&groups, Device::Cpu).unwrap();
-        let got = linear.forward(&x.to_kind(Kind::BFloat16)).to_kind(Kind::Float);
+        let got = linear
+            .forward(&x.to_kind(Kind::BFloat16))
+            .to_kind(Kind::Float);
         assert_eq!(got.size(), vec![3, 5, 96]);
         let error = (got - &expected).abs().max().double_value(&[]);
         let scale = expected.abs().max().double_value(&[]);
-        assert!(error < 1e-2 * scale, "int4 product off by {error} (outputs up to {scale})");
+        assert!(
+            error < 1e-2 * scale,
+            "int4 product off by {error} (outputs up to {scale})"
+        );
     }
 
     #[test]

@@ -14,7 +14,9 @@ pub struct Weights {
 
 impl Weights {
     pub fn new(tensors: impl IntoIterator<Item = (String, Tensor)>) -> Self {
-        Self { tensors: tensors.into_iter().collect() }
+        Self {
+            tensors: tensors.into_iter().collect(),
+        }
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -27,18 +29,32 @@ impl Weights {
 
     /// Removes and returns `name`, checking its shape.
     pub fn take(&mut self, name: &str, shape: &[i64]) -> Result<Tensor, ModelError> {
-        let tensor = self.tensors.remove(name).ok_or_else(|| ModelError::MissingWeight(name.to_string()))?;
+        let tensor = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| ModelError::MissingWeight(name.to_string()))?;
         if tensor.size() != shape {
-            return Err(ModelError::WeightShape { name: name.to_string(), expected: shape.to_vec(), actual: tensor.size() });
+            return Err(ModelError::WeightShape {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                actual: tensor.size(),
+            });
         }
         Ok(tensor)
     }
 
     /// Borrows `name`, checking its shape (for a tensor used twice, such as tied embeddings).
     pub fn get(&self, name: &str, shape: &[i64]) -> Result<&Tensor, ModelError> {
-        let tensor = self.tensors.get(name).ok_or_else(|| ModelError::MissingWeight(name.to_string()))?;
+        let tensor = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelError::MissingWeight(name.to_string()))?;
         if tensor.size() != shape {
-            return Err(ModelError::WeightShape { name: name.to_string(), expected: shape.to_vec(), actual: tensor.size() });
+            return Err(ModelError::WeightShape {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                actual: tensor.size(),
+            });
         }
         Ok(tensor)
     }
@@ -51,9 +67,17 @@ mod tests {
 
     #[test]
     fn lookups_check_presence_and_shape() {
-        let mut weights = Weights::new([("a".to_string(), Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)))]);
-        assert!(matches!(weights.get("a", &[3, 2]), Err(ModelError::WeightShape { .. })));
-        assert!(matches!(weights.take("b", &[2, 3]), Err(ModelError::MissingWeight(name)) if name == "b"));
+        let mut weights = Weights::new([(
+            "a".to_string(),
+            Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)),
+        )]);
+        assert!(matches!(
+            weights.get("a", &[3, 2]),
+            Err(ModelError::WeightShape { .. })
+        ));
+        assert!(
+            matches!(weights.take("b", &[2, 3]), Err(ModelError::MissingWeight(name)) if name == "b")
+        );
         assert_eq!(weights.take("a", &[2, 3]).unwrap().size(), vec![2, 3]);
         assert!(!weights.contains("a"), "take removes the tensor");
     }
