@@ -23,7 +23,7 @@ lint: setup
 	$(CARGO) clippy --all-targets -- -D warnings
 
 test: lint
-	$(CARGO) test --all-targets
+	$(CARGO) test
 
 bench: setup
 	$(CARGO) bench --bench ltm

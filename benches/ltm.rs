@@ -7,7 +7,9 @@
 //! * Gibbs read: the joint softmax of §9.2 for 1024 queries (and for 1, a decode step) over a
 //!   1024-slot short-term memory plus R = 256 memory points, 9 heads of 64.
 
-use infini::ltm::{joint_attention, GaussianReading, LongTermMemory, LtmConfig, MemoryOperators};
+use infini::ltm::{
+    joint_attention, GaussianReading, KeyGroup, LongTermMemory, LtmConfig, MemoryOperators,
+};
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -50,26 +52,54 @@ fn main() {
         let mut memory = LongTermMemory::new(&ops, batch as usize, FEATURES as usize);
         let chunk = Tensor::randn([batch, CHUNK as i64, FEATURES], options);
         memory.absorb(&ops, &chunk); // first fit; every timed call below is a G_inf update
-        report("update (§3)", batch, time_ms(|| memory.absorb(&ops, &chunk)));
+        report(
+            "update (§3)",
+            batch,
+            time_ms(|| memory.absorb(&ops, &chunk)),
+        );
 
         let queries = Tensor::randn([batch, HEADS, QUERIES, HEAD_DIM], options);
         let keys = Tensor::randn([batch, HEADS, config.num_basis as i64, HEAD_DIM], options);
         let values = Tensor::randn([batch, HEADS, config.num_basis as i64, HEAD_DIM], options);
-        report("Gaussian read (§2), L=1024", batch, time_ms(|| {
-            let _ = reading.read(ops.basis(), &queries, &keys, &values);
-        }));
+        report(
+            "Gaussian read (§2), L=1024",
+            batch,
+            time_ms(|| {
+                let _ = reading.read(ops.basis(), &queries, &keys, &values);
+            }),
+        );
 
         let stm_k = Tensor::randn([batch, HEADS, QUERIES, HEAD_DIM], options);
         let stm_v = Tensor::randn([batch, HEADS, QUERIES, HEAD_DIM], options);
         let mem_k = Tensor::randn([batch, HEADS, points, HEAD_DIM], options);
         let mem_v = Tensor::randn([batch, HEADS, points, HEAD_DIM], options);
-        let log_w = Tensor::zeros([batch, points], options);
-        report("Gibbs joint read (§9.2), L=1024", batch, time_ms(|| {
-            let _ = joint_attention(&queries, (&stm_k, &stm_v, None), (&mem_k, &mem_v, &log_w));
-        }));
+        let log_w = Tensor::zeros([batch, 1, 1, points], options);
+        let groups = [
+            KeyGroup {
+                keys: &stm_k,
+                values: &stm_v,
+                bias: None,
+            },
+            KeyGroup {
+                keys: &mem_k,
+                values: &mem_v,
+                bias: Some(&log_w),
+            },
+        ];
+        report(
+            "Gibbs joint read (§9.2), L=1024",
+            batch,
+            time_ms(|| {
+                let _ = joint_attention(&queries, &groups);
+            }),
+        );
         let one = queries.narrow(2, 0, 1);
-        report("Gibbs joint read, 1 query", batch, time_ms(|| {
-            let _ = joint_attention(&one, (&stm_k, &stm_v, None), (&mem_k, &mem_v, &log_w));
-        }));
+        report(
+            "Gibbs joint read, 1 query",
+            batch,
+            time_ms(|| {
+                let _ = joint_attention(&one, &groups);
+            }),
+        );
     }
 }

@@ -56,9 +56,18 @@ pub fn run_memory_demo(args: &MemoryDemo, out: &mut impl Write) -> Result<()> {
     writeln!(
         out,
         "∞-former memory: N = {}, M = {}, τ = {}, λ = {}, chunk L = {}, e = {}",
-        config.num_basis, config.num_samples, config.contraction, config.ridge_penalty, args.chunk_len, args.features
+        config.num_basis,
+        config.num_samples,
+        config.contraction,
+        config.ridge_penalty,
+        args.chunk_len,
+        args.features
     )?;
-    writeln!(out, "{:>12} {:>8} {:>14} {:>12} {:>22}", "tokens", "updates", "memory bytes", "update ms", "newest chunk rel. err")?;
+    writeln!(
+        out,
+        "{:>12} {:>8} {:>14} {:>12} {:>22}",
+        "tokens", "updates", "memory bytes", "update ms", "newest chunk rel. err"
+    )?;
     let mut report_at = 1;
     for chunk_index in 1..=args.chunks {
         let chunk = smooth_chunk(&positions, args.features);
@@ -67,7 +76,11 @@ pub fn run_memory_demo(args: &MemoryDemo, out: &mut impl Write) -> Result<()> {
         let update_ms = started.elapsed().as_secs_f64() * 1e3;
         if chunk_index == report_at || chunk_index == args.chunks {
             // The first chunk is fitted at the midpoints of [0, 1]; later ones sit in [τ, 1].
-            let at = if chunk_index == 1 { &first_positions } else { &positions };
+            let at = if chunk_index == 1 {
+                &first_positions
+            } else {
+                &positions
+            };
             let back = memory.evaluate(&ops, &Tensor::from_slice(at).to_kind(Kind::Float));
             let error = (back - &chunk).norm().double_value(&[]) / chunk.norm().double_value(&[]);
             writeln!(

@@ -1,11 +1,13 @@
 //! The eight tests of `infinity-former.md` §10 that pin the ∞-former's mathematics. Each states its
 //! tolerance; each fails when the formula it pins is broken (see the comment on each).
 
-use infini::ltm::ridge::{midpoint_positions, padded_ridge_operator, padding_positions, update_positions};
+use infini::ltm::ridge::{
+    midpoint_positions, padded_ridge_operator, padding_positions, update_positions,
+};
 use infini::ltm::sticky::{gaussian_mass_histogram, sample_positions};
 use infini::ltm::{
-    joint_attention, quadrature_log_weights, variance_kl, Basis, GaussianReading, LongTermMemory, LtmConfig,
-    MemoryOperators,
+    joint_attention, quadrature_log_weights, variance_kl, Basis, GaussianReading, KeyGroup,
+    LongTermMemory, LtmConfig, MemoryOperators,
 };
 use infini::rope::Rope;
 use std::f64::consts::PI;
@@ -45,7 +47,10 @@ fn t1_fit_reconstructs_a_smooth_signal_and_improves_with_more_basis_functions() 
     let x = smooth_signal(&t, 4, 0.0);
     let (mut errors, mut interior_errors) = (vec![], vec![]);
     for num_basis in [64, 128, 256, 512] {
-        let config = LtmConfig { num_basis, ..LtmConfig::default() };
+        let config = LtmConfig {
+            num_basis,
+            ..LtmConfig::default()
+        };
         let ops = MemoryOperators::new(&config, len, Kind::Double, Device::Cpu);
         let mut memory = LongTermMemory::new(&ops, 1, 4);
         memory.absorb(&ops, &x);
@@ -56,10 +61,21 @@ fn t1_fit_reconstructs_a_smooth_signal_and_improves_with_more_basis_functions() 
     }
     eprintln!("relative errors over N = 64..512: all {errors:?}, interior {interior_errors:?}");
     for errors in [&errors, &interior_errors] {
-        assert!(errors.windows(2).all(|w| w[1] < w[0]), "errors do not fall with N: {errors:?}");
+        assert!(
+            errors.windows(2).all(|w| w[1] < w[0]),
+            "errors do not fall with N: {errors:?}"
+        );
     }
-    assert!(errors[3] < 0.03, "relative error at N = 512 is {} > 3%", errors[3]);
-    assert!(interior_errors[3] < 1e-3, "interior relative error at N = 512 is {} > 1e-3", interior_errors[3]);
+    assert!(
+        errors[3] < 0.03,
+        "relative error at N = 512 is {} > 3%",
+        errors[3]
+    );
+    assert!(
+        interior_errors[3] < 1e-3,
+        "interior relative error at N = 512 is {} > 1e-3",
+        interior_errors[3]
+    );
 }
 
 /// §10.2: the padded G equals the explicit ridge solution with zero targets at the padding points,
@@ -89,13 +105,25 @@ fn t2_padded_operator_equals_ridge_with_zero_targets_at_the_padding() {
     let b = Tensor::cat(&[targets, Tensor::zeros([num_basis, features], F64)], 0);
     let (explicit, _, _, _) = Tensor::linalg_lstsq(&a, &b, None, "gelsd");
     let diff = max_abs(&(&via_operator - &explicit));
-    assert!(diff < 1e-8, "padded G differs from the explicit ridge solution by {diff}");
+    assert!(
+        diff < 1e-8,
+        "padded G differs from the explicit ridge solution by {diff}"
+    );
 
     let unpadded_design = basis.evaluate_at(&inner);
-    let a = Tensor::cat(&[unpadded_design, Tensor::eye(num_basis, F64) * lambda.sqrt()], 0);
-    let b = Tensor::cat(&[x.shallow_clone(), Tensor::zeros([num_basis, features], F64)], 0);
+    let a = Tensor::cat(
+        &[unpadded_design, Tensor::eye(num_basis, F64) * lambda.sqrt()],
+        0,
+    );
+    let b = Tensor::cat(
+        &[x.shallow_clone(), Tensor::zeros([num_basis, features], F64)],
+        0,
+    );
     let (unpadded, _, _, _) = Tensor::linalg_lstsq(&a, &b, None, "gelsd");
-    assert!(max_abs(&(&via_operator - &unpadded)) > 1e-2, "the padding made no difference; the test has no power");
+    assert!(
+        max_abs(&(&via_operator - &unpadded)) > 1e-2,
+        "the padding made no difference; the test has no power"
+    );
 }
 
 /// §10.3: E_p[ψ_j] in closed form equals numerical integration of N(t; μ, σ²)·ψ_j(t) over a grid of
@@ -108,12 +136,20 @@ fn t3_closed_form_expectation_matches_numerical_integration() {
     let psi = basis.evaluate(&grid); // [G, N]
     for mean in [-0.2, 0.0, 0.3, 0.71, 1.1] {
         for variance in [1e-4, 1e-3, 1e-2, 0.1] {
-            let closed = basis.gaussian_expectation(&Tensor::from_slice(&[mean]), &Tensor::from_slice(&[variance]));
-            let density = ((&grid - mean).square() / (-2.0 * variance)).exp() / (2.0 * PI * variance).sqrt();
-            let numeric = (density.unsqueeze(-1) * &psi).sum_dim_intlist(0, false, Kind::Double) * step;
+            let closed = basis.gaussian_expectation(
+                &Tensor::from_slice(&[mean]),
+                &Tensor::from_slice(&[variance]),
+            );
+            let density =
+                ((&grid - mean).square() / (-2.0 * variance)).exp() / (2.0 * PI * variance).sqrt();
+            let numeric =
+                (density.unsqueeze(-1) * &psi).sum_dim_intlist(0, false, Kind::Double) * step;
             let scale = max_abs(&numeric).max(1e-12);
             let err = max_abs(&(closed.squeeze_dim(0) - &numeric)) / scale;
-            assert!(err < 1e-6, "μ = {mean}, σ² = {variance}: relative error {err}");
+            assert!(
+                err < 1e-6,
+                "μ = {mean}, σ² = {variance}: relative error {err}"
+            );
         }
     }
 }
@@ -138,7 +174,17 @@ fn t4_gaussian_attention_gradients_match_finite_differences() {
         (read.context * &probe).sum(Kind::Double) + variance_kl(&read.variance, 0.05) * 1e-2
     };
     let read = reading.read(&basis, &queries, &keys, &values);
-    assert!(read.variance.min().double_value(&[]) > 1e-4, "variance clamped; pick other inputs");
+    assert!(
+        read.variance.min().double_value(&[]) > 1e-4,
+        "variance clamped; pick other inputs"
+    );
+    // μ = sigmoid(w_μᵀ s) with s = q·Kᵀ/√d (§2.1), written out independently of `read`.
+    let scores = queries.detach().matmul(&keys.transpose(-1, -2)) / 2.0; // √d = 2
+    let mean = scores.matmul(&reading.w_mean.detach()).sigmoid();
+    assert!(
+        max_abs(&(&read.mean - mean)) < 1e-12,
+        "μ is not sigmoid(w_μᵀ q·Kᵀ/√d)"
+    );
     loss_of(&reading, &queries, &values).backward();
 
     let eps = 1e-6;
@@ -154,7 +200,10 @@ fn t4_gaussian_attention_gradients_match_finite_differences() {
             let numeric = (bump(eps) - bump(-eps)) / (2.0 * eps);
             let analytic = grad.flatten(0, -1).double_value(&[i]);
             let tol = 1e-6 * numeric.abs().max(1.0);
-            assert!((numeric - analytic).abs() < tol, "{name}[{i}]: autograd {analytic}, finite difference {numeric}");
+            assert!(
+                (numeric - analytic).abs() < tol,
+                "{name}[{i}]: autograd {analytic}, finite difference {numeric}"
+            );
         }
     };
     let with = |wm: Option<&Tensor>, wv: Option<&Tensor>| {
@@ -165,10 +214,26 @@ fn t4_gaussian_attention_gradients_match_finite_differences() {
         )
     };
     let scalar = |t: Tensor| t.double_value(&[]);
-    check("w_mean", &reading.w_mean, &|p| scalar(loss_of(&with(Some(p), None), &queries.detach(), &values.detach())));
-    check("w_variance", &reading.w_variance, &|p| scalar(loss_of(&with(None, Some(p)), &queries.detach(), &values.detach())));
-    check("queries", &queries, &|p| scalar(loss_of(&with(None, None), p, &values.detach())));
-    check("values", &values, &|p| scalar(loss_of(&with(None, None), &queries.detach(), p)));
+    check("w_mean", &reading.w_mean, &|p| {
+        scalar(loss_of(
+            &with(Some(p), None),
+            &queries.detach(),
+            &values.detach(),
+        ))
+    });
+    check("w_variance", &reading.w_variance, &|p| {
+        scalar(loss_of(
+            &with(None, Some(p)),
+            &queries.detach(),
+            &values.detach(),
+        ))
+    });
+    check("queries", &queries, &|p| {
+        scalar(loss_of(&with(None, None), p, &values.detach()))
+    });
+    check("values", &values, &|p| {
+        scalar(loss_of(&with(None, None), &queries.detach(), p))
+    });
 }
 
 /// §10.5: after an update, the new chunk is reconstructed in [τ, 1] and the old signal, contracted,
@@ -177,11 +242,17 @@ fn t4_gaussian_attention_gradients_match_finite_differences() {
 #[test]
 fn t5_update_places_the_new_chunk_in_tau_one_and_contracts_the_old_signal() {
     let (len, features) = (256, 3);
-    let config = LtmConfig { num_samples: 256, ..LtmConfig::default() };
+    let config = LtmConfig {
+        num_samples: 256,
+        ..LtmConfig::default()
+    };
     let tau = config.contraction;
     let ops = MemoryOperators::new(&config, len, Kind::Double, Device::Cpu);
     let mut memory = LongTermMemory::new(&ops, 1, features);
-    memory.absorb(&ops, &smooth_signal(&midpoint_positions(len), features, 0.0));
+    memory.absorb(
+        &ops,
+        &smooth_signal(&midpoint_positions(len), features, 0.0),
+    );
     let interior: Vec<f64> = (0..=90).map(|i| 0.05 + 0.01 * i as f64).collect();
     let old_signal = memory.evaluate(&ops, &Tensor::from_slice(&interior));
 
@@ -192,10 +263,16 @@ fn t5_update_places_the_new_chunk_in_tau_one_and_contracts_the_old_signal() {
     let new_back = memory.evaluate(&ops, &Tensor::from_slice(&chunk_positions));
     let contracted: Vec<f64> = interior.iter().map(|t| tau * t).collect();
     let old_back = memory.evaluate(&ops, &Tensor::from_slice(&contracted));
-    let new_err = relative_error(&new_back.narrow(1, 0, len as i64 - 8), &new_chunk.narrow(1, 0, len as i64 - 8));
+    let new_err = relative_error(
+        &new_back.narrow(1, 0, len as i64 - 8),
+        &new_chunk.narrow(1, 0, len as i64 - 8),
+    );
     let old_err = relative_error(&old_back, &old_signal);
     assert!(new_err < 0.03, "new chunk relative error {new_err}");
-    assert!(old_err < 0.05, "contracted old signal relative error {old_err}");
+    assert!(
+        old_err < 0.05,
+        "contracted old signal relative error {old_err}"
+    );
 }
 
 /// §10.6: sticky sampling follows the histogram. Chi-square over D = 16 bins with 20,000 draws and a
@@ -205,31 +282,66 @@ fn t5_update_places_the_new_chunk_in_tau_one_and_contracts_the_old_signal() {
 fn t6_sticky_sampling_follows_the_histogram() {
     tch::manual_seed(6);
     let bins = 16usize;
-    let weights: Vec<f64> = (0..bins).map(|j| 1.0 + ((j * 7) % 5) as f64 + if j == 3 { 6.0 } else { 0.0 }).collect();
+    let weights: Vec<f64> = (0..bins)
+        .map(|j| 1.0 + ((j * 7) % 5) as f64 + if j == 3 { 6.0 } else { 0.0 })
+        .collect();
     let histogram = Tensor::from_slice(&weights).view([1, bins as i64]);
     let draws = 20_000usize;
     let points = sample_positions(&histogram, draws, true);
-    let index = (&points * bins as f64).floor().to_kind(Kind::Int64).view([-1]);
-    let counts: Vec<f64> = Vec::try_from(index.bincount::<Tensor>(None, bins as i64).to_kind(Kind::Double)).unwrap();
+    let index = (&points * bins as f64)
+        .floor()
+        .to_kind(Kind::Int64)
+        .view([-1]);
+    let counts: Vec<f64> = Vec::try_from(
+        index
+            .bincount::<Tensor>(None, bins as i64)
+            .to_kind(Kind::Double),
+    )
+    .unwrap();
     let total: f64 = weights.iter().sum();
     let chi_square = |expected: &dyn Fn(usize) -> f64| {
-        (0..bins).map(|j| (counts[j] - expected(j)).powi(2) / expected(j)).sum::<f64>()
+        (0..bins)
+            .map(|j| (counts[j] - expected(j)).powi(2) / expected(j))
+            .sum::<f64>()
     };
     let fitted = chi_square(&|j| draws as f64 * weights[j] / total);
     let flat = chi_square(&|_| draws as f64 / bins as f64);
     assert!(fitted < 37.70, "χ² = {fitted} against the histogram");
-    assert!(flat > 37.70, "χ² = {flat} against a flat histogram: no power");
+    assert!(
+        flat > 37.70,
+        "χ² = {flat} against a flat histogram: no power"
+    );
     let sorted: Vec<f64> = Vec::try_from(points.view([-1])).unwrap();
-    assert!(sorted.windows(2).all(|w| w[0] <= w[1]), "points are not sorted");
-    let off_edge = sorted.iter().filter(|p| ((*p * bins as f64).fract()).abs() > 1e-9).count();
-    assert!(off_edge as f64 > 0.99 * draws as f64, "jittered points sit on bin edges");
-    let edges: Vec<f64> = Vec::try_from(sample_positions(&histogram, 100, false).view([-1])).unwrap();
-    assert!(edges.iter().all(|p| (p * bins as f64).fract() == 0.0), "left-edge points off j/D");
+    assert!(
+        sorted.windows(2).all(|w| w[0] <= w[1]),
+        "points are not sorted"
+    );
+    let off_edge = sorted
+        .iter()
+        .filter(|p| ((*p * bins as f64).fract()).abs() > 1e-9)
+        .count();
+    assert!(
+        off_edge as f64 > 0.99 * draws as f64,
+        "jittered points sit on bin edges"
+    );
+    let edges: Vec<f64> =
+        Vec::try_from(sample_positions(&histogram, 100, false).view([-1])).unwrap();
+    assert!(
+        edges.iter().all(|p| (p * bins as f64).fract() == 0.0),
+        "left-edge points off j/D"
+    );
 
     // The Gaussian mass histogram puts one narrow density's unit mass around its mean.
-    let mass = gaussian_mass_histogram(&Tensor::from_slice(&[0.53]).view([1, 1]), &Tensor::from_slice(&[1e-4]).view([1, 1]), bins);
+    let mass = gaussian_mass_histogram(
+        &Tensor::from_slice(&[0.53]).view([1, 1]),
+        &Tensor::from_slice(&[1e-4]).view([1, 1]),
+        bins,
+    );
     let mass: Vec<f64> = Vec::try_from(mass.view([-1])).unwrap();
-    assert!((mass.iter().sum::<f64>() - 1.0).abs() < 1e-9 && mass[8] > 0.9, "{mass:?}");
+    assert!(
+        (mass.iter().sum::<f64>() - 1.0).abs() < 1e-9 && mass[8] > 0.9,
+        "{mass:?}"
+    );
 }
 
 /// §10.7: the memory's size is the same after 1 and after 1,000 updates (uniform and sticky), and
@@ -238,7 +350,14 @@ fn t6_sticky_sampling_follows_the_histogram() {
 fn t7_memory_size_is_constant_over_a_thousand_updates() {
     tch::manual_seed(7);
     for sticky in [false, true] {
-        let config = LtmConfig { num_basis: 32, num_samples: 16, sticky, sticky_bins: 8, widths: vec![0.05, 0.1], ..LtmConfig::default() };
+        let config = LtmConfig {
+            num_basis: 32,
+            num_samples: 16,
+            sticky,
+            sticky_bins: 8,
+            widths: vec![0.05, 0.1],
+            ..LtmConfig::default()
+        };
         let ops = MemoryOperators::new(&config, 8, Kind::Float, Device::Cpu);
         let mut memory = LongTermMemory::new(&ops, 2, 4);
         memory.absorb(&ops, &Tensor::randn([2, 8, 4], (Kind::Float, Device::Cpu)));
@@ -252,9 +371,14 @@ fn t7_memory_size_is_constant_over_a_thousand_updates() {
         assert_eq!(memory.tokens_absorbed(), &[8000, 8000]);
         assert_eq!(memory.updates(), &[1000, 1000]);
         assert!(memory.coefficients().isfinite().all().int64_value(&[]) == 1);
-        let counted = memory.token_density().sum_dim_intlist(1, false, Kind::Double);
+        let counted = memory
+            .token_density()
+            .sum_dim_intlist(1, false, Kind::Double);
         let counted: Vec<f64> = Vec::try_from(counted).unwrap();
-        assert!(counted.iter().all(|c| (c - 8000.0).abs() < 8000.0 * 1e-6), "sticky={sticky}: {counted:?}");
+        assert!(
+            counted.iter().all(|c| (c - 8000.0).abs() < 8000.0 * 1e-6),
+            "sticky={sticky}: {counted:?}"
+        );
     }
 }
 
@@ -297,24 +421,57 @@ fn t8_gibbs_reading_is_exact_in_the_interpolating_limit() {
     let old_k_rot = rope.rotate(&old_keys, &memory_position.expand([chunk as i64], false));
     let keys = Tensor::cat(&[old_k_rot, stm_k_rot.shallow_clone()], 2);
     let values = Tensor::cat(&[old_values.shallow_clone(), stm_values.shallow_clone()], 2);
-    let mask = Tensor::cat(&[Tensor::zeros([queries, chunk as i64], F64), causal.shallow_clone()], 1);
+    let mask = Tensor::cat(
+        &[
+            Tensor::zeros([queries, chunk as i64], F64),
+            causal.shallow_clone(),
+        ],
+        1,
+    );
     let logits = q_rot.matmul(&keys.transpose(-1, -2)) / (head_dim as f64).sqrt() + mask;
     let reference = logits.softmax(-1, Kind::Double).matmul(&values);
 
     // LTM path: absorb [keys | values] with heads folded into the features, read at the R points.
-    let fold = |t: &Tensor| t.permute([0, 2, 1, 3]).reshape([1, chunk as i64, heads * head_dim]);
+    let fold = |t: &Tensor| {
+        t.permute([0, 2, 1, 3])
+            .reshape([1, chunk as i64, heads * head_dim])
+    };
     let mut memory = LongTermMemory::new(&ops, 1, 2 * (heads * head_dim) as usize);
     memory.absorb(&ops, &Tensor::cat(&[fold(&old_keys), fold(&old_values)], 2));
     let points = memory.evaluate(&ops, ops.quadrature_positions()); // [1, R, 2·H·d]
-    let unfold = |t: Tensor| t.reshape([1, chunk as i64, heads, head_dim]).permute([0, 2, 1, 3]);
+    let unfold = |t: Tensor| {
+        t.reshape([1, chunk as i64, heads, head_dim])
+            .permute([0, 2, 1, 3])
+    };
     let mem_k = unfold(points.narrow(2, 0, heads * head_dim));
     let mem_v = unfold(points.narrow(2, heads * head_dim, heads * head_dim));
     let mem_k_rot = rope.rotate(&mem_k, &memory_position.expand([chunk as i64], false));
     let log_w = quadrature_log_weights(memory.token_density(), ops.quadrature_positions(), None);
-    let read = joint_attention(&q_rot, (&stm_k_rot, &stm_values, Some(&causal)), (&mem_k_rot, &mem_v, &log_w));
+    let log_w = log_w.unsqueeze(1).unsqueeze(1); // [B, 1, 1, R]
+    let read = joint_attention(
+        &q_rot,
+        &[
+            KeyGroup {
+                keys: &stm_k_rot,
+                values: &stm_values,
+                bias: Some(&causal),
+            },
+            KeyGroup {
+                keys: &mem_k_rot,
+                values: &mem_v,
+                bias: Some(&log_w),
+            },
+        ],
+    );
 
     let diff = max_abs(&(&read.context - &reference));
-    assert!(diff < 1e-7, "joint reading differs from full attention by {diff}");
-    let mass = read.memory_mass.sum(Kind::Double).double_value(&[]);
-    assert!(mass > 0.1 * (heads * queries) as f64, "memory took almost no mass ({mass}); the test has no power");
+    assert!(
+        diff < 1e-7,
+        "joint reading differs from full attention by {diff}"
+    );
+    let mass = read.probabilities[1].sum(Kind::Double).double_value(&[]);
+    assert!(
+        mass > 0.1 * (heads * queries) as f64,
+        "memory took almost no mass ({mass}); the test has no power"
+    );
 }

@@ -21,7 +21,9 @@ impl Basis {
     /// `num_basis` must be a multiple of `widths.len()` with at least two centres;
     /// [`crate::ltm::LtmConfig::validate`] checks this for configured memories.
     pub fn new(num_basis: usize, widths: &[f64]) -> Self {
-        assert!(!widths.is_empty() && num_basis % widths.len() == 0 && num_basis / widths.len() >= 2);
+        assert!(
+            !widths.is_empty() && num_basis % widths.len() == 0 && num_basis / widths.len() >= 2
+        );
         let count = num_basis / widths.len();
         let mut centres = Vec::with_capacity(num_basis);
         let mut per_function_widths = Vec::with_capacity(num_basis);
@@ -32,7 +34,10 @@ impl Basis {
                 per_function_widths.push(width);
             }
         }
-        Self { centres, widths: per_function_widths }
+        Self {
+            centres,
+            widths: per_function_widths,
+        }
     }
 
     /// N, the number of basis functions.
@@ -47,12 +52,16 @@ impl Basis {
 
     /// The centre c_j of every function, as a tensor `[N]`.
     pub fn centres(&self, kind: Kind, device: Device) -> Tensor {
-        Tensor::from_slice(&self.centres).to_kind(kind).to_device(device)
+        Tensor::from_slice(&self.centres)
+            .to_kind(kind)
+            .to_device(device)
     }
 
     /// The width s_j (a standard deviation) of every function, as a tensor `[N]`.
     pub fn widths(&self, kind: Kind, device: Device) -> Tensor {
-        Tensor::from_slice(&self.widths).to_kind(kind).to_device(device)
+        Tensor::from_slice(&self.widths)
+            .to_kind(kind)
+            .to_device(device)
     }
 
     /// ψ(t): positions `[..., T]` → `[..., T, N]`, in the positions' dtype and device.
@@ -93,7 +102,10 @@ mod tests {
         let centres: Vec<f64> = Vec::try_from(basis.centres(Kind::Double, Device::Cpu)).unwrap();
         let widths: Vec<f64> = Vec::try_from(basis.widths(Kind::Double, Device::Cpu)).unwrap();
         let third = 1.0 / 3.0;
-        assert_eq!(centres, vec![0.0, 0.0, third, third, 2.0 * third, 2.0 * third, 1.0, 1.0]);
+        assert_eq!(
+            centres,
+            vec![0.0, 0.0, third, third, 2.0 * third, 2.0 * third, 1.0, 1.0]
+        );
         assert_eq!(widths, vec![0.01, 0.05, 0.01, 0.05, 0.01, 0.05, 0.01, 0.05]);
     }
 
@@ -103,7 +115,10 @@ mod tests {
         // Riemann sum over a wide fine grid: every ψ_j integrates to 1 within 1e-6.
         let step = 1e-4;
         let grid = Tensor::arange_start_step(-1.0, 2.0, step, (Kind::Double, Device::Cpu));
-        let integrals = basis.evaluate(&grid).sum_dim_intlist(0, false, Kind::Double) * step;
+        let integrals = basis
+            .evaluate(&grid)
+            .sum_dim_intlist(0, false, Kind::Double)
+            * step;
         let max_err = (integrals - 1.0).abs().max().double_value(&[]);
         assert!(max_err < 1e-6, "max |∫ψ − 1| = {max_err}");
     }

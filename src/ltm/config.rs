@@ -84,7 +84,11 @@ pub enum LtmConfigError {
     #[error("ltm.widths must be non-empty and every width positive, got {0:?}")]
     BadWidths(Vec<f64>),
     #[error("ltm.{field} = {value} is out of range: {expected}")]
-    OutOfRange { field: &'static str, value: f64, expected: &'static str },
+    OutOfRange {
+        field: &'static str,
+        value: f64,
+        expected: &'static str,
+    },
 }
 
 impl LtmConfig {
@@ -106,25 +110,71 @@ impl LtmConfig {
             return Err(LtmConfigError::BadWidths(self.widths.clone()));
         }
         if self.num_basis % widths != 0 || self.num_basis / widths < 2 {
-            return Err(LtmConfigError::BasisNotDivisible { num_basis: self.num_basis, widths });
+            return Err(LtmConfigError::BasisNotDivisible {
+                num_basis: self.num_basis,
+                widths,
+            });
         }
         let checks: [(&'static str, f64, bool, &'static str); 7] = [
-            ("ridge_penalty", self.ridge_penalty, self.ridge_penalty >= 0.0, ">= 0"),
-            ("contraction", self.contraction, self.contraction > 0.0 && self.contraction < 1.0, "strictly between 0 and 1"),
-            ("num_samples", self.num_samples as f64, self.num_samples > 0, ">= 1"),
-            ("sticky_bins", self.sticky_bins as f64, self.sticky_bins > 0, ">= 1"),
-            ("min_variance", self.min_variance, self.min_variance > 0.0, "> 0"),
-            ("kl_prior_std", self.kl_prior_std, self.kl_prior_std > 0.0, "> 0"),
-            ("quadrature_points", self.quadrature_points as f64, self.quadrature_points > 0, ">= 1"),
+            (
+                "ridge_penalty",
+                self.ridge_penalty,
+                self.ridge_penalty >= 0.0,
+                ">= 0",
+            ),
+            (
+                "contraction",
+                self.contraction,
+                self.contraction > 0.0 && self.contraction < 1.0,
+                "strictly between 0 and 1",
+            ),
+            (
+                "num_samples",
+                self.num_samples as f64,
+                self.num_samples > 0,
+                ">= 1",
+            ),
+            (
+                "sticky_bins",
+                self.sticky_bins as f64,
+                self.sticky_bins > 0,
+                ">= 1",
+            ),
+            (
+                "min_variance",
+                self.min_variance,
+                self.min_variance > 0.0,
+                "> 0",
+            ),
+            (
+                "kl_prior_std",
+                self.kl_prior_std,
+                self.kl_prior_std > 0.0,
+                "> 0",
+            ),
+            (
+                "quadrature_points",
+                self.quadrature_points as f64,
+                self.quadrature_points > 0,
+                ">= 1",
+            ),
         ];
         for (field, value, ok, expected) in checks {
             if !ok {
-                return Err(LtmConfigError::OutOfRange { field, value, expected });
+                return Err(LtmConfigError::OutOfRange {
+                    field,
+                    value,
+                    expected,
+                });
             }
         }
         if let Some(cap) = self.max_density_weight {
-            if !(cap > 0.0) {
-                return Err(LtmConfigError::OutOfRange { field: "max_density_weight", value: cap, expected: "> 0" });
+            if cap.is_nan() || cap <= 0.0 {
+                return Err(LtmConfigError::OutOfRange {
+                    field: "max_density_weight",
+                    value: cap,
+                    expected: "> 0",
+                });
             }
         }
         Ok(())
@@ -147,9 +197,18 @@ mod tests {
 
     #[test]
     fn invalid_fields_are_named() {
-        let c = LtmConfig { num_basis: 511, ..LtmConfig::default() };
-        assert!(matches!(c.validate(), Err(LtmConfigError::BasisNotDivisible { .. })));
-        let c = LtmConfig { contraction: 1.0, ..LtmConfig::default() };
+        let c = LtmConfig {
+            num_basis: 511,
+            ..LtmConfig::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(LtmConfigError::BasisNotDivisible { .. })
+        ));
+        let c = LtmConfig {
+            contraction: 1.0,
+            ..LtmConfig::default()
+        };
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("ltm.contraction"), "{err}");
     }

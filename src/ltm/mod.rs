@@ -14,7 +14,10 @@ pub mod ridge;
 pub mod signal;
 pub mod sticky;
 
-pub use attention::{joint_attention, quadrature_log_weights, variance_kl, GaussianRead, GaussianReading, JointRead};
+pub use attention::{
+    joint_attention, quadrature_log_weights, variance_kl, GaussianRead, GaussianReading, JointRead,
+    KeyGroup,
+};
 pub use basis::Basis;
 pub use config::{LtmConfig, LtmConfigError, TokenPositions};
 pub use signal::{LongTermMemory, MemoryOperators};

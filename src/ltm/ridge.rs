@@ -20,14 +20,17 @@ pub fn paper_positions(len: usize) -> Vec<f64> {
 /// The uniform resampling points u_i = i/M, i = 1..M, at which the old signal is read before an
 /// update (§3): 1 included, 0 excluded, not midpoints.
 pub fn uniform_sample_positions(num_samples: usize) -> Vec<f64> {
-    (1..=num_samples).map(|i| i as f64 / num_samples as f64).collect()
+    (1..=num_samples)
+        .map(|i| i as f64 / num_samples as f64)
+        .collect()
 }
 
 /// Where an update puts its M + L vectors (§3): the M old samples at τ·i/M, i = 1..M, then the
 /// L new vectors at τ + (1 − τ)·l/L, l = 1..L.
 pub fn update_positions(num_samples: usize, chunk_len: usize, contraction: f64) -> Vec<f64> {
     let old = (1..=num_samples).map(|i| contraction * i as f64 / num_samples as f64);
-    let new = (1..=chunk_len).map(|l| contraction + (1.0 - contraction) * l as f64 / chunk_len as f64);
+    let new =
+        (1..=chunk_len).map(|l| contraction + (1.0 - contraction) * l as f64 / chunk_len as f64);
     old.chain(new).collect()
 }
 
@@ -39,8 +42,13 @@ pub fn update_positions(num_samples: usize, chunk_len: usize, contraction: f64) 
 /// typo for 1/(2n); we use 1/(2n), which also handles odd n.
 pub fn padding_positions(inner_len: usize) -> (Vec<f64>, Vec<f64>) {
     let n = inner_len as f64;
-    let below = (0..inner_len / 2).rev().map(|j| -(j as f64 + 0.5) / n).collect();
-    let above = (0..inner_len / 2).map(|j| 1.0 + (j as f64 + 0.5) / n).collect();
+    let below = (0..inner_len / 2)
+        .rev()
+        .map(|j| -(j as f64 + 0.5) / n)
+        .collect();
+    let above = (0..inner_len / 2)
+        .map(|j| 1.0 + (j as f64 + 0.5) / n)
+        .collect();
     (below, above)
 }
 
@@ -58,7 +66,8 @@ pub fn padded_ridge_operator(basis: &Basis, inner: &[f64], ridge_penalty: f64) -
         + Tensor::eye(basis.len() as i64, (Kind::Double, Device::Cpu)) * ridge_penalty;
     // (F Fᵀ + λI)⁻¹ F = solve(gram, F); G = its transpose, restricted to the inner rows.
     let full = Tensor::linalg_solve(&gram, &design, true).transpose(0, 1); // [P, N]
-    full.narrow(0, below.len() as i64, inner.len() as i64).contiguous()
+    full.narrow(0, below.len() as i64, inner.len() as i64)
+        .contiguous()
 }
 
 /// The fit Bᵀ = Xᵀ G, written as B = Gᵀ X: vectors `[..., L, e]` → coefficients `[..., N, e]`.
@@ -74,9 +83,16 @@ mod tests {
     fn midpoint_padding_is_the_official_grid_over_minus_half_to_one_and_a_half() {
         let len = 6;
         let (below, above) = padding_positions(len);
-        let all: Vec<f64> = below.iter().chain(&midpoint_positions(len)).chain(&above).copied().collect();
+        let all: Vec<f64> = below
+            .iter()
+            .chain(&midpoint_positions(len))
+            .chain(&above)
+            .copied()
+            .collect();
         // p_k = −0.5 + 1/(2L) + k/L, k = 0..2L−1
-        let official: Vec<f64> = (0..2 * len).map(|k| -0.5 + 0.5 / len as f64 + k as f64 / len as f64).collect();
+        let official: Vec<f64> = (0..2 * len)
+            .map(|k| -0.5 + 0.5 / len as f64 + k as f64 / len as f64)
+            .collect();
         for (a, b) in all.iter().zip(&official) {
             assert!((a - b).abs() < 1e-12, "{all:?} vs {official:?}");
         }

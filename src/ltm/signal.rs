@@ -8,8 +8,8 @@
 use super::basis::Basis;
 use super::config::{LtmConfig, TokenPositions};
 use super::ridge::{
-    fit_coefficients, midpoint_positions, padded_ridge_operator, paper_positions, uniform_sample_positions,
-    update_positions,
+    fit_coefficients, midpoint_positions, padded_ridge_operator, paper_positions,
+    uniform_sample_positions, update_positions,
 };
 use super::sticky::sample_positions;
 use tch::{Device, Kind, Tensor};
@@ -45,11 +45,22 @@ impl MemoryOperators {
             TokenPositions::PaperUniform => paper_positions(chunk_len),
         };
         let cast = |t: Tensor| t.to_kind(kind).to_device(device);
-        let first_fit = cast(padded_ridge_operator(&basis, &positions, config.ridge_penalty));
+        let first_fit = cast(padded_ridge_operator(
+            &basis,
+            &positions,
+            config.ridge_penalty,
+        ));
         let update_positions = update_positions(config.num_samples, chunk_len, config.contraction);
-        let update_fit = cast(padded_ridge_operator(&basis, &update_positions, config.ridge_penalty));
-        let uniform_samples = cast(basis.evaluate_at(&uniform_sample_positions(config.num_samples)));
-        let quadrature = cast(Tensor::from_slice(&midpoint_positions(config.quadrature_points)));
+        let update_fit = cast(padded_ridge_operator(
+            &basis,
+            &update_positions,
+            config.ridge_penalty,
+        ));
+        let uniform_samples =
+            cast(basis.evaluate_at(&uniform_sample_positions(config.num_samples)));
+        let quadrature = cast(Tensor::from_slice(&midpoint_positions(
+            config.quadrature_points,
+        )));
         Self {
             config: config.clone(),
             basis,
@@ -112,7 +123,10 @@ impl LongTermMemory {
         let options = (ops.kind, ops.device);
         let bins = ops.config.sticky_bins as i64;
         Self {
-            coefficients: Tensor::zeros([batch as i64, ops.basis.len() as i64, features as i64], options),
+            coefficients: Tensor::zeros(
+                [batch as i64, ops.basis.len() as i64, features as i64],
+                options,
+            ),
             attention_mass: Tensor::zeros([batch as i64, bins], options),
             token_density: Tensor::zeros([batch as i64, bins], options),
             absorbed: vec![0; batch],
@@ -152,10 +166,14 @@ impl LongTermMemory {
 
     /// Bytes held by the state's tensors: fixed by (B, N, e, D), never by the tokens absorbed.
     pub fn bytes(&self) -> usize {
-        [&self.coefficients, &self.attention_mass, &self.token_density]
-            .iter()
-            .map(|t| t.numel() * t.kind().elt_size_in_bytes())
-            .sum()
+        [
+            &self.coefficients,
+            &self.attention_mass,
+            &self.token_density,
+        ]
+        .iter()
+        .map(|t| t.numel() * t.kind().elt_size_in_bytes())
+        .sum()
     }
 
     /// X̄(t) = Bᵀψ(t): positions `[T]` (shared) or `[B, T]` → `[B, T, e]`.
@@ -177,9 +195,20 @@ impl LongTermMemory {
     /// session first once it has absorbed that many tokens (the GPT-2 code's 2048).
     pub fn absorb(&mut self, ops: &MemoryOperators, chunk: &Tensor) {
         let (batch, len, features) = chunk.size3().expect("chunk must be [B, L, e]");
-        assert_eq!(batch as usize, self.batch(), "chunk batch differs from the memory's");
-        assert_eq!(len as usize, ops.chunk_len, "chunk length differs from the operators'");
-        assert_eq!(features, self.coefficients.size()[2], "chunk features differ from the memory's");
+        assert_eq!(
+            batch as usize,
+            self.batch(),
+            "chunk batch differs from the memory's"
+        );
+        assert_eq!(
+            len as usize, ops.chunk_len,
+            "chunk length differs from the operators'"
+        );
+        assert_eq!(
+            features,
+            self.coefficients.size()[2],
+            "chunk features differ from the memory's"
+        );
         let chunk = chunk.detach().to_kind(ops.kind);
         if let Some(limit) = ops.config.reset_after_tokens {
             for row in 0..self.batch() {
@@ -190,19 +219,27 @@ impl LongTermMemory {
         }
         let fresh: Vec<bool> = self.absorbed.iter().map(|&a| a == 0).collect();
         let positions = self.resample_positions(ops);
-        let first = fresh.iter().any(|&f| f).then(|| fit_coefficients(&ops.first_fit, &chunk));
+        let first = fresh
+            .iter()
+            .any(|&f| f)
+            .then(|| fit_coefficients(&ops.first_fit, &chunk));
         let updated = fresh.iter().any(|&f| !f).then(|| {
             let sample_basis = match &positions {
                 Some(p) => ops.basis.evaluate(p), // [B, M, N]
                 None => ops.uniform_samples.shallow_clone(),
             };
             let past = sample_basis.matmul(&self.coefficients); // [B, M, e]
-            fit_coefficients(&ops.update_fit, &Tensor::cat(&[past, chunk.shallow_clone()], 1))
+            fit_coefficients(
+                &ops.update_fit,
+                &Tensor::cat(&[past, chunk.shallow_clone()], 1),
+            )
         });
         self.token_density = self.next_density(ops, &fresh, positions.as_ref());
         self.coefficients = match (first, updated) {
             (Some(first), Some(updated)) => {
-                let mask = Tensor::from_slice(&fresh).to_device(ops.device).view([-1, 1, 1]);
+                let mask = Tensor::from_slice(&fresh)
+                    .to_device(ops.device)
+                    .view([-1, 1, 1]);
                 first.where_self(&mask, &updated)
             }
             (Some(only), None) | (None, Some(only)) => only,
@@ -221,11 +258,16 @@ impl LongTermMemory {
         if !ops.config.sticky {
             return None;
         }
-        let mass = self.attention_mass.sum_dim_intlist(-1, true, self.attention_mass.kind()); // [B, 1]
+        let mass = self
+            .attention_mass
+            .sum_dim_intlist(-1, true, self.attention_mass.kind()); // [B, 1]
         let has_mass = mass.gt(0.0);
         // Rows without mass get a flat histogram so the draw is defined; `where` discards it.
-        let histogram = self.attention_mass.where_self(&has_mass, &self.attention_mass.ones_like());
-        let sampled = sample_positions(&histogram, ops.config.num_samples, ops.config.sticky_jitter);
+        let histogram = self
+            .attention_mass
+            .where_self(&has_mass, &self.attention_mass.ones_like());
+        let sampled =
+            sample_positions(&histogram, ops.config.num_samples, ops.config.sticky_jitter);
         let uniform = Tensor::from_slice(&uniform_sample_positions(ops.config.num_samples))
             .to_kind(ops.kind)
             .to_device(ops.device);
@@ -237,7 +279,12 @@ impl LongTermMemory {
     /// Fresh sessions spread the L tokens over [0, 1]. Others carry the token-count CDF through the
     /// warp of the update: the old point u_i moves to τ·i/M, so the new CDF at τ·i/M is the old CDF
     /// at u_i (a plain contraction when u_i = i/M); the L new tokens are spread over [τ, 1].
-    fn next_density(&self, ops: &MemoryOperators, fresh: &[bool], positions: Option<&Tensor>) -> Tensor {
+    fn next_density(
+        &self,
+        ops: &MemoryOperators,
+        fresh: &[bool],
+        positions: Option<&Tensor>,
+    ) -> Tensor {
         let (kind, device) = (ops.kind, ops.device);
         let bins = ops.config.sticky_bins as i64;
         let samples = ops.config.num_samples as i64;
@@ -257,14 +304,20 @@ impl LongTermMemory {
         };
         let cdf_old_at = |points: &Tensor| -> Tensor {
             let scaled = points * bins as f64;
-            let index = scaled.floor().clamp(0.0, (bins - 1) as f64).to_kind(Kind::Int64);
+            let index = scaled
+                .floor()
+                .clamp(0.0, (bins - 1) as f64)
+                .to_kind(Kind::Int64);
             let before = old.cumsum(-1, kind) - old; // tokens strictly left of each bin
             let within = (scaled - index.to_kind(kind)).clamp(0.0, 1.0);
             before.gather(-1, &index, false) + old.gather(-1, &index, false) * within
         };
         // Knots of the new CDF on [0, τ]: (0, 0), (τ·i/M, F_old(u_i)), with F(τ) = total so no
         // token is lost when the last sticky sample sits left of 1.
-        let knots = Tensor::cat(&[Tensor::zeros([batch, 1], (kind, device)), cdf_old_at(&u)], 1);
+        let knots = Tensor::cat(
+            &[Tensor::zeros([batch, 1], (kind, device)), cdf_old_at(&u)],
+            1,
+        );
         let knots = knots.slice(1, 0, samples, 1).contiguous();
         let knots = Tensor::cat(&[knots, total.shallow_clone()], 1); // [B, M + 1]
 

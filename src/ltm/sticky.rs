@@ -30,10 +30,20 @@ pub fn gaussian_mass_histogram(mean: &Tensor, variance: &Tensor, bins: usize) ->
 pub fn point_mass_histogram(mass: &Tensor, positions: &Tensor, bins: usize) -> Tensor {
     let batch = mass.size()[0];
     let points = *mass.size().last().expect("mass has a point dimension");
-    let per_point = mass.detach().reshape([batch, -1, points]).sum_dim_intlist(1, false, mass.kind());
-    let index = (positions * bins as f64).floor().clamp(0.0, bins as f64 - 1.0).to_kind(Kind::Int64);
-    let index = index.to_device(mass.device()).unsqueeze(0).expand([batch, points], false);
-    Tensor::zeros([batch, bins as i64], (mass.kind(), mass.device())).scatter_add(1, &index, &per_point)
+    let per_point =
+        mass.detach()
+            .reshape([batch, -1, points])
+            .sum_dim_intlist(1, false, mass.kind());
+    let index = (positions * bins as f64)
+        .floor()
+        .clamp(0.0, bins as f64 - 1.0)
+        .to_kind(Kind::Int64);
+    let index = index
+        .to_device(mass.device())
+        .unsqueeze(0)
+        .expand([batch, points], false);
+    Tensor::zeros([batch, bins as i64], (mass.kind(), mass.device()))
+        .scatter_add(1, &index, &per_point)
 }
 
 /// M resampling points per session `[B, M]`, sorted, drawn i.i.d. with replacement from the
@@ -45,8 +55,14 @@ pub fn point_mass_histogram(mass: &Tensor, positions: &Tensor, bins: usize) -> T
 pub fn sample_positions(histogram: &Tensor, num_samples: usize, jitter: bool) -> Tensor {
     let bins = histogram.size()[1] as f64;
     let probabilities = histogram.to_kind(Kind::Double).clamp_min(0.0);
-    let drawn = probabilities.multinomial(num_samples as i64, true).to_kind(histogram.kind());
-    let offset = if jitter { drawn.rand_like() } else { drawn.zeros_like() };
+    let drawn = probabilities
+        .multinomial(num_samples as i64, true)
+        .to_kind(histogram.kind());
+    let offset = if jitter {
+        drawn.rand_like()
+    } else {
+        drawn.zeros_like()
+    };
     let (sorted, _) = ((drawn + offset) / bins).sort(-1, false);
     sorted
 }
