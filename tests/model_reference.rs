@@ -255,7 +255,9 @@ fn bf16_tracks_the_reference() {
 
 #[test]
 fn int4_tracks_the_reference() {
-    // int4 weights (groups of 32, quantised from the dequantised GGUF by min/max) with bf16
-    // activations; a broken kernel gives logit errors of order 10.
-    track_reference(Precision::Int4, 3.0);
+    // int4 weights (groups of 32, quantised from the dequantised GGUF by min/max), bf16 activations
+    // and a bf16 LM head. Measured 2026-11-27: logits within 1.120, top-1 66/66 rows, continuation
+    // tokens 683/704 (with the LM head in int4 too: 1.608, 58/66, 606/704). A broken kernel gives
+    // logit errors of order 10.
+    track_reference(Precision::Int4, 2.5);
 }

@@ -299,12 +299,13 @@ impl Llama {
         config.validate()?;
         let (v, c) = (config.vocab_size, config.hidden_size);
         let embed = weights.take("model.embed_tokens.weight", &[v, c])?;
+        let head_precision = options.precision.lm_head();
         let lm_head = if config.tie_word_embeddings || !weights.contains("lm_head.weight") {
-            Linear::new(&embed, options.precision, options.device)?
+            Linear::new(&embed, head_precision, options.device)?
         } else {
             Linear::new(
                 &weights.take("lm_head.weight", &[v, c])?,
-                options.precision,
+                head_precision,
                 options.device,
             )?
         };
