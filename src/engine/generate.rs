@@ -144,6 +144,23 @@ mod tests {
         sequence[prompt.len()..].to_vec()
     }
 
+    /// Greedy generation from an empty cache.
+    fn generate_fresh(
+        model: &Llama,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        on_token: impl FnMut(u32) -> bool,
+    ) -> Result<Generation, ModelError> {
+        generate(
+            model,
+            &mut model.new_cache(),
+            prompt,
+            &mut Greedy,
+            options,
+            on_token,
+        )
+    }
+
     #[test]
     fn cached_generation_equals_recomputation_across_prefill_chunks() {
         let model = tiny(Precision::F32);
@@ -154,15 +171,7 @@ mod tests {
             stop_tokens: vec![],
             prefill_chunk: 2,
         };
-        let out = generate(
-            &model,
-            &mut model.new_cache(),
-            &prompt,
-            &mut Greedy,
-            &options,
-            |_| true,
-        )
-        .unwrap();
+        let out = generate_fresh(&model, &prompt, &options, |_| true).unwrap();
         assert_eq!(out.tokens, expected);
         assert_eq!(out.finish, FinishReason::Length);
     }
@@ -177,15 +186,7 @@ mod tests {
             stop_tokens: vec![free[2]],
             prefill_chunk: 512,
         };
-        let out = generate(
-            &model,
-            &mut model.new_cache(),
-            &prompt,
-            &mut Greedy,
-            &options,
-            |_| true,
-        )
-        .unwrap();
+        let out = generate_fresh(&model, &prompt, &options, |_| true).unwrap();
         let first_stop = free.iter().position(|&t| t == free[2]).unwrap();
         assert_eq!(
             (out.tokens.as_slice(), out.finish),
@@ -196,27 +197,12 @@ mod tests {
             max_tokens: 6,
             ..Default::default()
         };
-        let out = generate(
-            &model,
-            &mut model.new_cache(),
-            &prompt,
-            &mut Greedy,
-            &options,
-            |_| {
-                seen += 1;
-                seen < 2
-            },
-        )
+        let out = generate_fresh(&model, &prompt, &options, |_| {
+            seen += 1;
+            seen < 2
+        })
         .unwrap();
         assert_eq!((out.tokens.len(), out.finish), (2, FinishReason::Cancelled));
-        assert!(generate(
-            &model,
-            &mut model.new_cache(),
-            &[],
-            &mut Greedy,
-            &options,
-            |_| true
-        )
-        .is_err());
+        assert!(generate_fresh(&model, &[], &options, |_| true).is_err());
     }
 }

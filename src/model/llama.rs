@@ -461,6 +461,10 @@ pub(crate) mod tests {
         .unwrap()
     }
 
+    fn max_abs_difference(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b).abs().max().double_value(&[])
+    }
+
     #[test]
     fn incremental_decoding_equals_one_full_pass() {
         // f32 throughout: tolerance 1e-4 on logits of order 1.
@@ -477,10 +481,7 @@ pub(crate) mod tests {
             let logits = model
                 .forward(&tokens.narrow(1, step, 1), &mut cache, LogitsAt::Last)
                 .unwrap(); // [2, V]
-            let error = (logits - full.select(1, step))
-                .abs()
-                .max()
-                .double_value(&[]);
+            let error = max_abs_difference(&logits, &full.select(1, step));
             assert!(error < 1e-4, "step {step}: off by {error}");
         }
     }
@@ -499,10 +500,7 @@ pub(crate) mod tests {
                 LogitsAt::Last,
             )
             .unwrap();
-        let error = (both.select(0, 1) - second.select(0, 0))
-            .abs()
-            .max()
-            .double_value(&[]);
+        let error = max_abs_difference(&both.select(0, 1), &second.select(0, 0));
         assert!(error < 1e-5, "row 1 alone differs by {error}");
     }
 
@@ -549,7 +547,7 @@ pub(crate) mod tests {
             let logits = model
                 .forward(&tokens, &mut model.new_cache(), LogitsAt::All)
                 .unwrap();
-            let error = (logits - &reference).abs().max().double_value(&[]);
+            let error = max_abs_difference(&logits, &reference);
             assert!(error < 0.15, "{precision:?} off by {error}");
         }
     }

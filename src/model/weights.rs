@@ -29,18 +29,8 @@ impl Weights {
 
     /// Removes and returns `name`, checking its shape.
     pub fn take(&mut self, name: &str, shape: &[i64]) -> Result<Tensor, ModelError> {
-        let tensor = self
-            .tensors
-            .remove(name)
-            .ok_or_else(|| ModelError::MissingWeight(name.to_string()))?;
-        if tensor.size() != shape {
-            return Err(ModelError::WeightShape {
-                name: name.to_string(),
-                expected: shape.to_vec(),
-                actual: tensor.size(),
-            });
-        }
-        Ok(tensor)
+        self.get(name, shape)?;
+        Ok(self.tensors.remove(name).expect("present: get checked it"))
     }
 
     /// Borrows `name`, checking its shape (for a tensor used twice, such as tied embeddings).
