@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 CARGO ?= cargo
 
-.PHONY: setup build demo test lint bench
+.PHONY: setup build demo test lint bench bench-model
 setup:
 	./scripts/setup.sh
 
@@ -27,3 +27,7 @@ test: lint
 
 bench: setup
 	$(CARGO) bench --bench ltm
+
+# Decode and prefill tokens/s at batch 1 against llama-cpp-python on the same GGUF (installs it once).
+bench-model: setup
+	$(CARGO) bench --bench model

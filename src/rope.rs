@@ -5,7 +5,7 @@
 //! which is what lets the memory use window-relative positions (`infinity-former.md` §9.3) and sit
 //! at one fixed position (§9.2).
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Precomputed inverse frequencies θ_i for one head size.
 #[derive(Debug)]
@@ -38,20 +38,72 @@ impl Rope {
             .unsqueeze(-1)
             * inv.unsqueeze(0); // [T, d/2]
         let angles = Tensor::cat(&[&angles, &angles], -1);
-        let (cos, sin) = (
-            angles.cos().to_kind(x.kind()),
-            angles.sin().to_kind(x.kind()),
-        );
-        let half = x.size().last().copied().expect("x has a feature dimension") / 2;
-        let rotated_half = Tensor::cat(&[-x.narrow(-1, half, half), x.narrow(-1, 0, half)], -1);
-        x * cos + rotated_half * sin
+        rotate_with(
+            x,
+            &angles.cos().to_kind(x.kind()),
+            &angles.sin().to_kind(x.kind()),
+        )
     }
+
+    /// cos and sin of every position in `0..positions`, computed once, in `kind` on `device`.
+    pub fn table(&self, positions: i64, kind: Kind, device: Device) -> RopeTable {
+        let inv = Tensor::from_slice(&self.inverse_frequencies);
+        let angles =
+            Tensor::arange(positions, (Kind::Double, Device::Cpu)).unsqueeze(-1) * inv.unsqueeze(0); // [P, d/2]
+        let angles = Tensor::cat(&[&angles, &angles], -1); // [P, d]
+        RopeTable {
+            cos: angles.cos().to_kind(kind).to_device(device),
+            sin: angles.sin().to_kind(kind).to_device(device),
+        }
+    }
+}
+
+/// Precomputed cos/sin for positions `0..len()`: rotating a step's keys and queries is then two views
+/// and a handful of element-wise ops, with no trigonometry per layer.
+#[derive(Debug)]
+pub struct RopeTable {
+    cos: Tensor, // [P, d]
+    sin: Tensor, // [P, d]
+}
+
+impl RopeTable {
+    /// Positions covered.
+    pub fn len(&self) -> i64 {
+        self.cos.size()[0]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Rotates `x` `[..., T, d]` to the positions `start..start + T` (which must lie in the table).
+    pub fn rotate(&self, x: &Tensor, start: i64) -> Tensor {
+        let size = x.size();
+        let t = size[size.len() - 2];
+        assert!(
+            start >= 0 && start + t <= self.len(),
+            "positions {start}..{} outside the RoPE table of {}",
+            start + t,
+            self.len()
+        );
+        rotate_with(
+            x,
+            &self.cos.narrow(0, start, t),
+            &self.sin.narrow(0, start, t),
+        )
+    }
+}
+
+/// x·cos + rotate_half(x)·sin, with rotate_half(x) = (−x₂, x₁) for the halves x₁, x₂.
+fn rotate_with(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let half = x.size().last().copied().expect("x has a feature dimension") / 2;
+    let rotated_half = Tensor::cat(&[-x.narrow(-1, half, half), x.narrow(-1, 0, half)], -1);
+    x * cos + rotated_half * sin
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Device;
 
     #[test]
     fn scores_depend_only_on_relative_position() {
@@ -71,5 +123,22 @@ mod tests {
             (near - score(1_006.0, 1_000.0)).abs() > 1e-6,
             "a different distance must change the score"
         );
+    }
+
+    #[test]
+    fn table_rotation_equals_direct_rotation() {
+        tch::manual_seed(1);
+        let rope = Rope::new(16, 10000.0);
+        let x = Tensor::randn([2, 3, 5, 16], (Kind::Double, Device::Cpu));
+        let direct = rope.rotate(
+            &x,
+            &Tensor::arange_start(40, 45, (Kind::Int64, Device::Cpu)),
+        );
+        let table = rope.table(64, Kind::Double, Device::Cpu);
+        let error = (table.rotate(&x, 40) - direct)
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(error < 1e-12, "table and direct rotation differ by {error}");
     }
 }

@@ -1,0 +1,153 @@
+//! Decode and prefill speed at batch 1, ours against llama.cpp (llama-cpp-python on the same GGUF)
+//! in the same run, for prompts of 100 and 2,000 tokens (issue 3 item 7, `performance.md`).
+//!
+//! Run: `make bench-model` (or `cargo bench --bench model`). Environment:
+//! `INFINI_BENCH_PRECISIONS` (default `f32,bf16,int4`), `INFINI_BENCH_DECODE` (tokens generated per
+//! prompt, default 64), `INFINI_BENCH_PROMPTS` (prompt lengths, default `100,2000`),
+//! `INFINI_BENCH_THREADS` (default: libtorch's, the core count), `INFINI_BENCH_PEER=0` to skip the
+//! peer. Both sides use the same number of threads and the same token ids.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use infini::engine::generate::{generate, GenerateOptions, Greedy};
+use infini::model::hf::HfFolder;
+use infini::model::{Llama, ModelOptions, Precision};
+use tch::Device;
+
+const GGUF: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+struct Speed {
+    prefill: f64,
+    decode: f64,
+}
+
+/// Deterministic, varied token ids (ordinary vocabulary range, no special tokens).
+fn prompt(length: usize) -> Vec<u32> {
+    (0..length as u64)
+        .map(|i| (100 + (i * 7919 + 13) % 48_000) as u32)
+        .collect()
+}
+
+fn ours(model: &Llama, tokens: &[u32], decode: usize) -> Result<Speed> {
+    let options = GenerateOptions {
+        max_tokens: decode,
+        stop_tokens: vec![],
+        prefill_chunk: 2048,
+    };
+    let out = generate(
+        model,
+        &mut model.new_cache(),
+        tokens,
+        &mut Greedy,
+        &options,
+        |_| true,
+    )?;
+    Ok(Speed {
+        prefill: tokens.len() as f64 / out.prefill.as_secs_f64(),
+        decode: (decode - 1) as f64 / out.decode.as_secs_f64(),
+    })
+}
+
+fn peer(root: &Path, prompts: &[Vec<u32>], decode: usize, threads: i32) -> Result<Vec<Speed>> {
+    let file =
+        std::env::temp_dir().join(format!("infini-bench-prompts-{}.json", std::process::id()));
+    std::fs::write(&file, serde_json::json!({ "prompts": prompts }).to_string())?;
+    let output = Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("scripts/reference/bench_llama_cpp.py"))
+        .arg(root.join(GGUF))
+        .arg(&file)
+        .args([
+            "--decode",
+            &decode.to_string(),
+            "--threads",
+            &threads.to_string(),
+        ])
+        .output()
+        .context("running scripts/reference/bench_llama_cpp.py")?;
+    let _ = std::fs::remove_file(&file);
+    if !output.status.success() {
+        bail!(
+            "llama-cpp-python bench failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    String::from_utf8(output.stdout)?
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            let get = |k: &str| {
+                v[k].as_f64()
+                    .with_context(|| format!("{k} missing in {line}"))
+            };
+            Ok(Speed {
+                prefill: get("prefill_tokens_per_s")?,
+                decode: get("decode_tokens_per_s")?,
+            })
+        })
+        .collect()
+}
+
+fn main() -> Result<()> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let precisions: Vec<Precision> = std::env::var("INFINI_BENCH_PRECISIONS")
+        .unwrap_or_else(|_| "f32,bf16,int4".into())
+        .split(',')
+        .map(|s| s.trim().parse())
+        .collect::<Result<_, _>>()?;
+    let decode: usize = std::env::var("INFINI_BENCH_DECODE")
+        .ok()
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(64)
+        .max(2);
+    if let Ok(threads) = std::env::var("INFINI_BENCH_THREADS") {
+        tch::set_num_threads(threads.parse()?);
+    }
+    let threads = tch::get_num_threads();
+    let lengths = std::env::var("INFINI_BENCH_PROMPTS").unwrap_or_else(|_| "100,2000".into());
+    let prompts: Vec<Vec<u32>> = lengths
+        .split(',')
+        .map(|n| Ok(prompt(n.trim().parse()?)))
+        .collect::<Result<_>>()?;
+    let folder = HfFolder::open(root.join("models/smollm2-hf"))
+        .context("run scripts/reference/convert_hf.py first")?;
+    println!("batch 1, {threads} threads, {decode} tokens decoded per prompt");
+
+    let peer_speeds = if std::env::var("INFINI_BENCH_PEER").as_deref() == Ok("0") {
+        None
+    } else {
+        Some(peer(&root, &prompts, decode, threads)?)
+    };
+    for precision in precisions {
+        let started = Instant::now();
+        let model = folder.load(ModelOptions {
+            device: Device::Cpu,
+            precision,
+        })?;
+        let load = started.elapsed().as_secs_f64();
+        let _ = ours(&model, &prompts[0][..16], 4)?; // warm-up
+        for (tokens, i) in prompts.iter().zip(0..) {
+            let speed = ours(&model, tokens, decode)?;
+            let mut line = format!(
+                "{precision:?} (loaded in {load:.1} s), prompt {:>5}: prefill {:>7.1} tok/s, decode {:>6.1} tok/s",
+                tokens.len(),
+                speed.prefill,
+                speed.decode
+            );
+            if let Some(peer) = peer_speeds.as_ref().and_then(|p| p.get(i)) {
+                line += &format!(
+                    " | llama.cpp prefill {:>7.1}, decode {:>6.1} | ratio ours/peer: prefill {:.2}, decode {:.2}",
+                    peer.prefill,
+                    peer.decode,
+                    speed.prefill / peer.prefill,
+                    speed.decode / peer.decode
+                );
+            }
+            println!("{line}");
+        }
+    }
+    Ok(())
+}

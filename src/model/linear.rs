@@ -1,0 +1,240 @@
+//! The weight matmuls of the decoder, `y = x Wᵀ`, in three precisions (`performance.md`):
+//! * f32 or bf16 dense weights through `linear`;
+//! * int4 weight-only: groups of 32 input features share a scale and a zero
+//!   (w = (q − 8)·scale + zero, q ∈ 0..15), packed by libtorch's `_convert_weight_to_int4pack_for_cpu`
+//!   and multiplied by `_weight_int4pack_mm_for_cpu` with bf16 activations, its fast path on this CPU.
+//!   GGUF Q4_1 blocks (w = d·q + m over 32 weights) are the same thing with zero = m + 8·d.
+
+use tch::{Device, Kind, Tensor};
+
+use super::ModelError;
+
+/// Input features that share one int4 scale and zero (GGUF Q4_0/Q4_1 blocks have 32 too).
+pub const INT4_GROUP: i64 = 32;
+
+/// How the model stores its weights and computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 weights and activations: the reference.
+    F32,
+    /// bf16 weights and activations (norms and softmax statistics in f32 inside libtorch).
+    Bf16,
+    /// int4 weights in groups of 32 with bf16 activations (CPU only): the fastest on this machine.
+    #[default]
+    Int4,
+}
+
+impl Precision {
+    /// The kind of activations (and of dense weights) this precision computes in.
+    pub fn activation_kind(self) -> Kind {
+        match self {
+            Precision::F32 => Kind::Float,
+            Precision::Bf16 | Precision::Int4 => Kind::BFloat16,
+        }
+    }
+}
+
+impl Precision {
+    /// The precision of the LM head: int4 keeps it in bf16. The GGUF stores this head (the tied
+    /// embeddings) as Q8_0, and quantising it to int4 cost the most fidelity of all the weights
+    /// (tests/model_reference.rs states the figures).
+    pub fn lm_head(self) -> Precision {
+        match self {
+            Precision::Int4 => Precision::Bf16,
+            other => other,
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(Precision::F32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            "int4" | "q4" => Ok(Precision::Int4),
+            other => Err(ModelError::BadInput(format!(
+                "unknown precision `{other}` (expected f32, bf16 or int4)"
+            ))),
+        }
+    }
+}
+
+/// Integer codes 0..15 with a scale and a zero per group of 32 input features: the common form of
+/// our own quantisation and of GGUF's Q4_1 blocks, before libtorch packs it.
+#[derive(Debug)]
+pub struct Int4Groups {
+    /// `[N, K]` int32, each in 0..=15.
+    pub codes: Tensor,
+    /// `[N, K/32]` f32.
+    pub scales: Tensor,
+    /// `[N, K/32]` f32: the weight that code 8 stands for.
+    pub zeros: Tensor,
+}
+
+impl Int4Groups {
+    /// Quantises dense weights `[N, K]` per group of 32 by its minimum and maximum
+    /// (w ≈ min + q·(max − min)/15), the Q4_1 scheme.
+    pub fn quantise(weight: &Tensor) -> Result<Self, ModelError> {
+        let (n, k) = weight.size2()?;
+        if k % INT4_GROUP != 0 {
+            return Err(ModelError::Unsupported(format!(
+                "int4 needs input features in multiples of {INT4_GROUP}, got {k}"
+            )));
+        }
+        let groups = weight
+            .to_kind(Kind::Float)
+            .reshape([n, k / INT4_GROUP, INT4_GROUP]); // [N, K/32, 32]
+        let min = groups.amin(-1, true); // [N, K/32, 1]
+        let max = groups.amax(-1, true);
+        let scale = ((max - &min) / 15.0).clamp_min(1e-12);
+        let codes = ((groups - &min) / &scale)
+            .round()
+            .clamp(0.0, 15.0)
+            .to_kind(Kind::Int)
+            .reshape([n, k]);
+        let scales = scale.squeeze_dim(-1);
+        let zeros = min.squeeze_dim(-1) + &scales * 8.0;
+        Ok(Self {
+            codes,
+            scales,
+            zeros,
+        })
+    }
+
+    /// The dense weights these codes stand for, `[N, K]` f32.
+    pub fn dequantise(&self) -> Tensor {
+        let (n, k) = self.codes.size2().expect("codes are [N, K]");
+        let codes = self
+            .codes
+            .to_kind(Kind::Float)
+            .reshape([n, k / INT4_GROUP, INT4_GROUP]);
+        ((codes - 8.0) * self.scales.unsqueeze(-1) + self.zeros.unsqueeze(-1)).reshape([n, k])
+    }
+}
+
+/// One weight matrix `[out, in]` ready to multiply.
+#[derive(Debug)]
+pub enum Linear {
+    Dense(Tensor),
+    Int4 {
+        /// libtorch's packed layout of the codes.
+        packed: Tensor,
+        /// `[K/32, N, 2]` bf16: scale and zero per group and output feature.
+        scales_and_zeros: Tensor,
+        out_features: i64,
+    },
+}
+
+impl Linear {
+    /// Dense f32 weights `[out, in]` in `precision` on `device` (int4: CPU only).
+    pub fn new(weight: &Tensor, precision: Precision, device: Device) -> Result<Self, ModelError> {
+        match precision {
+            Precision::F32 | Precision::Bf16 => Ok(Linear::Dense(
+                weight
+                    .to_device(device)
+                    .to_kind(precision.activation_kind()),
+            )),
+            Precision::Int4 => Self::from_int4(&Int4Groups::quantise(weight)?, device),
+        }
+    }
+
+    /// Packs int4 groups for libtorch's CPU kernel.
+    pub fn from_int4(groups: &Int4Groups, device: Device) -> Result<Self, ModelError> {
+        if device != Device::Cpu {
+            return Err(ModelError::Unsupported(format!(
+                "int4 weights run on the CPU only (libtorch's _weight_int4pack_mm_for_cpu); device is {device:?}: use f32 or bf16"
+            )));
+        }
+        let (n, _) = groups.codes.size2()?;
+        let packed = groups
+            .codes
+            .to_kind(Kind::Int)
+            .contiguous()
+            .f_internal_convert_weight_to_int4pack_for_cpu(1)?;
+        let scales_and_zeros = Tensor::stack(&[&groups.scales, &groups.zeros], -1) // [N, K/32, 2]
+            .transpose(0, 1)
+            .to_kind(Kind::BFloat16)
+            .contiguous(); // [K/32, N, 2]
+        Ok(Linear::Int4 {
+            packed,
+            scales_and_zeros,
+            out_features: n,
+        })
+    }
+
+    /// `x [..., in]` → `[..., out]`, in the kind of `x`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        match self {
+            Linear::Dense(weight) => x.linear::<&Tensor>(weight, None),
+            Linear::Int4 {
+                packed,
+                scales_and_zeros,
+                out_features,
+            } => {
+                let mut shape = x.size();
+                let k = *shape.last().expect("x has a feature dimension");
+                let rows = x.reshape([-1, k]); // [M, K]
+                let y =
+                    rows.internal_weight_int4pack_mm_for_cpu(packed, INT4_GROUP, scales_and_zeros); // [M, N]
+                *shape.last_mut().expect("non-empty") = *out_features;
+                y.reshape(shape)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random_weight(n: i64, k: i64) -> Tensor {
+        tch::manual_seed(7);
+        Tensor::randn([n, k], (Kind::Float, Device::Cpu)) * 0.05
+    }
+
+    #[test]
+    fn quantisation_error_is_within_half_a_step() {
+        let w = random_weight(64, 128);
+        let groups = Int4Groups::quantise(&w).unwrap();
+        let error = (groups.dequantise() - &w).abs().reshape([64, 4, 32]);
+        let half_step = groups.scales.unsqueeze(-1) * 0.5 + 1e-7;
+        assert!(
+            bool::try_from(error.le_tensor(&half_step).all()).unwrap(),
+            "rounding error above half a step"
+        );
+        let max = groups.codes.max().int64_value(&[]);
+        let min = groups.codes.min().int64_value(&[]);
+        assert!(
+            (0..=15).contains(&min) && (0..=15).contains(&max) && max == 15 && min == 0,
+            "codes {min}..{max}"
+        );
+    }
+
+    #[test]
+    fn int4_matmul_equals_the_dequantised_product() {
+        // Tolerance: bf16 activations and bf16 scales, about 3e-3 relative (performance.md measured
+        // 3e-3 against the d·q + m dequantisation); we allow 1e-2 of the output's scale.
+        let w = random_weight(96, 256);
+        let x = Tensor::randn([3, 5, 256], (Kind::Float, Device::Cpu));
+        let groups = Int4Groups::quantise(&w).unwrap();
+        let expected = x.linear::<&Tensor>(&groups.dequantise(), None);
+        let linear = Linear::from_int4(&groups, Device::Cpu).unwrap();
+        let got = linear
+            .forward(&x.to_kind(Kind::BFloat16))
+            .to_kind(Kind::Float);
+        assert_eq!(got.size(), vec![3, 5, 96]);
+        let error = (got - &expected).abs().max().double_value(&[]);
+        let scale = expected.abs().max().double_value(&[]);
+        assert!(
+            error < 1e-2 * scale,
+            "int4 product off by {error} (outputs up to {scale})"
+        );
+    }
+
+    #[test]
+    fn precision_parses_and_rejects() {
+        assert_eq!("BF16".parse::<Precision>().unwrap(), Precision::Bf16);
+        assert!("fp8".parse::<Precision>().is_err());
+    }
+}

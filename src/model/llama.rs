@@ -1,0 +1,554 @@
+//! The Llama-family decoder (SmolLM2 and kin), top to bottom like the paper:
+//! `LlamaConfig` → RMSNorm → attention (GQA, RoPE, the memory hook) → MLP (SwiGLU) → block → model.
+//!
+//! Shapes: B sequences (rows) of T new tokens, C = hidden size, H query heads and H_kv key/value
+//! heads of D features, I = MLP width, V = vocabulary. Weights are looked up by the Hugging Face
+//! names; q/k/v and gate/up are fused into one matmul each at load time (`performance.md`).
+
+use tch::{Device, Kind, Tensor};
+
+use super::cache::{KvCache, LayerCache};
+use super::linear::{Linear, Precision};
+use super::{ModelError, Weights};
+use crate::rope::{Rope, RopeTable};
+
+/// The architecture's numbers, read from `config.json` or the GGUF metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    pub intermediate_size: i64,
+    pub num_layers: i64,
+    pub num_heads: i64,
+    pub num_kv_heads: i64,
+    pub head_dim: i64,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    /// The trained context: the plain cache holds at most this many tokens.
+    pub max_position_embeddings: i64,
+    pub tie_word_embeddings: bool,
+}
+
+impl LlamaConfig {
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_layers", self.num_layers),
+            ("num_heads", self.num_heads),
+            ("num_kv_heads", self.num_kv_heads),
+            ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        if let Some((name, value)) = positive.iter().find(|(_, v)| *v <= 0) {
+            return Err(ModelError::BadConfig(format!(
+                "{name} must be positive, got {value}"
+            )));
+        }
+        if self.num_heads % self.num_kv_heads != 0 {
+            return Err(ModelError::BadConfig(format!(
+                "{} query heads cannot share {} key/value heads evenly",
+                self.num_heads, self.num_kv_heads
+            )));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(ModelError::BadConfig(format!(
+                "RoPE needs an even head size, got {}",
+                self.head_dim
+            )));
+        }
+        if !(self.rms_norm_eps > 0.0 && self.rope_theta > 0.0) {
+            return Err(ModelError::BadConfig(format!(
+                "rms_norm_eps and rope_theta must be positive, got {} and {}",
+                self.rms_norm_eps, self.rope_theta
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Where the model runs and in which precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelOptions {
+    pub device: Device,
+    pub precision: Precision,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            precision: Precision::default(),
+        }
+    }
+}
+
+/// RMSNorm: x / √(mean(x²) + ε) · weight, the statistics in f32.
+#[derive(Debug)]
+struct RmsNorm {
+    weight: Tensor, // [C]
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn new(
+        weights: &mut Weights,
+        name: &str,
+        cfg: &LlamaConfig,
+        options: &ModelOptions,
+    ) -> Result<Self, ModelError> {
+        let weight = weights.take(name, &[cfg.hidden_size])?;
+        Ok(Self {
+            weight: weight
+                .to_device(options.device)
+                .to_kind(options.precision.activation_kind()),
+            eps: cfg.rms_norm_eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.rms_norm(self.weight.size(), Some(&self.weight), self.eps)
+    }
+}
+
+/// Causal self-attention with grouped key/value heads. The past is whatever the layer's cache holds.
+#[derive(Debug)]
+struct Attention {
+    qkv_proj: Linear, // [(H + 2·H_kv)·D, C]: q_proj, k_proj, v_proj stacked
+    o_proj: Linear,   // [C, H·D]
+    num_heads: i64,
+    num_kv_heads: i64,
+    head_dim: i64,
+}
+
+impl Attention {
+    fn new(
+        weights: &mut Weights,
+        prefix: &str,
+        cfg: &LlamaConfig,
+        options: &ModelOptions,
+    ) -> Result<Self, ModelError> {
+        let (c, d) = (cfg.hidden_size, cfg.head_dim);
+        let q = weights.take(&format!("{prefix}.q_proj.weight"), &[cfg.num_heads * d, c])?;
+        let k = weights.take(
+            &format!("{prefix}.k_proj.weight"),
+            &[cfg.num_kv_heads * d, c],
+        )?;
+        let v = weights.take(
+            &format!("{prefix}.v_proj.weight"),
+            &[cfg.num_kv_heads * d, c],
+        )?;
+        let o = weights.take(&format!("{prefix}.o_proj.weight"), &[c, cfg.num_heads * d])?;
+        Ok(Self {
+            qkv_proj: Linear::new(
+                &Tensor::cat(&[q, k, v], 0),
+                options.precision,
+                options.device,
+            )?,
+            o_proj: Linear::new(&o, options.precision, options.device)?,
+            num_heads: cfg.num_heads,
+            num_kv_heads: cfg.num_kv_heads,
+            head_dim: d,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        cache: &mut impl LayerCache,
+        rope: &RopeTable,
+    ) -> Result<Tensor, ModelError> {
+        let (b, t, _) = x.size3()?;
+        let (h, h_kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let qkv = self.qkv_proj.forward(x); // [B, T, (H + 2·H_kv)·D]
+        let heads = |start: i64, count: i64| {
+            qkv.narrow(-1, start * d, count * d)
+                .reshape([b, t, count, d])
+                .transpose(1, 2)
+        };
+        let queries = heads(0, h); // [B, H, T, D]
+        let keys = heads(h, h_kv); // [B, H_kv, T, D]
+        let values = heads(h + h_kv, h_kv); // [B, H_kv, T, D]
+
+        // ── Memory hook (infinity-former.md §9.2, §9.7) ──────────────────────────────────────────
+        // Everything this layer remembers, and how it is read, lives behind `LayerCache`: the plain
+        // KV cache now; sinks + STM + exact archive + ∞-former LTM in one joint softmax next.
+        let context = cache.attend(&queries, &keys, &values, rope)?; // [B, H, T, D]
+                                                                     // ─────────────────────────────────────────────────────────────────────────────────────────
+
+        let context = context.transpose(1, 2).reshape([b, t, h * d]); // [B, T, H·D]
+        Ok(self.o_proj.forward(&context)) // [B, T, C]
+    }
+}
+
+/// SwiGLU feed-forward: down(silu(gate(x)) ⊙ up(x)).
+#[derive(Debug)]
+struct Mlp {
+    gate_up_proj: Linear, // [2·I, C]: gate_proj, up_proj stacked
+    down_proj: Linear,    // [C, I]
+    intermediate_size: i64,
+}
+
+impl Mlp {
+    fn new(
+        weights: &mut Weights,
+        prefix: &str,
+        cfg: &LlamaConfig,
+        options: &ModelOptions,
+    ) -> Result<Self, ModelError> {
+        let (c, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let gate = weights.take(&format!("{prefix}.gate_proj.weight"), &[i, c])?;
+        let up = weights.take(&format!("{prefix}.up_proj.weight"), &[i, c])?;
+        let down = weights.take(&format!("{prefix}.down_proj.weight"), &[c, i])?;
+        Ok(Self {
+            gate_up_proj: Linear::new(
+                &Tensor::cat(&[gate, up], 0),
+                options.precision,
+                options.device,
+            )?,
+            down_proj: Linear::new(&down, options.precision, options.device)?,
+            intermediate_size: i,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let i = self.intermediate_size;
+        let gate_up = self.gate_up_proj.forward(x); // [B, T, 2·I]
+        let hidden = gate_up.narrow(-1, 0, i).silu() * gate_up.narrow(-1, i, i); // [B, T, I]
+        self.down_proj.forward(&hidden) // [B, T, C]
+    }
+}
+
+/// Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(·)).
+#[derive(Debug)]
+struct Block {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    fn new(
+        weights: &mut Weights,
+        layer: i64,
+        cfg: &LlamaConfig,
+        options: &ModelOptions,
+    ) -> Result<Self, ModelError> {
+        let prefix = format!("model.layers.{layer}");
+        Ok(Self {
+            input_layernorm: RmsNorm::new(
+                weights,
+                &format!("{prefix}.input_layernorm.weight"),
+                cfg,
+                options,
+            )?,
+            self_attn: Attention::new(weights, &format!("{prefix}.self_attn"), cfg, options)?,
+            post_attention_layernorm: RmsNorm::new(
+                weights,
+                &format!("{prefix}.post_attention_layernorm.weight"),
+                cfg,
+                options,
+            )?,
+            mlp: Mlp::new(weights, &format!("{prefix}.mlp"), cfg, options)?,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        cache: &mut impl LayerCache,
+        rope: &RopeTable,
+    ) -> Result<Tensor, ModelError> {
+        let x = x + self
+            .self_attn
+            .forward(&self.input_layernorm.forward(x), cache, rope)?; // [B, T, C]
+        Ok(&x + self.mlp.forward(&self.post_attention_layernorm.forward(&x)))
+    }
+}
+
+/// Which positions' logits a forward pass returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsAt {
+    /// `[B, T, V]`.
+    All,
+    /// `[B, V]` for the last new token (generation: saves the LM head on the prompt).
+    Last,
+}
+
+/// The decoder: embeddings, blocks, final norm, LM head (tied to the embeddings when configured).
+#[derive(Debug)]
+pub struct Llama {
+    config: LlamaConfig,
+    options: ModelOptions,
+    embed_tokens: Tensor, // [V, C]
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Linear, // [V, C]
+    rope: RopeTable, // positions 0..max_position_embeddings
+}
+
+impl Llama {
+    /// Builds the model from checkpoint tensors named as in Hugging Face (dense, any float kind).
+    pub fn new(
+        config: LlamaConfig,
+        mut weights: Weights,
+        options: ModelOptions,
+    ) -> Result<Self, ModelError> {
+        config.validate()?;
+        let (v, c) = (config.vocab_size, config.hidden_size);
+        let embed = weights.take("model.embed_tokens.weight", &[v, c])?;
+        let head_precision = options.precision.lm_head();
+        let lm_head = if config.tie_word_embeddings || !weights.contains("lm_head.weight") {
+            Linear::new(&embed, head_precision, options.device)?
+        } else {
+            Linear::new(
+                &weights.take("lm_head.weight", &[v, c])?,
+                head_precision,
+                options.device,
+            )?
+        };
+        let layers = (0..config.num_layers)
+            .map(|layer| Block::new(&mut weights, layer, &config, &options))
+            .collect::<Result<Vec<_>, _>>()?;
+        let norm = RmsNorm::new(&mut weights, "model.norm.weight", &config, &options)?;
+        let kind = options.precision.activation_kind();
+        let rope = Rope::new(config.head_dim as usize, config.rope_theta).table(
+            config.max_position_embeddings,
+            kind,
+            options.device,
+        );
+        let embed_tokens = embed.to_device(options.device).to_kind(kind);
+        Ok(Self {
+            config,
+            options,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    pub fn options(&self) -> &ModelOptions {
+        &self.options
+    }
+
+    /// One empty plain cache per layer, for up to the trained context.
+    pub fn new_cache(&self) -> Vec<KvCache> {
+        (0..self.config.num_layers)
+            .map(|_| KvCache::new(self.config.max_position_embeddings))
+            .collect()
+    }
+
+    /// Runs `tokens` `[B, T]` (int64) after what `caches` (one per layer) already hold, and
+    /// returns f32 logits (`[B, T, V]` or `[B, V]`, see [`LogitsAt`]).
+    pub fn forward<C: LayerCache>(
+        &self,
+        tokens: &Tensor,
+        caches: &mut [C],
+        at: LogitsAt,
+    ) -> Result<Tensor, ModelError> {
+        let size = tokens.size();
+        if size.len() != 2 || size[1] == 0 {
+            return Err(ModelError::BadInput(format!(
+                "tokens must be [batch, time] with time ≥ 1, got {size:?}"
+            )));
+        }
+        if caches.len() != self.layers.len() {
+            return Err(ModelError::BadInput(format!(
+                "{} caches for {} layers",
+                caches.len(),
+                self.layers.len()
+            )));
+        }
+        let (lo, hi) = (tokens.min().int64_value(&[]), tokens.max().int64_value(&[]));
+        if lo < 0 || hi >= self.config.vocab_size {
+            return Err(ModelError::BadInput(format!(
+                "token ids {lo}..={hi} outside the vocabulary of {}",
+                self.config.vocab_size
+            )));
+        }
+        let tokens = tokens.to_device(self.options.device).to_kind(Kind::Int64);
+        let mut x = Tensor::embedding(&self.embed_tokens, &tokens, -1, false, false); // [B, T, C]
+        for (block, cache) in self.layers.iter().zip(caches.iter_mut()) {
+            x = block.forward(&x, cache, &self.rope)?;
+        }
+        let x = match at {
+            LogitsAt::All => x,
+            LogitsAt::Last => x.select(1, size[1] - 1), // [B, C]
+        };
+        Ok(self
+            .lm_head
+            .forward(&self.norm.forward(&x))
+            .to_kind(Kind::Float)) // [B, (T,) V]
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::model::linear::Int4Groups;
+
+    /// A two-layer model with random weights, small enough for unit tests. The matrices are drawn
+    /// already on the int4 grid (quantised and dequantised), so that every precision computes the
+    /// same function and differs only by rounding of activations.
+    pub(crate) fn tiny(precision: Precision) -> Llama {
+        let cfg = LlamaConfig {
+            vocab_size: 64,
+            hidden_size: 64,
+            intermediate_size: 128,
+            num_layers: 2,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 16,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            max_position_embeddings: 128,
+            tie_word_embeddings: true,
+        };
+        tch::manual_seed(11);
+        let randn = |shape: &[i64]| {
+            Int4Groups::quantise(&(Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 0.2))
+                .unwrap()
+                .dequantise()
+        };
+        let mut weights = Weights::default();
+        weights.insert("model.embed_tokens.weight", randn(&[64, 64]));
+        weights.insert(
+            "model.norm.weight",
+            Tensor::ones([64], (Kind::Float, Device::Cpu)),
+        );
+        for layer in 0..2 {
+            let p = format!("model.layers.{layer}");
+            weights.insert(
+                format!("{p}.input_layernorm.weight"),
+                Tensor::ones([64], (Kind::Float, Device::Cpu)),
+            );
+            weights.insert(
+                format!("{p}.post_attention_layernorm.weight"),
+                Tensor::ones([64], (Kind::Float, Device::Cpu)),
+            );
+            for (name, shape) in [
+                ("q_proj", [64, 64]),
+                ("k_proj", [32, 64]),
+                ("v_proj", [32, 64]),
+                ("o_proj", [64, 64]),
+            ] {
+                weights.insert(format!("{p}.self_attn.{name}.weight"), randn(&shape));
+            }
+            for (name, shape) in [
+                ("gate_proj", [128, 64]),
+                ("up_proj", [128, 64]),
+                ("down_proj", [64, 128]),
+            ] {
+                weights.insert(format!("{p}.mlp.{name}.weight"), randn(&shape));
+            }
+        }
+        Llama::new(
+            cfg,
+            weights,
+            ModelOptions {
+                device: Device::Cpu,
+                precision,
+            },
+        )
+        .unwrap()
+    }
+
+    fn max_abs_difference(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b).abs().max().double_value(&[])
+    }
+
+    #[test]
+    fn incremental_decoding_equals_one_full_pass() {
+        // f32 throughout: tolerance 1e-4 on logits of order 1.
+        let model = tiny(Precision::F32);
+        let tokens = Tensor::from_slice(&[3i64, 17, 5, 60, 2, 9, 33, 41]).reshape([2, 4]);
+        let full = model
+            .forward(&tokens, &mut model.new_cache(), LogitsAt::All)
+            .unwrap(); // [2, 4, V]
+        let mut cache = model.new_cache();
+        let _ = model
+            .forward(&tokens.narrow(1, 0, 2), &mut cache, LogitsAt::Last)
+            .unwrap();
+        for step in 2..4 {
+            let logits = model
+                .forward(&tokens.narrow(1, step, 1), &mut cache, LogitsAt::Last)
+                .unwrap(); // [2, V]
+            let error = max_abs_difference(&logits, &full.select(1, step));
+            assert!(error < 1e-4, "step {step}: off by {error}");
+        }
+    }
+
+    #[test]
+    fn batch_rows_are_independent() {
+        let model = tiny(Precision::F32);
+        let tokens = Tensor::from_slice(&[3i64, 17, 5, 60, 2, 9]).reshape([2, 3]);
+        let both = model
+            .forward(&tokens, &mut model.new_cache(), LogitsAt::Last)
+            .unwrap();
+        let second = model
+            .forward(
+                &tokens.narrow(0, 1, 1),
+                &mut model.new_cache(),
+                LogitsAt::Last,
+            )
+            .unwrap();
+        let error = max_abs_difference(&both.select(0, 1), &second.select(0, 0));
+        assert!(error < 1e-5, "row 1 alone differs by {error}");
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        let model = tiny(Precision::F32);
+        let mut cache = model.new_cache();
+        assert!(matches!(
+            model.forward(
+                &Tensor::from_slice(&[64i64]).reshape([1, 1]),
+                &mut cache,
+                LogitsAt::Last
+            ),
+            Err(ModelError::BadInput(_))
+        ));
+        assert!(matches!(
+            model.forward(&Tensor::from_slice(&[1i64]), &mut cache, LogitsAt::Last),
+            Err(ModelError::BadInput(_))
+        ));
+        let long = Tensor::zeros([1, 129], (Kind::Int64, Device::Cpu));
+        assert!(matches!(
+            model.forward(&long, &mut cache, LogitsAt::Last),
+            Err(ModelError::ContextFull {
+                needed: 129,
+                capacity: 128
+            })
+        ));
+    }
+
+    #[test]
+    fn lower_precisions_stay_close_to_f32() {
+        // bf16 activations on weights that int4 represents exactly: logits within 0.15 of f32 (they
+        // are of order 3 here); the real model's differences are measured in tests/model_reference.rs.
+        let tokens = Tensor::from_slice(&[3i64, 17, 5, 60]).reshape([1, 4]);
+        let reference = tiny(Precision::F32)
+            .forward(
+                &tokens,
+                &mut tiny(Precision::F32).new_cache(),
+                LogitsAt::All,
+            )
+            .unwrap();
+        for precision in [Precision::Bf16, Precision::Int4] {
+            let model = tiny(precision);
+            let logits = model
+                .forward(&tokens, &mut model.new_cache(), LogitsAt::All)
+                .unwrap();
+            let error = max_abs_difference(&logits, &reference);
+            assert!(error < 0.15, "{precision:?} off by {error}");
+        }
+    }
+}
