@@ -4,3 +4,4 @@
 pub mod demo;
 pub mod ltm;
 pub mod rope;
+pub mod train;
