@@ -43,11 +43,20 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn options(out: &PathBuf, resume: bool, stop_after: Option<usize>) -> RunOptions {
-    RunOptions { out: out.clone(), resume, device: Device::Cpu, log_every: 10, checkpoint_every: 15, stop_after }
+    RunOptions {
+        out: out.clone(),
+        resume,
+        device: Device::Cpu,
+        log_every: 10,
+        checkpoint_every: 15,
+        stop_after,
+    }
 }
 
 fn evaluate_dir(dir: &PathBuf) -> Vec<LengthResult> {
-    evaluate_checkpoint(dir, Device::Cpu, &LENGTHS, SEQUENCES, 16, 9).expect("evaluate").1
+    evaluate_checkpoint(dir, Device::Cpu, &LENGTHS, SEQUENCES, 16, 9)
+        .expect("evaluate")
+        .1
 }
 
 #[test]
@@ -63,16 +72,30 @@ fn a_few_steps_lower_the_loss_and_checkpoints_reload_and_resume_exactly() {
 
     let straight = scratch("straight");
     let mut log = Vec::new();
-    let state = train(Some(config.clone()), &options(&straight, false, None), &mut log).expect("train");
+    let state = train(
+        Some(config.clone()),
+        &options(&straight, false, None),
+        &mut log,
+    )
+    .expect("train");
     assert_eq!(state.step, config.steps);
     let text = String::from_utf8(log).unwrap();
-    assert!(text.contains("step 40/40") && text.contains("tok/s") && text.contains("eta"), "{text}");
+    assert!(
+        text.contains("step 40/40") && text.contains("tok/s") && text.contains("eta"),
+        "{text}"
+    );
 
     // The loss falls at both lengths, by more than 0.05 nats (ln 22 − ln 20 ≈ 0.095 is what
     // learning to predict only symbols is worth).
     let after = evaluate_dir(&straight);
     for (b, a) in before.iter().zip(&after) {
-        assert!(a.loss < b.loss - 0.05, "length {}: loss {} → {}", a.length, b.loss, a.loss);
+        assert!(
+            a.loss < b.loss - 0.05,
+            "length {}: loss {} → {}",
+            a.length,
+            b.loss,
+            a.loss
+        );
     }
 
     // Reloading the weights gives the same evaluation (loss to 1e-6, accuracy exactly).
@@ -89,16 +112,31 @@ fn a_few_steps_lower_the_loss_and_checkpoints_reload_and_resume_exactly() {
     // Stopping at step 15 and resuming reaches the same weights' evaluation as going straight
     // through (the data, the weights and Adam's moments all come back), to 1e-4 in loss.
     let split = scratch("split");
-    train(Some(config.clone()), &options(&split, false, Some(15)), &mut Vec::new()).expect("first half");
+    train(
+        Some(config.clone()),
+        &options(&split, false, Some(15)),
+        &mut Vec::new(),
+    )
+    .expect("first half");
     assert_eq!(checkpoint::load_state(&split).unwrap().step, 15);
     train(None, &options(&split, true, None), &mut Vec::new()).expect("resume");
     let resumed = evaluate_dir(&split);
     for (a, b) in after.iter().zip(&resumed) {
-        assert!((a.loss - b.loss).abs() < 1e-4, "straight {} vs resumed {}", a.loss, b.loss);
+        assert!(
+            (a.loss - b.loss).abs() < 1e-4,
+            "straight {} vs resumed {}",
+            a.loss,
+            b.loss
+        );
     }
 
     // A second fresh run into an existing checkpoint is refused with a clear message.
-    let err = train(Some(config), &options(&straight, false, None), &mut Vec::new()).unwrap_err();
+    let err = train(
+        Some(config),
+        &options(&straight, false, None),
+        &mut Vec::new(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("--resume"), "{err}");
     let _ = std::fs::remove_dir_all(&straight);
     let _ = std::fs::remove_dir_all(&split);

@@ -40,27 +40,39 @@ pub fn exists(dir: &Path) -> bool {
 fn write_atomically(dir: &Path, name: &str, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let temporary = dir.join(format!("tmp.{name}"));
     write(&temporary)?;
-    std::fs::rename(&temporary, dir.join(name)).with_context(|| format!("renaming into {}", dir.display()))
+    std::fs::rename(&temporary, dir.join(name))
+        .with_context(|| format!("renaming into {}", dir.display()))
 }
 
 /// Saves the weights, the optimiser moments and the run state into `dir` (created if needed).
 pub fn save(dir: &Path, vs: &nn::VarStore, adam: &Adam, state: &RunState) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating checkpoint directory {}", dir.display()))?;
-    write_atomically(dir, MODEL_FILE, |p| vs.save(p).with_context(|| format!("writing {}", p.display())))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating checkpoint directory {}", dir.display()))?;
+    write_atomically(dir, MODEL_FILE, |p| {
+        vs.save(p)
+            .with_context(|| format!("writing {}", p.display()))
+    })?;
     write_atomically(dir, OPTIMIZER_FILE, |p| {
-        Tensor::write_safetensors(&adam.named_moments(), p).with_context(|| format!("writing {}", p.display()))
+        Tensor::write_safetensors(&adam.named_moments(), p)
+            .with_context(|| format!("writing {}", p.display()))
     })?;
     write_atomically(dir, RUN_FILE, |p| {
-        std::fs::write(p, serde_json::to_string_pretty(state)?).with_context(|| format!("writing {}", p.display()))
+        std::fs::write(p, serde_json::to_string_pretty(state)?)
+            .with_context(|| format!("writing {}", p.display()))
     })
 }
 
 /// Reads the run state of the checkpoint in `dir`.
 pub fn load_state(dir: &Path) -> Result<RunState> {
     let path = dir.join(RUN_FILE);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("{} is not a sorting checkpoint (no readable {RUN_FILE})", dir.display()))?;
-    let state: RunState = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{} is not a sorting checkpoint (no readable {RUN_FILE})",
+            dir.display()
+        )
+    })?;
+    let state: RunState =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     if let Err(e) = state.config.validate() {
         bail!("{} holds an invalid config: {e}", path.display());
     }
@@ -70,12 +82,15 @@ pub fn load_state(dir: &Path) -> Result<RunState> {
 /// Loads the weights of `dir` into `vs` (whose variables the model already created).
 pub fn load_weights(dir: &Path, vs: &mut nn::VarStore) -> Result<()> {
     let path = model_path(dir);
-    vs.load(&path).with_context(|| format!("loading weights from {}", path.display()))
+    vs.load(&path)
+        .with_context(|| format!("loading weights from {}", path.display()))
 }
 
 /// Loads the Adam moments of `dir` into `adam`, which continues from `step`.
 pub fn load_optimizer(dir: &Path, adam: &mut Adam, step: usize) -> Result<()> {
     let path = dir.join(OPTIMIZER_FILE);
-    let named = Tensor::read_safetensors(&path).with_context(|| format!("reading {}", path.display()))?;
-    adam.load_moments(named, step as i64).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    let named =
+        Tensor::read_safetensors(&path).with_context(|| format!("reading {}", path.display()))?;
+    adam.load_moments(named, step as i64)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }

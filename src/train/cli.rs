@@ -27,14 +27,14 @@ pub enum EvalTask {
 /// The starting point of the hyper-parameters.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Preset {
-    /// Scaled down for a 2-core CPU (d_model 64, 2 layers, STM 128, N 64, lengths 128/512/1024).
+    /// Scaled down for a 2-core CPU (d_model 64, 2 layers, STM 64, N 64, lengths 64/256/512).
     Cpu,
     /// The released sorting script (§5.1): 3 layers, d_model 300, STM 1024, N 512, length 8000.
     Paper,
 }
 
 /// Hyper-parameter flags; each one given overrides the preset.
-#[derive(Args, Debug, Default)]
+#[derive(Args, Debug, Default, PartialEq)]
 pub struct HyperParameters {
     #[arg(long)]
     pub layers: Option<usize>,
@@ -95,8 +95,7 @@ pub struct HyperParameters {
 impl HyperParameters {
     /// Whether any flag was given.
     fn any(&self) -> bool {
-        let d = HyperParameters::default();
-        format!("{self:?}") != format!("{d:?}")
+        *self != HyperParameters::default()
     }
 
     /// The preset with every given flag applied.
@@ -209,7 +208,10 @@ pub fn run_train(task: &TrainTask) -> Result<()> {
         stop_after: args.stop_after,
     };
     let config = match (args.resume, args.hyper.any()) {
-        (true, true) => bail!("--resume continues the config saved in {}; drop the hyper-parameter flags", args.out.display()),
+        (true, true) => bail!(
+            "--resume continues the config saved in {}; drop the hyper-parameter flags",
+            args.out.display()
+        ),
         (true, false) => None,
         (false, _) => {
             let preset = match args.preset {
@@ -220,7 +222,11 @@ pub fn run_train(task: &TrainTask) -> Result<()> {
         }
     };
     let state = train(config, &options, &mut std::io::stderr())?;
-    println!("trained {} steps; checkpoint in {}", state.step, args.out.display());
+    println!(
+        "trained {} steps; checkpoint in {}",
+        state.step,
+        args.out.display()
+    );
     Ok(())
 }
 
@@ -229,8 +235,14 @@ pub fn run_eval(task: &EvalTask) -> Result<()> {
     let EvalTask::Sorting(args) = task;
     check_threads(args.threads)?;
     let device = parse_device(&args.device)?;
-    let (state, results) =
-        evaluate_checkpoint(&args.checkpoint, device, &args.lengths, args.sequences, args.batch_size, args.seed)?;
+    let (state, results) = evaluate_checkpoint(
+        &args.checkpoint,
+        device,
+        &args.lengths,
+        args.sequences,
+        args.batch_size,
+        args.seed,
+    )?;
     println!(
         "checkpoint {} (LTM {}, step {}/{}), seed {}",
         args.checkpoint.display(),
@@ -245,7 +257,8 @@ pub fn run_eval(task: &EvalTask) -> Result<()> {
             "checkpoint": args.checkpoint, "use_ltm": state.config.use_ltm, "step": state.step,
             "seed": args.seed, "config": state.config, "results": results,
         });
-        std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

@@ -85,7 +85,7 @@ impl SortingConfig {
     }
 
     /// A scaled-down run for this 2-core CPU: the same mechanisms, d_model 64, 2 layers, a
-    /// 128-token short-term memory, 64 RBFs, trained on a mix of 128-, 512- and 1024-token
+    /// 64-token short-term memory, 64 RBFs, trained on a mix of 64-, 256- and 512-token
     /// sequences (the longest eight times the STM).
     pub fn cpu() -> Self {
         Self {
@@ -94,14 +94,14 @@ impl SortingConfig {
             heads: 4,
             d_inner: 128,
             dropout: 0.0,
-            segment_len: 128,
+            segment_len: 64,
             num_basis: 64,
-            num_samples: 128,
-            train_lengths: vec![128, 512, 1024],
-            batch_size: 8,
+            num_samples: 64,
+            train_lengths: vec![64, 256, 512],
+            batch_size: 16,
             steps: 1500,
-            learning_rate: 1e-3,
-            warmup_steps: 50,
+            learning_rate: 1.5e-3,
+            warmup_steps: 100,
             grad_clip: 1.0,
             seed: 1111,
             ..Self::paper()
@@ -155,13 +155,18 @@ impl SortingConfig {
             return Err(format!("--dropout {} must be in [0, 1)", self.dropout));
         }
         if self.train_lengths.is_empty() || self.train_lengths.contains(&0) {
-            return Err(format!("--train-lengths {:?} must list positive lengths", self.train_lengths));
+            return Err(format!(
+                "--train-lengths {:?} must list positive lengths",
+                self.train_lengths
+            ));
         }
         if !(self.learning_rate > 0.0 && self.grad_clip > 0.0) {
             return Err("--lr and --grad-clip must be positive".into());
         }
         if self.use_ltm {
-            self.ltm().validate().map_err(|e| format!("long-term memory: {e}"))?;
+            self.ltm()
+                .validate()
+                .map_err(|e| format!("long-term memory: {e}"))?;
         }
         Ok(())
     }
@@ -174,21 +179,42 @@ mod tests {
     #[test]
     fn presets_are_valid_and_the_paper_preset_matches_section_5_1() {
         let paper = SortingConfig::paper();
-        assert_eq!((paper.layers, paper.d_model, paper.heads, paper.d_inner), (3, 300, 6, 300));
-        assert_eq!((paper.segment_len, paper.num_basis, paper.num_samples), (1024, 512, 512));
-        assert_eq!((paper.contraction, paper.ridge_penalty, paper.learning_rate), (0.75, 1.0, 2e-4));
-        assert_eq!((paper.batch_size, paper.steps, paper.grad_clip, paper.seed), (8, 20_000, 0.25, 1111));
+        assert_eq!(
+            (paper.layers, paper.d_model, paper.heads, paper.d_inner),
+            (3, 300, 6, 300)
+        );
+        assert_eq!(
+            (paper.segment_len, paper.num_basis, paper.num_samples),
+            (1024, 512, 512)
+        );
+        assert_eq!(
+            (paper.contraction, paper.ridge_penalty, paper.learning_rate),
+            (0.75, 1.0, 2e-4)
+        );
+        assert_eq!(
+            (paper.batch_size, paper.steps, paper.grad_clip, paper.seed),
+            (8, 20_000, 0.25, 1111)
+        );
         assert_eq!(paper.validate(), Ok(()));
         assert_eq!(SortingConfig::cpu().validate(), Ok(()));
     }
 
     #[test]
     fn bad_values_name_their_flag() {
-        let c = SortingConfig { heads: 5, ..SortingConfig::cpu() };
+        let c = SortingConfig {
+            heads: 5,
+            ..SortingConfig::cpu()
+        };
         assert!(c.validate().unwrap_err().contains("--heads"));
-        let c = SortingConfig { num_basis: 63, ..SortingConfig::cpu() };
+        let c = SortingConfig {
+            num_basis: 63,
+            ..SortingConfig::cpu()
+        };
         assert!(c.validate().unwrap_err().contains("num_basis"));
-        let c = SortingConfig { train_lengths: vec![], ..SortingConfig::cpu() };
+        let c = SortingConfig {
+            train_lengths: vec![],
+            ..SortingConfig::cpu()
+        };
         assert!(c.validate().unwrap_err().contains("--train-lengths"));
     }
 }

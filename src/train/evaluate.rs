@@ -23,7 +23,13 @@ pub struct LengthResult {
 
 /// Evaluates `model` on `sequences` held-out sequences of each length, drawn with `seed` in
 /// batches of `batch_size` (the held-out set is a function of seed, length and batch size).
-pub fn evaluate(model: &SortingModel, lengths: &[usize], sequences: usize, batch_size: usize, seed: u64) -> Vec<LengthResult> {
+pub fn evaluate(
+    model: &SortingModel,
+    lengths: &[usize],
+    sequences: usize,
+    batch_size: usize,
+    seed: u64,
+) -> Vec<LengthResult> {
     lengths
         .iter()
         .map(|&length| {
@@ -43,7 +49,12 @@ pub fn evaluate(model: &SortingModel, lengths: &[usize], sequences: usize, batch
                 done += rows;
                 index += 1;
             }
-            LengthResult { length, sequences, accuracy: correct as f64 / total as f64, loss: loss_sum / total as f64 }
+            LengthResult {
+                length,
+                sequences,
+                accuracy: correct as f64 / total as f64,
+                loss: loss_sum / total as f64,
+            }
         })
         .collect()
 }
@@ -58,7 +69,9 @@ pub fn evaluate_checkpoint(
     seed: u64,
 ) -> Result<(checkpoint::RunState, Vec<LengthResult>)> {
     if lengths.is_empty() || lengths.contains(&0) || sequences == 0 || batch_size == 0 {
-        bail!("--lengths must list positive lengths, and --sequences and --batch-size be at least 1");
+        bail!(
+            "--lengths must list positive lengths, and --sequences and --batch-size be at least 1"
+        );
     }
     let state = checkpoint::load_state(dir)?;
     let mut vs = nn::VarStore::new(device);
@@ -70,9 +83,14 @@ pub fn evaluate_checkpoint(
 
 /// The results as a Markdown table.
 pub fn markdown_table(results: &[LengthResult]) -> String {
-    let mut table = String::from("| length | held-out sequences | token accuracy | target loss |\n|---|---|---|---|\n");
+    let mut table = String::from(
+        "| length | held-out sequences | token accuracy | target loss |\n|---|---|---|---|\n",
+    );
     for r in results {
-        table += &format!("| {} | {} | {:.4} | {:.4} |\n", r.length, r.sequences, r.accuracy, r.loss);
+        table += &format!(
+            "| {} | {} | {:.4} | {:.4} |\n",
+            r.length, r.sequences, r.accuracy, r.loss
+        );
     }
     table
 }

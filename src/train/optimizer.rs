@@ -55,7 +55,11 @@ impl Adam {
                 .map(|g| g.square().sum(g.kind()).double_value(&[]))
                 .sum::<f64>()
                 .sqrt();
-            let scale = if norm > max_norm { max_norm / (norm + 1e-6) } else { 1.0 };
+            let scale = if norm > max_norm {
+                max_norm / (norm + 1e-6)
+            } else {
+                1.0
+            };
             let step_size = lr * (1.0 - BETA2.powf(t)).sqrt() / (1.0 - BETA1.powf(t));
             for ((param, m, v), grad) in self.slots.values_mut().zip(&grads) {
                 if !grad.defined() {
@@ -63,7 +67,9 @@ impl Adam {
                 }
                 let grad = grad * scale;
                 let _ = m.g_mul_scalar_(BETA1).g_add_(&(&grad * (1.0 - BETA1)));
-                let _ = v.g_mul_scalar_(BETA2).g_add_(&(grad.square() * (1.0 - BETA2)));
+                let _ = v
+                    .g_mul_scalar_(BETA2)
+                    .g_add_(&(grad.square() * (1.0 - BETA2)));
                 let update = &*m / (v.sqrt() + EPSILON) * step_size;
                 let _ = param.g_sub_(&update);
                 let _ = param.grad().zero_();
@@ -76,7 +82,12 @@ impl Adam {
     pub fn named_moments(&self) -> Vec<(String, Tensor)> {
         self.slots
             .iter()
-            .flat_map(|(name, (_, m, v))| [(format!("m.{name}"), m.shallow_clone()), (format!("v.{name}"), v.shallow_clone())])
+            .flat_map(|(name, (_, m, v))| {
+                [
+                    (format!("m.{name}"), m.shallow_clone()),
+                    (format!("v.{name}"), v.shallow_clone()),
+                ]
+            })
             .collect()
     }
 
@@ -86,9 +97,15 @@ impl Adam {
         for (name, (_, m, v)) in self.slots.iter_mut() {
             for (prefix, moment) in [("m", m), ("v", v)] {
                 let key = format!("{prefix}.{name}");
-                let value = saved.get(&key).ok_or_else(|| format!("optimiser state lacks {key}"))?;
+                let value = saved
+                    .get(&key)
+                    .ok_or_else(|| format!("optimiser state lacks {key}"))?;
                 if value.size() != moment.size() {
-                    return Err(format!("optimiser state {key} has shape {:?}, expected {:?}", value.size(), moment.size()));
+                    return Err(format!(
+                        "optimiser state {key} has shape {:?}, expected {:?}",
+                        value.size(),
+                        moment.size()
+                    ));
                 }
                 tch::no_grad(|| moment.copy_(value));
             }
@@ -122,6 +139,9 @@ mod tests {
         let norm = adam.step(0.1, 10.0);
         assert!((norm - (0.25f64 + 0.0625).sqrt()).abs() < 1e-6);
         let after: Vec<f32> = Vec::try_from(&w).unwrap();
-        assert!((after[0] - 0.9).abs() < 1e-6 && (after[1] - 1.1).abs() < 1e-6, "{after:?}");
+        assert!(
+            (after[0] - 0.9).abs() < 1e-6 && (after[1] - 1.1).abs() < 1e-6,
+            "{after:?}"
+        );
     }
 }

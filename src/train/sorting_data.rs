@@ -51,7 +51,12 @@ fn random_distribution(rng: &mut ChaCha8Rng) -> [f64; NUM_SYMBOLS] {
 }
 
 /// Draws one symbol from the mixture (1 − r)·p_init + r·p_final by inverse CDF.
-fn draw_symbol(rng: &mut ChaCha8Rng, init: &[f64; NUM_SYMBOLS], last: &[f64; NUM_SYMBOLS], r: f64) -> i64 {
+fn draw_symbol(
+    rng: &mut ChaCha8Rng,
+    init: &[f64; NUM_SYMBOLS],
+    last: &[f64; NUM_SYMBOLS],
+    r: f64,
+) -> i64 {
     let u: f64 = rng.gen();
     let mut cumulative = 0.0;
     for symbol in 0..NUM_SYMBOLS {
@@ -76,7 +81,11 @@ pub fn sorted_by_count(sequence: &[i64]) -> Vec<i64> {
     let mut present: Vec<usize> = (0..NUM_SYMBOLS).filter(|&s| count[s] > 0).collect();
     present.sort_by_key(|&s| (std::cmp::Reverse(count[s]), first[s]));
     let absent = (0..NUM_SYMBOLS).filter(|&s| count[s] == 0);
-    present.into_iter().chain(absent).map(|s| s as i64).collect()
+    present
+        .into_iter()
+        .chain(absent)
+        .map(|s| s as i64)
+        .collect()
 }
 
 /// Generates one example of `length` symbols (§5.1: token j drawn with r = (j + 1)/length).
@@ -102,7 +111,9 @@ pub fn batch_rng(seed: u64, stream: u64, index: u64) -> ChaCha8Rng {
 
 /// A batch of `batch` examples of one length, flattened row-major: `[batch, length + 21]`.
 pub fn generate_batch(rng: &mut ChaCha8Rng, batch: usize, length: usize) -> Vec<i64> {
-    (0..batch).flat_map(|_| generate_example(rng, length).tokens).collect()
+    (0..batch)
+        .flat_map(|_| generate_example(rng, length).tokens)
+        .collect()
 }
 
 #[cfg(test)]
@@ -120,7 +131,10 @@ mod tests {
         let mut order = Vec::new();
         while !counts.is_empty() {
             let best = counts.values().copied().max().unwrap();
-            let pick = *sequence.iter().find(|s| counts.get(s) == Some(&best)).unwrap();
+            let pick = *sequence
+                .iter()
+                .find(|s| counts.get(s) == Some(&best))
+                .unwrap();
             counts.remove(&pick);
             order.push(pick);
         }
@@ -137,8 +151,14 @@ mod tests {
                 assert_eq!(example.tokens.len(), length + 1 + NUM_SYMBOLS);
                 assert_eq!(example.tokens[length], SEPARATOR);
                 let sequence = &example.tokens[..length];
-                assert!(sequence.iter().all(|&s| (0..NUM_SYMBOLS as i64).contains(&s)));
-                assert_eq!(example.target(), reference_order(sequence).as_slice(), "length {length}");
+                assert!(sequence
+                    .iter()
+                    .all(|&s| (0..NUM_SYMBOLS as i64).contains(&s)));
+                assert_eq!(
+                    example.target(),
+                    reference_order(sequence).as_slice(),
+                    "length {length}"
+                );
             }
         }
     }
@@ -168,7 +188,12 @@ mod tests {
         };
         let head = histogram(&example.tokens[..4_000]);
         let tail = histogram(&example.tokens[36_000..40_000]);
-        let tv: f64 = head.iter().zip(&tail).map(|(a, b)| (a - b).abs()).sum::<f64>() / 2.0;
+        let tv: f64 = head
+            .iter()
+            .zip(&tail)
+            .map(|(a, b)| (a - b).abs())
+            .sum::<f64>()
+            / 2.0;
         assert!(tv > 0.1, "total variation {tv}");
         let other = generate_example(&mut batch_rng(4, TRAIN_STREAM, 0), 40_000);
         assert_ne!(other.tokens, example.tokens);

@@ -36,7 +36,9 @@ pub fn training_batch(config: &SortingConfig, step: usize, device: Device) -> (u
     let mut rng = batch_rng(config.seed, TRAIN_STREAM, step as u64);
     let length = config.train_lengths[rng.gen_range(0..config.train_lengths.len())];
     let lines = generate_batch(&mut rng, config.batch_size, length);
-    let tensor = Tensor::from_slice(&lines).view([config.batch_size as i64, -1]).to_device(device);
+    let tensor = Tensor::from_slice(&lines)
+        .view([config.batch_size as i64, -1])
+        .to_device(device);
     (length, tensor)
 }
 
@@ -63,15 +65,29 @@ fn train_step(model: &SortingModel, adam: &mut Adam, step: usize) -> (f64, i64, 
     let score = model.score_targets(&lines, length, true);
     let objective = &score.loss + &score.kl;
     objective.backward();
-    let lr = Adam::schedule(config.learning_rate, step, config.warmup_steps, config.steps);
+    let lr = Adam::schedule(
+        config.learning_rate,
+        step,
+        config.warmup_steps,
+        config.steps,
+    );
     adam.step(lr, config.grad_clip);
     let tokens = lines.numel() as u64;
-    (score.loss.double_value(&[]), score.correct, score.total, tokens)
+    (
+        score.loss.double_value(&[]),
+        score.correct,
+        score.total,
+        tokens,
+    )
 }
 
 /// Trains a new run with `config`, or resumes the one in `options.out`; writes progress lines to
 /// `log`; returns the final state (also saved in `options.out`).
-pub fn train(config: Option<SortingConfig>, options: &RunOptions, log: &mut dyn Write) -> Result<RunState> {
+pub fn train(
+    config: Option<SortingConfig>,
+    options: &RunOptions,
+    log: &mut dyn Write,
+) -> Result<RunState> {
     let mut state = match (options.resume, config) {
         (true, None) => checkpoint::load_state(&options.out)?,
         (false, Some(config)) => {
@@ -79,9 +95,16 @@ pub fn train(config: Option<SortingConfig>, options: &RunOptions, log: &mut dyn 
                 bail!("{} already holds a checkpoint: pass --resume to continue it, or choose another --out", options.out.display());
             }
             config.validate().map_err(anyhow::Error::msg)?;
-            RunState { config, step: 0, elapsed_s: 0.0, tokens: 0 }
+            RunState {
+                config,
+                step: 0,
+                elapsed_s: 0.0,
+                tokens: 0,
+            }
         }
-        (true, Some(_)) => bail!("--resume continues the saved config; drop the hyper-parameter flags"),
+        (true, Some(_)) => {
+            bail!("--resume continues the saved config; drop the hyper-parameter flags")
+        }
         (false, None) => bail!("a new run needs a config"),
     };
     let config = state.config.clone();
@@ -92,16 +115,30 @@ pub fn train(config: Option<SortingConfig>, options: &RunOptions, log: &mut dyn 
     if options.resume {
         checkpoint::load_weights(&options.out, &mut vs)?;
         checkpoint::load_optimizer(&options.out, &mut adam, state.step)?;
-        writeln!(log, "resuming {} at step {}/{}", options.out.display(), state.step, config.steps)?;
+        writeln!(
+            log,
+            "resuming {} at step {}/{}",
+            options.out.display(),
+            state.step,
+            config.steps
+        )?;
     }
-    let parameters: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
+    let parameters: i64 = vs
+        .trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum();
     writeln!(
         log,
         "sorting: {} layers, d_model {}, {} parameters, LTM {}, lengths {:?}, {} steps of batch {}",
         config.layers,
         config.d_model,
         parameters,
-        if config.use_ltm { "on" } else { "off (baseline)" },
+        if config.use_ltm {
+            "on"
+        } else {
+            "off (baseline)"
+        },
         config.train_lengths,
         config.steps,
         config.batch_size
@@ -111,12 +148,17 @@ pub fn train(config: Option<SortingConfig>, options: &RunOptions, log: &mut dyn 
     let elapsed_before = state.elapsed_s;
     let steps_before = state.step;
     let mut window = Window::default();
-    let stop = options.stop_after.map_or(config.steps, |n| n.min(config.steps));
+    let stop = options
+        .stop_after
+        .map_or(config.steps, |n| n.min(config.steps));
     while state.step < stop {
         window.started.get_or_insert_with(Instant::now);
         let (loss, correct, total, tokens) = train_step(&model, &mut adam, state.step);
         if !loss.is_finite() {
-            bail!("loss became {loss} at step {}; lower --lr or raise --grad-clip's strictness", state.step);
+            bail!(
+                "loss became {loss} at step {}; lower --lr or raise --grad-clip's strictness",
+                state.step
+            );
         }
         state.step += 1;
         state.tokens += tokens;
@@ -128,7 +170,10 @@ pub fn train(config: Option<SortingConfig>, options: &RunOptions, log: &mut dyn 
         window.tokens += tokens;
         let last = state.step == stop;
         if state.step % options.log_every == 0 || last {
-            let seconds = window.started.map_or(0.0, |t| t.elapsed().as_secs_f64()).max(1e-9);
+            let seconds = window
+                .started
+                .map_or(0.0, |t| t.elapsed().as_secs_f64())
+                .max(1e-9);
             let per_step = run_start.elapsed().as_secs_f64() / (state.step - steps_before) as f64;
             writeln!(
                 log,
