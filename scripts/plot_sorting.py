@@ -37,10 +37,15 @@ def main(argv):
         accuracy = [r["accuracy"] for r in results]
         label = "∞-former (LTM)" if report["use_ltm"] else "baseline (no LTM)"
         n = results[0]["sequences"]
-        ax.plot(lengths, accuracy, marker="o", label=f"{label}, {n} held-out seqs/length")
+        style = "-" if report["use_ltm"] else "--"
+        ax.plot(lengths, accuracy, style, marker="o", label=f"{label}, {report['step']} steps ({n} seqs/length)")
         segment = report["config"]["segment_len"]
     if segment:
-        ax.axvline(2 * segment, color="grey", linestyle=":", label=f"STM + segment ({2 * segment} tokens)")
+        ax.axvline(segment, color="grey", linestyle=":", label=f"STM ({segment} tokens)")
+    # A model that only avoids repeating a symbol and guesses among the rest: (1/20) Σ 1/(20 − k).
+    floor = sum(1.0 / (20 - k) for k in range(20)) / 20
+    ax.axhline(floor, color="grey", linestyle="-.", linewidth=0.8, label=f"no counting, no repeats ({floor:.3f})")
+    ax.set_ylim(0, None)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("sequence length (symbols)")
     ax.set_ylabel("token accuracy over the 20 targets")
