@@ -8,7 +8,7 @@ use infini::train::config::SortingConfig;
 use infini::train::evaluate::{evaluate, evaluate_checkpoint, LengthResult};
 use infini::train::native_model::SortingModel;
 use infini::train::train_loop::{train, RunOptions};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tch::{nn, Device};
 
 /// Segments of 8 tokens and lengths 16 and 24, so the last segment of a 24-symbol sequence reads
@@ -42,9 +42,9 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-fn options(out: &PathBuf, resume: bool, stop_after: Option<usize>) -> RunOptions {
+fn options(out: &Path, resume: bool, stop_after: Option<usize>) -> RunOptions {
     RunOptions {
-        out: out.clone(),
+        out: out.to_path_buf(),
         resume,
         device: Device::Cpu,
         log_every: 10,
@@ -53,7 +53,7 @@ fn options(out: &PathBuf, resume: bool, stop_after: Option<usize>) -> RunOptions
     }
 }
 
-fn evaluate_dir(dir: &PathBuf) -> Vec<LengthResult> {
+fn evaluate_dir(dir: &Path) -> Vec<LengthResult> {
     evaluate_checkpoint(dir, Device::Cpu, &LENGTHS, SEQUENCES, 16, 9)
         .expect("evaluate")
         .1

@@ -14,7 +14,7 @@ use tch::Device;
 pub enum TrainTask {
     /// Train the ∞-former (or, with --no-ltm, the memoryless baseline) on the sorting task of
     /// the paper (§5.1).
-    Sorting(TrainSortingArgs),
+    Sorting(Box<TrainSortingArgs>),
 }
 
 /// Tasks of `infini eval`.

@@ -237,7 +237,7 @@ impl Block {
         let mut variance = None;
         if let (Some(memory), Some(ops), Some(ltm)) = (&self.memory, ops, &state.long_term) {
             let (ltm_out, var) = memory.read(ltm, ops, &queries);
-            y = y + ltm_out.dropout(self.dropout, train); // Z = Z_T + Z_LTM (§2.3)
+            y += ltm_out.dropout(self.dropout, train); // Z = Z_T + Z_LTM (§2.3)
             variance = Some(var);
         }
         let mlp = y
