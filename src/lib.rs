@@ -7,3 +7,4 @@ pub mod ltm;
 pub mod model;
 pub mod rope;
 pub mod tokenizer;
+pub mod train;

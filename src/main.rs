@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use infini::demo::{run_memory_demo, MemoryDemo};
+use infini::train::cli::{run_eval, run_train, EvalTask, TrainTask};
 
 /// infini: chat with unbounded memory at constant cost per token (the ∞-former).
 #[derive(Parser, Debug)]
@@ -17,10 +18,18 @@ enum Command {
     /// Stream a long synthetic signal through one ∞-former memory and show that its size and
     /// update cost stay constant while the latest chunk stays readable.
     DemoMemory(MemoryDemo),
+    /// Train a model from scratch (the paper's sorting task).
+    #[command(subcommand)]
+    Train(TrainTask),
+    /// Evaluate a trained checkpoint on held-out data.
+    #[command(subcommand)]
+    Eval(EvalTask),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::DemoMemory(args) => run_memory_demo(&args, &mut std::io::stdout()),
+        Command::Train(task) => run_train(&task),
+        Command::Eval(task) => run_eval(&task),
     }
 }

@@ -186,7 +186,11 @@ impl LongTermMemory {
         self.attention_mass += mass_per_bin.detach().to_kind(self.attention_mass.kind());
     }
 
-    /// Absorbs one chunk of L new vectors per session, `[B, L, e]`, detached (§1.4, §3).
+    /// Absorbs one chunk of L new vectors per session, `[B, L, e]` (§1.4, §3).
+    ///
+    /// The old coefficients are detached (B_past ← B.detach(), §3), so no gradient reaches an
+    /// earlier fit; the chunk keeps whatever graph it has, so that a trained model's gate on the
+    /// memory input learns through the fit (§1.4). Pass a detached chunk to store plain data.
     ///
     /// A session with no memory yet gets the first fit B = G_Lᵀ X (§1.3). Every other session gets
     /// the unbounded update: its old signal is read at M points (uniform i/M, or sampled from the
@@ -209,7 +213,7 @@ impl LongTermMemory {
             self.coefficients.size()[2],
             "chunk features differ from the memory's"
         );
-        let chunk = chunk.detach().to_kind(ops.kind);
+        let chunk = chunk.to_kind(ops.kind);
         if let Some(limit) = ops.config.reset_after_tokens {
             for row in 0..self.batch() {
                 if self.absorbed[row] >= limit as u64 {
@@ -228,7 +232,7 @@ impl LongTermMemory {
                 Some(p) => ops.basis.evaluate(p), // [B, M, N]
                 None => ops.uniform_samples.shallow_clone(),
             };
-            let past = sample_basis.matmul(&self.coefficients); // [B, M, e]
+            let past = sample_basis.matmul(&self.coefficients.detach()); // [B, M, e]
             fit_coefficients(
                 &ops.update_fit,
                 &Tensor::cat(&[past, chunk.shallow_clone()], 1),
