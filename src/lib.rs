@@ -4,6 +4,7 @@
 pub mod demo;
 pub mod engine;
 pub mod ltm;
+pub mod memory;
 pub mod model;
 pub mod rope;
 pub mod tokenizer;

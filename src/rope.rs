@@ -92,6 +92,20 @@ impl RopeTable {
             &self.sin.narrow(0, start, t),
         )
     }
+
+    /// Rotates every token of `x` `[..., T, d]` to the one position `position` (the memory's, §9.2).
+    pub fn rotate_all_to(&self, x: &Tensor, position: i64) -> Tensor {
+        assert!(
+            (0..self.len()).contains(&position),
+            "position {position} outside the RoPE table of {}",
+            self.len()
+        );
+        rotate_with(
+            x,
+            &self.cos.narrow(0, position, 1),
+            &self.sin.narrow(0, position, 1),
+        )
+    }
 }
 
 /// x·cos + rotate_half(x)·sin, with rotate_half(x) = (−x₂, x₁) for the halves x₁, x₂.

@@ -74,6 +74,22 @@ impl MemoryOperators {
         }
     }
 
+    /// Another handle on the same operators: the tensors are shared (no copy), so every layer and
+    /// session can own one while staying `Send` (a tch `Tensor` is not `Sync`, so `Arc` would not be).
+    pub fn share(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            basis: self.basis.clone(),
+            chunk_len: self.chunk_len,
+            first_fit: self.first_fit.shallow_clone(),
+            update_fit: self.update_fit.shallow_clone(),
+            uniform_samples: self.uniform_samples.shallow_clone(),
+            quadrature: self.quadrature.shallow_clone(),
+            kind: self.kind,
+            device: self.device,
+        }
+    }
+
     pub fn config(&self) -> &LtmConfig {
         &self.config
     }

@@ -1,0 +1,119 @@
+//! The knobs of a session's four-tier memory (`infinity-former.md` §9.7), every tier switchable.
+
+use crate::ltm::LtmConfig;
+use serde::{Deserialize, Serialize};
+
+/// How one session's memory is laid out, per layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemoryConfig {
+    /// Attention sinks: the first tokens of a session, kept exact for good (StreamingLLM; §9.6:
+    /// perplexity past the window falls from 29.1 to 15.6). 0 switches the tier off.
+    pub sinks: usize,
+    /// L_stm: the most recent tokens, exact (§9.1). Never more than the model's trained context.
+    pub stm_len: usize,
+    /// Tokens per archive block; the STM evicts whole blocks (§9.7: 64).
+    pub block_len: usize,
+    /// Blocks each query segment reads from the archive, chosen by the relevance of each block's
+    /// representative key to the segment's queries (§9.7: 8). 0 switches the archive off.
+    pub top_k_blocks: usize,
+    /// Most tokens the exact archive holds; older blocks go to the continuous signal (or are
+    /// dropped when it is off). Rounded down to whole LTM chunks.
+    pub archive_budget: usize,
+    /// The ∞-former continuous signal (§1–4, read by the Gibbs reading of §9.2); `None` switches
+    /// the tier off. Its chunk length is `ltm_chunk_len`.
+    pub ltm: Option<LtmConfig>,
+    /// Tokens absorbed into the signal per update (C of §9.1, 512).
+    pub ltm_chunk_len: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            sinks: 4,
+            stm_len: 1024,
+            block_len: 64,
+            top_k_blocks: 8,
+            archive_budget: 131_072,
+            ltm: Some(LtmConfig::default()),
+            ltm_chunk_len: 512,
+        }
+    }
+}
+
+/// A memory layout that cannot work, naming the field.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum MemoryConfigError {
+    #[error("memory.{field} = {value}: {expected}")]
+    OutOfRange {
+        field: &'static str,
+        value: usize,
+        expected: String,
+    },
+    #[error("memory.ltm: {0}")]
+    Ltm(#[from] crate::ltm::LtmConfigError),
+}
+
+impl MemoryConfig {
+    /// The plain sliding window (STM only): every other tier off.
+    pub fn stm_only(stm_len: usize) -> Self {
+        Self {
+            sinks: 0,
+            stm_len,
+            top_k_blocks: 0,
+            archive_budget: 0,
+            ltm: None,
+            ..Self::default()
+        }
+    }
+
+    /// Whether the exact archive is on.
+    pub fn archive_enabled(&self) -> bool {
+        self.top_k_blocks > 0 && self.archive_budget > 0
+    }
+
+    /// Checks the layout against the model's trained context.
+    pub fn validate(&self, context_len: usize) -> Result<(), MemoryConfigError> {
+        let out = |field, value, expected: String| {
+            Err(MemoryConfigError::OutOfRange {
+                field,
+                value,
+                expected,
+            })
+        };
+        if self.block_len == 0 {
+            return out("block_len", self.block_len, ">= 1".into());
+        }
+        if self.stm_len < self.block_len {
+            return out(
+                "stm_len",
+                self.stm_len,
+                format!(">= block_len ({})", self.block_len),
+            );
+        }
+        if self.sinks + self.stm_len + self.block_len + 1 > context_len {
+            return out(
+                "stm_len",
+                self.stm_len,
+                format!("sinks + stm_len + block_len + 1 must fit the model's context of {context_len} tokens"),
+            );
+        }
+        if self.ltm_chunk_len == 0 || self.ltm_chunk_len % self.block_len != 0 {
+            return out(
+                "ltm_chunk_len",
+                self.ltm_chunk_len,
+                format!("a positive multiple of block_len ({})", self.block_len),
+            );
+        }
+        if self.archive_enabled() && self.archive_budget < self.ltm_chunk_len {
+            return out(
+                "archive_budget",
+                self.archive_budget,
+                format!(">= ltm_chunk_len ({}) or 0 (off)", self.ltm_chunk_len),
+            );
+        }
+        if let Some(ltm) = &self.ltm {
+            ltm.validate()?;
+        }
+        Ok(())
+    }
+}

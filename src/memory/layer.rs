@@ -1,0 +1,463 @@
+//! One layer's session memory: the four tiers of `infinity-former.md` §9.7 behind the model's
+//! [`LayerCache`] hook, all read in one joint softmax (§9.2) at window-relative positions (§9.3).
+//!
+//! Positions (the same numbers at token 1,000 and at token 1,000,000):
+//! * sinks at 0..s (s ≤ `sinks`), rotated once, for good;
+//! * the memory (selected archive blocks and signal points) at one position, s, just before the
+//!   oldest STM token — only once something has been evicted;
+//! * the STM's tokens right after: s + gap + i, gap = 1 once the memory exists, else 0. Before
+//!   anything is evicted the layout is therefore exactly the plain KV cache's 0, 1, 2, …
+//!
+//! The STM keeps pre-RoPE keys and a rotated copy that is re-based only when a block leaves
+//! (RoPE is relative, so one shift of every position is exact), and reads of every tier are views.
+
+use super::archive::Archive;
+use super::config::MemoryConfig;
+use super::continuous::ContinuousTier;
+use super::window::Window;
+use crate::ltm::{joint_attention, KeyGroup, MemoryOperators};
+use crate::model::{LayerCache, ModelError};
+use crate::rope::RopeTable;
+use tch::{Device, Kind, Tensor};
+
+/// Tokens and bytes held by each tier of one layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TierStats {
+    pub sink_tokens: i64,
+    pub stm_tokens: i64,
+    pub archive_tokens: i64,
+    pub ltm_tokens: u64,
+    pub ltm_updates: u64,
+    pub dropped_tokens: u64,
+    pub sink_bytes: usize,
+    pub stm_bytes: usize,
+    pub archive_bytes: usize,
+    pub ltm_bytes: usize,
+}
+
+/// One layer's memory for B sessions that move in step (same token counts).
+#[derive(Debug)]
+pub struct LayerMemory {
+    config: MemoryConfig,
+    sink_keys: Window, // rotated at 0..s
+    sink_values: Window,
+    stm_keys: Window, // pre-RoPE
+    stm_rotated: Window,
+    stm_values: Window,
+    archive: Archive,
+    /// Evicted blocks waiting to fill one LTM chunk when the archive is off (keys rotated).
+    staged_keys: Window,
+    staged_values: Window,
+    continuous: Option<ContinuousTier>,
+    evicted: bool,
+    dropped: u64,
+}
+
+impl LayerMemory {
+    /// An empty memory; `operators` are the shared ∞-former operators when the signal tier is on.
+    pub fn new(config: MemoryConfig, operators: Option<MemoryOperators>) -> Self {
+        Self {
+            archive: Archive::new(config.block_len),
+            config,
+            sink_keys: Window::new(),
+            sink_values: Window::new(),
+            stm_keys: Window::new(),
+            stm_rotated: Window::new(),
+            stm_values: Window::new(),
+            staged_keys: Window::new(),
+            staged_values: Window::new(),
+            continuous: operators.map(ContinuousTier::new),
+            evicted: false,
+            dropped: 0,
+        }
+    }
+
+    /// Tokens and bytes per tier.
+    pub fn stats(&self) -> TierStats {
+        let bytes = |ws: [&Window; 2]| -> usize {
+            ws.iter()
+                .filter_map(|w| w.view())
+                .map(|t| t.numel() * t.kind().elt_size_in_bytes())
+                .sum()
+        };
+        TierStats {
+            sink_tokens: self.sink_keys.len(),
+            stm_tokens: self.stm_keys.len(),
+            archive_tokens: self.archive.tokens() + self.staged_keys.len(),
+            ltm_tokens: self.continuous.as_ref().map_or(0, |c| c.tokens()),
+            ltm_updates: self.continuous.as_ref().map_or(0, |c| c.updates()),
+            dropped_tokens: self.dropped,
+            sink_bytes: bytes([&self.sink_keys, &self.sink_values]),
+            stm_bytes: bytes([&self.stm_keys, &self.stm_values])
+                + bytes([&self.stm_rotated, &self.stm_rotated]) / 2,
+            archive_bytes: self.archive.bytes() + bytes([&self.staged_keys, &self.staged_values]),
+            ltm_bytes: self.continuous.as_ref().map_or(0, |c| c.bytes()),
+        }
+    }
+
+    /// The position of the memory (archive and signal): right after the sinks.
+    fn memory_position(&self) -> i64 {
+        self.sink_keys.len()
+    }
+
+    /// The position of the oldest STM token.
+    fn stm_start(&self) -> i64 {
+        self.memory_position() + i64::from(self.evicted)
+    }
+
+    /// Moves the oldest block of the STM into the archive (or towards the signal), re-basing the
+    /// rotated STM, and keeps the archive within its budget.
+    fn evict_block(&mut self, rope: &RopeTable) {
+        let n = self.config.block_len as i64;
+        let keys = self.stm_keys.take_front(n);
+        let _ = self.stm_rotated.take_front(n);
+        let values = self.stm_values.take_front(n);
+        let keys = rope.rotate_all_to(&keys, self.memory_position());
+        self.evicted = true;
+        if let Some(rest) = self.stm_keys.view() {
+            self.stm_rotated
+                .overwrite(&rope.rotate(&rest, self.stm_start()));
+        }
+        let chunk_blocks = (self.config.ltm_chunk_len / self.config.block_len) as i64;
+        if self.config.archive_enabled() {
+            self.archive.push(&keys, &values);
+            while self.archive.tokens() > self.config.archive_budget as i64 {
+                let (keys, values) = self
+                    .archive
+                    .pop_oldest(chunk_blocks.min(self.archive.blocks()));
+                self.absorb_or_drop(&keys, &values);
+            }
+        } else {
+            self.staged_keys.append(&keys);
+            self.staged_values.append(&values);
+            if self.staged_keys.len() >= self.config.ltm_chunk_len as i64 {
+                let chunk = self.config.ltm_chunk_len as i64;
+                let (keys, values) = (
+                    self.staged_keys.take_front(chunk),
+                    self.staged_values.take_front(chunk),
+                );
+                self.absorb_or_drop(&keys, &values);
+            }
+        }
+    }
+
+    fn absorb_or_drop(&mut self, keys: &Tensor, values: &Tensor) {
+        match self.continuous.as_mut() {
+            Some(tier) if keys.size()[2] == self.config.ltm_chunk_len as i64 => {
+                tier.absorb(keys, values)
+            }
+            _ => self.dropped += keys.size()[2] as u64,
+        }
+    }
+}
+
+/// `[T, T]` additive mask: 0 where new token i may read new token j (j ≤ i), −∞ elsewhere.
+fn causal_bias(t: i64, kind: Kind, device: Device) -> Tensor {
+    let future = Tensor::ones([t, t], (Kind::Bool, device)).triu(1);
+    Tensor::zeros([t, t], (kind, device)).masked_fill(&future, f64::NEG_INFINITY)
+}
+
+impl LayerCache for LayerMemory {
+    fn len(&self) -> i64 {
+        self.sink_keys.len() + self.stm_keys.len()
+    }
+
+    fn attend(
+        &mut self,
+        queries: &Tensor,
+        keys: &Tensor,
+        values: &Tensor,
+        rope: &RopeTable,
+    ) -> Result<Tensor, ModelError> {
+        let (b, h, t, d) = queries.size4()?;
+        let h_kv = keys.size()[1];
+        let group = h / h_kv;
+        let start = self.stm_start() + self.stm_keys.len();
+        if start + t > rope.len() {
+            return Err(ModelError::ContextFull {
+                needed: start + t,
+                capacity: rope.len(),
+            });
+        }
+        let queries = rope.rotate(queries, start).reshape([b, h_kv, group * t, d]); // [B, H_kv, G·T, D]
+        let new_rotated = rope.rotate(keys, start);
+
+        // Every tier's keys, each already at its position; one softmax over all of them (§9.2).
+        let sinks = self.sink_keys.view().zip(self.sink_values.view());
+        let selected = self.archive.select(&queries, self.config.top_k_blocks);
+        let stm = self.stm_rotated.view().zip(self.stm_values.view());
+        let causal = causal_bias(t, queries.kind(), queries.device()).repeat([group, 1]); // [G·T, T]
+        let mut groups = Vec::with_capacity(5);
+        if let Some((k, v)) = &sinks {
+            groups.push(KeyGroup {
+                keys: k,
+                values: v,
+                bias: None,
+            });
+        }
+        if let Some(s) = &selected {
+            groups.push(KeyGroup {
+                keys: &s.keys,
+                values: &s.values,
+                bias: None,
+            });
+        }
+        let points = self.continuous.as_ref().and_then(|c| c.points());
+        let points_group = groups.len();
+        if let Some(p) = points {
+            groups.push(KeyGroup {
+                keys: &p.keys,
+                values: &p.values,
+                bias: Some(&p.bias),
+            });
+        }
+        if let Some((k, v)) = &stm {
+            groups.push(KeyGroup {
+                keys: k,
+                values: v,
+                bias: None,
+            });
+        }
+        groups.push(KeyGroup {
+            keys: &new_rotated,
+            values,
+            bias: Some(&causal),
+        });
+        let read = joint_attention(&queries, &groups);
+        let had_points = points.is_some();
+        drop(groups);
+        if had_points {
+            if let Some(tier) = self.continuous.as_mut().filter(|c| c.wants_attention()) {
+                tier.record_attention(&read.probabilities[points_group]);
+            }
+        }
+
+        // Take the new tokens in: the first ones become sinks, the rest join the STM.
+        let to_sinks = (self.config.sinks as i64 - self.sink_keys.len()).clamp(0, t);
+        if to_sinks > 0 {
+            self.sink_keys.append(&new_rotated.narrow(2, 0, to_sinks));
+            self.sink_values.append(&values.narrow(2, 0, to_sinks));
+        }
+        if to_sinks < t {
+            let rest = t - to_sinks;
+            self.stm_keys.append(&keys.narrow(2, to_sinks, rest));
+            self.stm_rotated
+                .append(&new_rotated.narrow(2, to_sinks, rest));
+            self.stm_values.append(&values.narrow(2, to_sinks, rest));
+        }
+        while self.stm_keys.len() > self.config.stm_len as i64 {
+            self.evict_block(rope);
+        }
+        Ok(read.context.reshape([b, h, t, d]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::KvCache;
+    use crate::rope::Rope;
+
+    const F64: (Kind, Device) = (Kind::Double, Device::Cpu);
+    const HEADS: i64 = 4;
+    const KV_HEADS: i64 = 2;
+    const DIM: i64 = 8;
+
+    fn step(t: i64) -> (Tensor, Tensor, Tensor) {
+        (
+            Tensor::randn([1, HEADS, t, DIM], F64),
+            Tensor::randn([1, KV_HEADS, t, DIM], F64),
+            Tensor::randn([1, KV_HEADS, t, DIM], F64),
+        )
+    }
+
+    fn small(
+        sinks: usize,
+        stm_len: usize,
+        top_k_blocks: usize,
+        archive_budget: usize,
+    ) -> MemoryConfig {
+        MemoryConfig {
+            sinks,
+            stm_len,
+            block_len: 4,
+            top_k_blocks,
+            archive_budget,
+            ltm: None,
+            ltm_chunk_len: 8,
+        }
+    }
+
+    /// Before anything is evicted the memory is the plain KV cache: same positions, same softmax
+    /// (tolerance 1e-12, f64), over a prefill and several decode steps.
+    #[test]
+    fn equals_the_plain_kv_cache_until_the_first_eviction() {
+        tch::manual_seed(11);
+        let rope = Rope::new(DIM as usize, 10000.0).table(256, Kind::Double, Device::Cpu);
+        let mut memory = LayerMemory::new(
+            MemoryConfig {
+                ltm: None,
+                ..small(4, 32, 2, 64)
+            },
+            None,
+        );
+        let mut cache = KvCache::new(256);
+        for t in [7, 1, 1, 5, 1, 12] {
+            let (q, k, v) = step(t);
+            let ours = memory.attend(&q, &k, &v, &rope).unwrap();
+            let plain = cache.attend(&q, &k, &v, &rope).unwrap();
+            let diff = (ours - plain).abs().max().double_value(&[]);
+            assert!(
+                diff < 1e-12,
+                "differs from the KV cache by {diff} at {} tokens",
+                memory.len()
+            );
+        }
+        assert_eq!(memory.stats().archive_tokens, 0);
+    }
+
+    /// With every block selected, the archive is the "exact memory" of §9.6: full attention in which
+    /// every evicted token sits at the one memory position (just after the sinks, before the STM).
+    /// Checked against that attention written out by hand (tolerance 1e-12).
+    #[test]
+    fn archive_with_every_block_selected_is_exact_attention_at_the_memory_position() {
+        tch::manual_seed(12);
+        let table = Rope::new(DIM as usize, 10000.0).table(256, Kind::Double, Device::Cpu);
+        let rope = Rope::new(DIM as usize, 10000.0);
+        let mut memory = LayerMemory::new(small(2, 8, 100, 1000), None);
+        let (mut all_k, mut all_v) = (vec![], vec![]);
+        for _ in 0..5 {
+            let (q, k, v) = step(5);
+            let _ = memory.attend(&q, &k, &v, &table).unwrap();
+            all_k.push(k);
+            all_v.push(v);
+        }
+        let stats = memory.stats(); // the layout the last query reads; it joins the STM
+        let (q, k, v) = step(1);
+        let ours = memory.attend(&q, &k, &v, &table).unwrap();
+        all_k.push(k);
+        all_v.push(v);
+        let (keys, values) = (Tensor::cat(&all_k, 2), Tensor::cat(&all_v, 2)); // 26 tokens
+        let (sinks, archived, stm) = (2, stats.archive_tokens, stats.stm_tokens + 1);
+        assert_eq!((stats.sink_tokens, sinks + archived + stm), (2, 26));
+        assert!(
+            archived >= 12,
+            "expected evictions, archive holds {archived}"
+        );
+        // Positions: sinks 0, 1; archive all at 2; STM (incl. the query) from 3 on.
+        let mut positions: Vec<f64> = vec![0.0, 1.0];
+        positions.extend(std::iter::repeat_n(2.0, archived as usize));
+        positions.extend((0..stm).map(|i| 3.0 + i as f64));
+        let positions = Tensor::from_slice(&positions);
+        let keys =
+            rope.rotate(&keys, &positions)
+                .repeat_interleave_self_int(HEADS / KV_HEADS, 1, None);
+        let values = values.repeat_interleave_self_int(HEADS / KV_HEADS, 1, None);
+        let q = rope.rotate(&q, &positions.narrow(0, 25, 1));
+        let probs =
+            (q.matmul(&keys.transpose(-1, -2)) / (DIM as f64).sqrt()).softmax(-1, Kind::Double);
+        let reference = probs.matmul(&values);
+        let diff = (ours - reference).abs().max().double_value(&[]);
+        assert!(
+            diff < 1e-12,
+            "archive reading differs from exact attention by {diff}"
+        );
+    }
+
+    /// Window-relative positions (§9.3): after 1,000 and after 1,000,000 tokens, a memory with the
+    /// same sinks and the same last window gives the same output (tolerance 1e-12); the RoPE table
+    /// only covers sinks + 1 + stm_len + block_len + the step, so no larger position is ever used.
+    #[test]
+    fn the_same_window_reads_the_same_at_token_one_thousand_and_one_million() {
+        tch::manual_seed(13);
+        let config = MemoryConfig {
+            block_len: 64,
+            ltm_chunk_len: 64,
+            ..small(2, 64, 0, 0)
+        }; // sinks + STM
+        let rope = Rope::new(DIM as usize, 10000.0).table(
+            2 + 1 + 64 + 64 + 1024,
+            Kind::Double,
+            Device::Cpu,
+        );
+        let sinks = step(2);
+        let filler = step(1024);
+        let window = step(16);
+        let run = |filler_steps: usize| {
+            let mut memory = LayerMemory::new(config.clone(), None);
+            let _ = memory.attend(&sinks.0, &sinks.1, &sinks.2, &rope).unwrap();
+            for _ in 0..filler_steps {
+                let _ = memory
+                    .attend(&filler.0, &filler.1, &filler.2, &rope)
+                    .unwrap();
+            }
+            (
+                memory
+                    .attend(&window.0, &window.1, &window.2, &rope)
+                    .unwrap(),
+                memory.stats().dropped_tokens,
+            )
+        };
+        let (near, near_dropped) = run(1);
+        let (far, far_dropped) = run(977); // 2 + 977·1024 + 16 = 1,000,466 tokens
+        assert!(
+            far_dropped > 999_000 && near_dropped <= 1024,
+            "{near_dropped} / {far_dropped} tokens left the window"
+        );
+        let diff = (near - far).abs().max().double_value(&[]);
+        assert!(
+            diff < 1e-12,
+            "the window reads differently after a million tokens: {diff}"
+        );
+    }
+
+    /// The compute per token is fixed: whatever was absorbed, a decode step reads at most
+    /// sinks + k blocks + R points + STM + 1 keys, and the archive never exceeds its budget.
+    #[test]
+    fn tiers_stay_within_their_bounds_and_the_signal_absorbs_the_overflow() {
+        tch::manual_seed(14);
+        let rope = Rope::new(DIM as usize, 10000.0).table(512, Kind::Double, Device::Cpu);
+        let ltm = crate::ltm::LtmConfig {
+            num_basis: 16,
+            widths: vec![0.05, 0.1],
+            num_samples: 8,
+            quadrature_points: 8,
+            ..Default::default()
+        };
+        let config = MemoryConfig {
+            ltm: Some(ltm.clone()),
+            ..small(2, 8, 2, 16)
+        };
+        let operators = MemoryOperators::new(&ltm, 8, Kind::Float, Device::Cpu);
+        let mut memory = LayerMemory::new(config, Some(operators));
+        for _ in 0..50 {
+            let (q, k, v) = step(3);
+            let out = memory.attend(&q, &k, &v, &rope).unwrap();
+            assert!(out.isfinite().all().int64_value(&[]) == 1);
+            let s = memory.stats();
+            assert!(
+                s.archive_tokens <= 16 && s.stm_tokens <= 8 && s.sink_tokens == 2,
+                "{s:?}"
+            );
+        }
+        let s = memory.stats();
+        assert_eq!(
+            s.sink_tokens as u64
+                + s.stm_tokens as u64
+                + s.archive_tokens as u64
+                + s.ltm_tokens
+                + s.dropped_tokens,
+            150
+        );
+        assert!(
+            s.ltm_tokens >= 100 && s.ltm_updates >= 12 && s.dropped_tokens == 0,
+            "{s:?}"
+        );
+        let ltm_bytes = s.ltm_bytes;
+        for _ in 0..20 {
+            let (q, k, v) = step(3);
+            let _ = memory.attend(&q, &k, &v, &rope).unwrap();
+        }
+        assert_eq!(memory.stats().ltm_bytes, ltm_bytes, "the signal grew");
+    }
+}

@@ -1,0 +1,55 @@
+//! A session's memory inside the real model (`infinity-former.md` §9.7): attention sinks, the
+//! short-term window, an exact archive read by per-query block selection, and the ∞-former
+//! continuous signal, each switchable, all read in one joint softmax at window-relative positions.
+//! Per token the compute is fixed (sinks + STM + k blocks + R points) however long the session.
+
+pub mod archive;
+pub mod config;
+pub mod continuous;
+pub mod layer;
+pub mod window;
+
+pub use config::{MemoryConfig, MemoryConfigError};
+pub use layer::{LayerMemory, TierStats};
+
+use crate::ltm::MemoryOperators;
+use tch::{Device, Kind};
+
+/// What every session of one model shares: the layout and the ∞-former operators, built once.
+#[derive(Debug)]
+pub struct MemoryLayout {
+    config: MemoryConfig,
+    operators: Option<MemoryOperators>,
+}
+
+impl MemoryLayout {
+    /// Checks `config` against the model's context and precomputes the signal's operators (f32).
+    pub fn new(
+        config: MemoryConfig,
+        context_len: usize,
+        device: Device,
+    ) -> Result<Self, MemoryConfigError> {
+        config.validate(context_len)?;
+        let operators = config
+            .ltm
+            .as_ref()
+            .map(|ltm| MemoryOperators::new(ltm, config.ltm_chunk_len, Kind::Float, device));
+        Ok(Self { config, operators })
+    }
+
+    pub fn config(&self) -> &MemoryConfig {
+        &self.config
+    }
+
+    /// A fresh memory for `layers` layers.
+    pub fn new_session(&self, layers: usize) -> Vec<LayerMemory> {
+        (0..layers)
+            .map(|_| {
+                LayerMemory::new(
+                    self.config.clone(),
+                    self.operators.as_ref().map(|o| o.share()),
+                )
+            })
+            .collect()
+    }
+}
