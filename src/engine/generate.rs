@@ -147,7 +147,7 @@ mod tests {
                     LogitsAt::Last,
                 )
                 .unwrap();
-            sequence.push(Greedy.next(&logits.select(0, 0), &sequence));
+            sequence.push(Greedy.next(&logits.select(0, 0), &sequence).unwrap());
         }
         sequence[prompt.len()..].to_vec()
     }
