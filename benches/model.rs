@@ -13,11 +13,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use infini::engine::generate::{generate, GenerateOptions, Greedy};
-use infini::model::hf::HfFolder;
-use infini::model::{Llama, ModelOptions, Precision};
+use infini::model::{Checkpoint, Llama, ModelOptions, Precision, DEFAULT_MODEL};
 use tch::Device;
 
-const GGUF: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+const GGUF: &str = DEFAULT_MODEL;
 
 struct Speed {
     prefill: f64,
@@ -112,8 +111,8 @@ fn main() -> Result<()> {
         .split(',')
         .map(|n| Ok(prompt(n.trim().parse()?)))
         .collect::<Result<_>>()?;
-    let folder = HfFolder::open(root.join("models/smollm2-hf"))
-        .context("run scripts/reference/convert_hf.py first")?;
+    // Ours loads the same GGUF as the peer (Q4_1 packed as is for int4).
+    let checkpoint = Checkpoint::open(root.join(GGUF)).context("run ./scripts/setup.sh first")?;
     println!("batch 1, {threads} threads, {decode} tokens decoded per prompt");
 
     let peer_speeds = if std::env::var("INFINI_BENCH_PEER").as_deref() == Ok("0") {
@@ -123,7 +122,7 @@ fn main() -> Result<()> {
     };
     for precision in precisions {
         let started = Instant::now();
-        let model = folder.load(ModelOptions {
+        let model = checkpoint.load(ModelOptions {
             device: Device::Cpu,
             precision,
         })?;

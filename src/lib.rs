@@ -1,6 +1,7 @@
 //! infini: an inference server whose conversations keep an unbounded memory at constant cost per
 //! token, built on the ∞-former (Martins et al., ACL 2022).
 
+pub mod cli;
 pub mod demo;
 pub mod engine;
 pub mod ltm;

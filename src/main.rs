@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use infini::cli::{run_chat, run_generate, ChatArgs, GenerateArgs};
 use infini::demo::{run_memory_demo, MemoryDemo};
 use infini::train::cli::{run_eval, run_train, EvalTask, TrainTask};
 
@@ -18,6 +19,10 @@ enum Command {
     /// Stream a long synthetic signal through one ∞-former memory and show that its size and
     /// update cost stay constant while the latest chunk stays readable.
     DemoMemory(MemoryDemo),
+    /// Continue a prompt with the model, streaming the text to stdout (timing to stderr).
+    Generate(GenerateArgs),
+    /// Chat with the model: one message per line on stdin, replies streamed, conversation kept.
+    Chat(ChatArgs),
     /// Train a model from scratch (the paper's sorting task).
     #[command(subcommand)]
     Train(TrainTask),
@@ -29,6 +34,8 @@ enum Command {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::DemoMemory(args) => run_memory_demo(&args, &mut std::io::stdout()),
+        Command::Generate(args) => run_generate(&args),
+        Command::Chat(args) => run_chat(&args),
         Command::Train(task) => run_train(&task),
         Command::Eval(task) => run_eval(&task),
     }

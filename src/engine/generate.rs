@@ -11,7 +11,7 @@ use crate::model::{LayerCache, Llama, LogitsAt, ModelError};
 /// Picks the next token from the last position's logits `[V]` (f32) and the tokens so far
 /// (prompt and generated).
 pub trait NextToken {
-    fn next(&mut self, logits: &Tensor, history: &[u32]) -> u32;
+    fn next(&mut self, logits: &Tensor, history: &[u32]) -> Result<u32, ModelError>;
 }
 
 /// The most likely token (ties: the lowest id, as `argmax` does).
@@ -19,8 +19,16 @@ pub trait NextToken {
 pub struct Greedy;
 
 impl NextToken for Greedy {
-    fn next(&mut self, logits: &Tensor, _history: &[u32]) -> u32 {
-        logits.argmax(-1, false).int64_value(&[]) as u32
+    fn next(&mut self, logits: &Tensor, _history: &[u32]) -> Result<u32, ModelError> {
+        Ok(logits.argmax(-1, false).int64_value(&[]) as u32)
+    }
+}
+
+/// The full sampler (temperature, top-k/p, min-p, penalties, seed) of `sampler.rs`.
+impl NextToken for super::sampler::Sampler {
+    fn next(&mut self, logits: &Tensor, history: &[u32]) -> Result<u32, ModelError> {
+        self.sample(logits, history)
+            .map_err(|e| ModelError::BadInput(e.to_string()))
     }
 }
 
@@ -90,7 +98,7 @@ pub fn generate<C: LayerCache>(
     let mut finish = FinishReason::Length;
     let mut prefill = None;
     while tokens.len() < options.max_tokens {
-        let token = sampler.next(&logits.select(0, 0), &history);
+        let token = sampler.next(&logits.select(0, 0), &history)?;
         prefill.get_or_insert_with(|| started.elapsed());
         if options.stop_tokens.contains(&token) {
             finish = FinishReason::Stop;
@@ -139,7 +147,7 @@ mod tests {
                     LogitsAt::Last,
                 )
                 .unwrap();
-            sequence.push(Greedy.next(&logits.select(0, 0), &sequence));
+            sequence.push(Greedy.next(&logits.select(0, 0), &sequence).unwrap());
         }
         sequence[prompt.len()..].to_vec()
     }

@@ -27,6 +27,8 @@ pub enum ModelError {
     BadInput(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error(transparent)]
+    Gguf(#[from] super::gguf::GgufError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }

@@ -7,6 +7,7 @@
 
 use tch::{Device, Kind, Tensor};
 
+use super::gguf::Q4_1Blocks;
 use super::ModelError;
 
 /// Input features that share one int4 scale and zero (GGUF Q4_0/Q4_1 blocks have 32 too).
@@ -102,6 +103,31 @@ impl Int4Groups {
         })
     }
 
+    /// GGUF Q4_1 blocks (w = d·q + m per 32 weights) as they are: scale d and zero m + 8·d, the
+    /// weight that code 8 stands for. No re-quantisation.
+    pub fn from_q4_1(blocks: &Q4_1Blocks) -> Self {
+        Self {
+            codes: blocks.quants.to_kind(Kind::Int),
+            scales: blocks.scales.shallow_clone(),
+            zeros: &blocks.mins + &blocks.scales * 8.0,
+        }
+    }
+
+    /// `[N, K]`.
+    pub fn shape(&self) -> Vec<i64> {
+        self.codes.size()
+    }
+
+    /// Output rows `index` (a row permutation or selection): groups run along the input axis, so
+    /// each row keeps its own codes, scales and zeros.
+    pub fn select_rows(&self, index: &Tensor) -> Self {
+        Self {
+            codes: self.codes.index_select(0, index),
+            scales: self.scales.index_select(0, index),
+            zeros: self.zeros.index_select(0, index),
+        }
+    }
+
     /// The dense weights these codes stand for, `[N, K]` f32.
     pub fn dequantise(&self) -> Tensor {
         let (n, k) = self.codes.size2().expect("codes are [N, K]");
@@ -110,6 +136,66 @@ impl Int4Groups {
             .to_kind(Kind::Float)
             .reshape([n, k / INT4_GROUP, INT4_GROUP]);
         ((codes - 8.0) * self.scales.unsqueeze(-1) + self.zeros.unsqueeze(-1)).reshape([n, k])
+    }
+}
+
+/// A checkpoint's weight matrix `[out, in]` as stored: dense (any float kind) or int4 groups (a GGUF
+/// Q4_1 tensor), so int4 weights reach the int4 kernel without a round trip through f32.
+#[derive(Debug)]
+pub enum Matrix {
+    Dense(Tensor),
+    Int4(Int4Groups),
+}
+
+impl Matrix {
+    pub fn shape(&self) -> Vec<i64> {
+        match self {
+            Matrix::Dense(t) => t.size(),
+            Matrix::Int4(g) => g.shape(),
+        }
+    }
+
+    /// The dense weights, f32.
+    pub fn dense(&self) -> Tensor {
+        match self {
+            Matrix::Dense(t) => t.to_kind(Kind::Float),
+            Matrix::Int4(g) => g.dequantise(),
+        }
+    }
+
+    /// Output rows `index` of the matrix.
+    pub fn select_rows(&self, index: &Tensor) -> Self {
+        match self {
+            Matrix::Dense(t) => Matrix::Dense(t.index_select(0, index)),
+            Matrix::Int4(g) => Matrix::Int4(g.select_rows(index)),
+        }
+    }
+
+    /// Stacks matrices along the output axis (fused q/k/v and gate/up): int4 stays int4 when every
+    /// part is int4, anything else becomes dense f32.
+    pub fn cat_rows(parts: &[Matrix]) -> Self {
+        let groups: Vec<&Int4Groups> = parts
+            .iter()
+            .filter_map(|m| match m {
+                Matrix::Int4(g) => Some(g),
+                Matrix::Dense(_) => None,
+            })
+            .collect();
+        if groups.len() == parts.len() {
+            let cat = |field: fn(&Int4Groups) -> &Tensor| {
+                Tensor::cat(&groups.iter().map(|g| field(g)).collect::<Vec<_>>(), 0)
+            };
+            Matrix::Int4(Int4Groups {
+                codes: cat(|g| &g.codes),
+                scales: cat(|g| &g.scales),
+                zeros: cat(|g| &g.zeros),
+            })
+        } else {
+            Matrix::Dense(Tensor::cat(
+                &parts.iter().map(Matrix::dense).collect::<Vec<_>>(),
+                0,
+            ))
+        }
     }
 }
 
@@ -136,6 +222,20 @@ impl Linear {
                     .to_kind(precision.activation_kind()),
             )),
             Precision::Int4 => Self::from_int4(&Int4Groups::quantise(weight)?, device),
+        }
+    }
+
+    /// A checkpoint matrix in `precision` on `device`: int4 groups go to the int4 kernel as they
+    /// are when the precision is int4, and are dequantised for f32/bf16.
+    pub fn from_matrix(
+        matrix: &Matrix,
+        precision: Precision,
+        device: Device,
+    ) -> Result<Self, ModelError> {
+        match (matrix, precision) {
+            (Matrix::Int4(groups), Precision::Int4) => Self::from_int4(groups, device),
+            (Matrix::Dense(weight), _) => Self::new(weight, precision, device),
+            (Matrix::Int4(groups), _) => Self::new(&groups.dequantise(), precision, device),
         }
     }
 

@@ -8,7 +8,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::cache::{KvCache, LayerCache};
-use super::linear::{Linear, Precision};
+use super::linear::{Linear, Matrix, Precision};
 use super::{ModelError, Weights};
 use crate::rope::{Rope, RopeTable};
 
@@ -130,23 +130,23 @@ impl Attention {
         options: &ModelOptions,
     ) -> Result<Self, ModelError> {
         let (c, d) = (cfg.hidden_size, cfg.head_dim);
-        let q = weights.take(&format!("{prefix}.q_proj.weight"), &[cfg.num_heads * d, c])?;
-        let k = weights.take(
+        let q = weights.take_matrix(&format!("{prefix}.q_proj.weight"), &[cfg.num_heads * d, c])?;
+        let k = weights.take_matrix(
             &format!("{prefix}.k_proj.weight"),
             &[cfg.num_kv_heads * d, c],
         )?;
-        let v = weights.take(
+        let v = weights.take_matrix(
             &format!("{prefix}.v_proj.weight"),
             &[cfg.num_kv_heads * d, c],
         )?;
-        let o = weights.take(&format!("{prefix}.o_proj.weight"), &[c, cfg.num_heads * d])?;
+        let o = weights.take_matrix(&format!("{prefix}.o_proj.weight"), &[c, cfg.num_heads * d])?;
         Ok(Self {
-            qkv_proj: Linear::new(
-                &Tensor::cat(&[q, k, v], 0),
+            qkv_proj: Linear::from_matrix(
+                &Matrix::cat_rows(&[q, k, v]),
                 options.precision,
                 options.device,
             )?,
-            o_proj: Linear::new(&o, options.precision, options.device)?,
+            o_proj: Linear::from_matrix(&o, options.precision, options.device)?,
             num_heads: cfg.num_heads,
             num_kv_heads: cfg.num_kv_heads,
             head_dim: d,
@@ -198,16 +198,16 @@ impl Mlp {
         options: &ModelOptions,
     ) -> Result<Self, ModelError> {
         let (c, i) = (cfg.hidden_size, cfg.intermediate_size);
-        let gate = weights.take(&format!("{prefix}.gate_proj.weight"), &[i, c])?;
-        let up = weights.take(&format!("{prefix}.up_proj.weight"), &[i, c])?;
-        let down = weights.take(&format!("{prefix}.down_proj.weight"), &[c, i])?;
+        let gate = weights.take_matrix(&format!("{prefix}.gate_proj.weight"), &[i, c])?;
+        let up = weights.take_matrix(&format!("{prefix}.up_proj.weight"), &[i, c])?;
+        let down = weights.take_matrix(&format!("{prefix}.down_proj.weight"), &[c, i])?;
         Ok(Self {
-            gate_up_proj: Linear::new(
-                &Tensor::cat(&[gate, up], 0),
+            gate_up_proj: Linear::from_matrix(
+                &Matrix::cat_rows(&[gate, up]),
                 options.precision,
                 options.device,
             )?,
-            down_proj: Linear::new(&down, options.precision, options.device)?,
+            down_proj: Linear::from_matrix(&down, options.precision, options.device)?,
             intermediate_size: i,
         })
     }

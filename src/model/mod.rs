@@ -1,10 +1,12 @@
 //! The language model: a Llama-family decoder (`llama`), its weight matmuls (`linear`), the
 //! per-layer store of past keys and values that attention reads (`cache`, where the session memory
-//! of `infinity-former.md` §9.7 plugs in), and weight loading (`gguf` for a GGUF file, `hf` for a
-//! Hugging Face folder).
+//! of `infinity-former.md` §9.7 plugs in), and weight loading (`gguf` reads a GGUF file and `from_gguf`
+//! maps it onto the decoder, `hf` reads a Hugging Face folder, `checkpoint` opens either).
 
 pub mod cache;
+pub mod checkpoint;
 pub mod error;
+pub mod from_gguf;
 pub mod gguf;
 pub mod hf;
 pub mod linear;
@@ -12,6 +14,7 @@ pub mod llama;
 pub mod weights;
 
 pub use cache::{KvCache, LayerCache};
+pub use checkpoint::{Checkpoint, DEFAULT_MODEL};
 pub use error::ModelError;
 pub use linear::{Linear, Precision};
 pub use llama::{Llama, LlamaConfig, LogitsAt, ModelOptions};

@@ -1,0 +1,259 @@
+//! `infini generate` and `infini chat` (`architecture.md`, the command line): load the model, then
+//! stream tokens through the sampler, the stop rules and the incremental decoder.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use tch::Device;
+
+use crate::engine::generate::{generate, GenerateOptions};
+use crate::engine::sampler::{Sampler, SamplingParams};
+use crate::engine::stop::{StopChecker, StopRules};
+use crate::model::{Checkpoint, KvCache, Llama, ModelOptions, Precision, DEFAULT_MODEL};
+use crate::tokenizer::{ChatMessage, IncrementalDecoder, Tokenizer};
+
+/// Model, device and sampling flags shared by `generate` and `chat`; each also reads `INFINI_*`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// GGUF file or Hugging Face model folder.
+    #[arg(long, env = "INFINI_MODEL", default_value = DEFAULT_MODEL)]
+    pub model: PathBuf,
+    /// f32, bf16 or int4 (int4: CPU only).
+    #[arg(long, env = "INFINI_PRECISION", default_value = "int4")]
+    pub precision: Precision,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, env = "INFINI_DEVICE", default_value = "cpu", value_parser = parse_device)]
+    pub device: Device,
+    /// CPU threads for libtorch (0: libtorch's default).
+    #[arg(long, env = "INFINI_THREADS", default_value_t = 0)]
+    pub threads: usize,
+    /// 0 is greedy.
+    #[arg(long, env = "INFINI_TEMPERATURE", default_value_t = 0.7)]
+    pub temperature: f64,
+    /// 0 keeps all tokens.
+    #[arg(long, env = "INFINI_TOP_K", default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, env = "INFINI_TOP_P", default_value_t = 1.0)]
+    pub top_p: f64,
+    #[arg(long, env = "INFINI_MIN_P", default_value_t = 0.0)]
+    pub min_p: f64,
+    #[arg(long, env = "INFINI_REPETITION_PENALTY", default_value_t = 1.0)]
+    pub repetition_penalty: f64,
+    #[arg(long, env = "INFINI_FREQUENCY_PENALTY", default_value_t = 0.0)]
+    pub frequency_penalty: f64,
+    #[arg(long, env = "INFINI_PRESENCE_PENALTY", default_value_t = 0.0)]
+    pub presence_penalty: f64,
+    /// Makes sampling reproducible.
+    #[arg(long, env = "INFINI_SEED")]
+    pub seed: Option<u64>,
+    /// Most tokens to generate per reply.
+    #[arg(long, env = "INFINI_MAX_TOKENS", default_value_t = 256)]
+    pub max_tokens: usize,
+    /// A string that ends the reply (repeatable; INFINI_STOP takes a comma-separated list).
+    #[arg(long = "stop", env = "INFINI_STOP", value_delimiter = ',')]
+    pub stop: Vec<String>,
+}
+
+/// `infini generate`.
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// The text to continue (used as is, without the chat template).
+    #[arg(long, env = "INFINI_PROMPT")]
+    pub prompt: String,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `infini chat`.
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    /// An optional system message that opens the conversation.
+    #[arg(long, env = "INFINI_SYSTEM")]
+    pub system: Option<String>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+fn parse_device(text: &str) -> Result<Device, String> {
+    match text {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .map(Device::Cuda)
+            .ok_or_else(|| format!("unknown device `{other}` (expected cpu, cuda or cuda:N)")),
+    }
+}
+
+/// A loaded model with its tokenizer and the request settings.
+struct Session {
+    model: Llama,
+    tokenizer: Tokenizer,
+    args: RunArgs,
+}
+
+impl Session {
+    fn load(args: &RunArgs) -> Result<Self> {
+        // Checked first so that bad sampling or stop flags fail before the model loads.
+        Self::sampling(args).validate()?;
+        StopRules::new(vec![], args.stop.clone(), args.max_tokens)?;
+        if let Device::Cuda(n) = args.device {
+            if !tch::Cuda::is_available() || n >= tch::Cuda::device_count() as usize {
+                bail!("device cuda:{n} is not available on this machine");
+            }
+        }
+        if args.threads > 0 {
+            tch::set_num_threads(args.threads as i32);
+        }
+        let checkpoint = Checkpoint::open(&args.model)?;
+        let tokenizer = checkpoint
+            .tokenizer()
+            .with_context(|| format!("tokenizer of {}", args.model.display()))?;
+        let model = checkpoint.load(ModelOptions {
+            device: args.device,
+            precision: args.precision,
+        })?;
+        Ok(Self {
+            model,
+            tokenizer,
+            args: args.clone(),
+        })
+    }
+
+    fn sampling(args: &RunArgs) -> SamplingParams {
+        SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            min_p: args.min_p,
+            repetition_penalty: args.repetition_penalty,
+            frequency_penalty: args.frequency_penalty,
+            presence_penalty: args.presence_penalty,
+            seed: args.seed,
+        }
+    }
+
+    /// Generates after `prompt` (continuing `caches`), writing text to `out` as it is decoded.
+    /// Returns the reply's text and token count.
+    fn reply(
+        &self,
+        caches: &mut [KvCache],
+        prompt: &[u32],
+        out: &mut impl Write,
+    ) -> Result<(String, usize)> {
+        let mut sampler = Sampler::new(Self::sampling(&self.args).validate()?);
+        let stop_tokens: Vec<u32> = self.tokenizer.special_tokens().eos.into_iter().collect();
+        let mut stops = StopChecker::new(StopRules::new(
+            stop_tokens.clone(),
+            self.args.stop.clone(),
+            self.args.max_tokens,
+        )?);
+        let mut decoder = IncrementalDecoder::new(true);
+        let mut text = String::new();
+        let mut failure = None;
+        let started = Instant::now();
+        let generation = generate(
+            &self.model,
+            caches,
+            prompt,
+            &mut sampler,
+            &GenerateOptions {
+                max_tokens: self.args.max_tokens,
+                stop_tokens,
+                prefill_chunk: 512,
+            },
+            |token| {
+                let step = decoder
+                    .push(&self.tokenizer, token)
+                    .map_err(anyhow::Error::from)
+                    .map(|piece| stops.push(token, &piece));
+                match step {
+                    Ok(step) => {
+                        text.push_str(&step.text);
+                        let written = out
+                            .write_all(step.text.as_bytes())
+                            .and_then(|_| out.flush());
+                        if let Err(e) = written {
+                            failure = Some(e.into());
+                            return false;
+                        }
+                        step.finish.is_none()
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        false
+                    }
+                }
+            },
+        )?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let rest = stops.flush();
+        text.push_str(&rest);
+        out.write_all(rest.as_bytes())?;
+        out.flush()?;
+        let n = generation.tokens.len();
+        eprintln!(
+            "\n[{} prompt tokens in {:.2} s ({:.1} tok/s); {} tokens in {:.2} s ({:.1} tok/s); total {:.2} s]",
+            prompt.len(),
+            generation.prefill.as_secs_f64(),
+            prompt.len() as f64 / generation.prefill.as_secs_f64().max(1e-9),
+            n,
+            generation.decode.as_secs_f64(),
+            n.saturating_sub(1) as f64 / generation.decode.as_secs_f64().max(1e-9),
+            started.elapsed().as_secs_f64()
+        );
+        Ok((text, n))
+    }
+}
+
+/// `infini generate --prompt …`: the continuation to stdout, timing to stderr.
+pub fn run_generate(args: &GenerateArgs) -> Result<()> {
+    let session = Session::load(&args.run)?;
+    let prompt = session.tokenizer.encode(&args.prompt)?;
+    if prompt.is_empty() {
+        bail!("the prompt is empty");
+    }
+    let mut caches = session.model.new_cache();
+    session.reply(&mut caches, &prompt, &mut std::io::stdout().lock())?;
+    println!();
+    Ok(())
+}
+
+/// `infini chat`: one user message per stdin line; the conversation is kept and re-rendered by the
+/// chat template each turn (the plain cache restarts each turn; the session memory comes next).
+pub fn run_chat(args: &ChatArgs) -> Result<()> {
+    let session = Session::load(&args.run)?;
+    let template = session
+        .tokenizer
+        .chat_template()
+        .context("the model has no chat template")?;
+    let mut messages: Vec<ChatMessage> = args
+        .system
+        .iter()
+        .map(|s| ChatMessage::new("system", s.as_str()))
+        .collect();
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout().lock();
+    eprintln!("infini chat: one message per line, end with Ctrl-D");
+    for line in stdin.lock().lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        messages.push(ChatMessage::new("user", line));
+        let prompt = session
+            .tokenizer
+            .encode(&template.render(&messages, true)?)?;
+        let mut caches = session.model.new_cache();
+        let (reply, _) = session.reply(&mut caches, &prompt, &mut out)?;
+        writeln!(out)?;
+        messages.push(ChatMessage::new("assistant", reply));
+    }
+    Ok(())
+}
