@@ -17,6 +17,7 @@ build: setup
 demo: build
 	./target/release/infini --help
 	./target/release/infini demo-memory
+	./target/release/infini generate --prompt "The capital of France is" --temperature 0 --max-tokens 24
 
 lint: setup
 	$(CARGO) fmt --check
