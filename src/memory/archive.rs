@@ -43,11 +43,7 @@ impl Archive {
 
     /// Bytes of keys, values and representatives held.
     pub fn bytes(&self) -> usize {
-        [&self.keys, &self.values, &self.representatives]
-            .iter()
-            .filter_map(|w| w.view())
-            .map(|t| t.numel() * t.kind().elt_size_in_bytes())
-            .sum()
+        self.keys.bytes() + self.values.bytes() + self.representatives.bytes()
     }
 
     /// Appends one block: keys (rotated to the memory position) and values `[B, H_kv, block_len, D]`.

@@ -74,12 +74,6 @@ impl LayerMemory {
 
     /// Tokens and bytes per tier.
     pub fn stats(&self) -> TierStats {
-        let bytes = |ws: [&Window; 2]| -> usize {
-            ws.iter()
-                .filter_map(|w| w.view())
-                .map(|t| t.numel() * t.kind().elt_size_in_bytes())
-                .sum()
-        };
         TierStats {
             sink_tokens: self.sink_keys.len(),
             stm_tokens: self.stm_keys.len(),
@@ -87,10 +81,11 @@ impl LayerMemory {
             ltm_tokens: self.continuous.as_ref().map_or(0, |c| c.tokens()),
             ltm_updates: self.continuous.as_ref().map_or(0, |c| c.updates()),
             dropped_tokens: self.dropped,
-            sink_bytes: bytes([&self.sink_keys, &self.sink_values]),
-            stm_bytes: bytes([&self.stm_keys, &self.stm_values])
-                + bytes([&self.stm_rotated, &self.stm_rotated]) / 2,
-            archive_bytes: self.archive.bytes() + bytes([&self.staged_keys, &self.staged_values]),
+            sink_bytes: self.sink_keys.bytes() + self.sink_values.bytes(),
+            stm_bytes: self.stm_keys.bytes() + self.stm_rotated.bytes() + self.stm_values.bytes(),
+            archive_bytes: self.archive.bytes()
+                + self.staged_keys.bytes()
+                + self.staged_values.bytes(),
             ltm_bytes: self.continuous.as_ref().map_or(0, |c| c.bytes()),
         }
     }

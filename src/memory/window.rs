@@ -28,6 +28,12 @@ impl Window {
         self.len == 0
     }
 
+    /// Bytes of the held tokens (not of the spare capacity).
+    pub fn bytes(&self) -> usize {
+        self.view()
+            .map_or(0, |t| t.numel() * t.kind().elt_size_in_bytes())
+    }
+
     /// The held tokens `[B, H, len, D]` (a view; empty before the first append).
     pub fn view(&self) -> Option<Tensor> {
         self.buffer.as_ref().map(|b| b.narrow(2, 0, self.len))
