@@ -4,9 +4,11 @@
 pub mod cli;
 pub mod demo;
 pub mod engine;
+pub mod evaluation;
 pub mod ltm;
 pub mod memory;
 pub mod model;
 pub mod rope;
+pub mod session;
 pub mod tokenizer;
 pub mod train;
