@@ -163,10 +163,14 @@ impl LayerMemory {
     }
 }
 
-/// `[T, T]` additive mask: 0 where new token i may read new token j (j ≤ i), −∞ elsewhere.
-fn causal_bias(t: i64, kind: Kind, device: Device) -> Tensor {
-    let future = Tensor::ones([t, t], (Kind::Bool, device)).triu(1);
-    Tensor::zeros([t, t], (kind, device)).masked_fill(&future, f64::NEG_INFINITY)
+/// `[T, L]` additive mask for T new tokens that are the last T of L keys: 0 where new token i may
+/// read key j (every older key, and new tokens up to itself), −∞ elsewhere. `None` for one token,
+/// which sees everything.
+fn causal_bias(t: i64, l: i64, kind: Kind, device: Device) -> Option<Tensor> {
+    (t > 1).then(|| {
+        let future = Tensor::ones([t, l], (Kind::Bool, device)).triu(l - t + 1);
+        Tensor::zeros([t, l], (kind, device)).masked_fill(&future, f64::NEG_INFINITY)
+    })
 }
 
 impl LayerCache for LayerMemory {
@@ -194,17 +198,54 @@ impl LayerCache for LayerMemory {
         let queries = rope.rotate(queries, start).reshape([b, h_kv, group * t, d]); // [B, H_kv, G·T, D]
         let new_rotated = rope.rotate(keys, start);
 
+        // The new tokens join their tier first: the first ones become sinks, the rest the STM.
+        // Those in the STM are then read with it (one key group, a causal mask on its tail); those
+        // that became sinks (a session's first tokens) are read as a group of their own.
+        let to_sinks = (self.config.sinks as i64 - self.sink_keys.len()).clamp(0, t);
+        let sinks_before = self.sink_keys.view().zip(self.sink_values.view());
+        if to_sinks > 0 {
+            self.sink_keys.append(&new_rotated.narrow(2, 0, to_sinks));
+            self.sink_values.append(&values.narrow(2, 0, to_sinks));
+        }
+        let rest = t - to_sinks;
+        if rest > 0 {
+            self.stm_keys.append(&keys.narrow(2, to_sinks, rest));
+            self.stm_rotated
+                .append(&new_rotated.narrow(2, to_sinks, rest));
+            self.stm_values.append(&values.narrow(2, to_sinks, rest));
+        }
+
         // Every tier's keys, each already at its position; one softmax over all of them (§9.2).
-        let sinks = self.sink_keys.view().zip(self.sink_values.view());
+        let kind = queries.kind();
+        let device = queries.device();
         let selected = self.archive.select(&queries, self.config.top_k_blocks);
         let stm = self.stm_rotated.view().zip(self.stm_values.view());
-        let causal = causal_bias(t, queries.kind(), queries.device()).repeat([group, 1]); // [G·T, T]
+        let stm_len = self.stm_keys.len();
+        // Row i (new token i) sees every older STM key and the new ones up to itself: the STM's
+        // last `rest` keys are new tokens to_sinks.., so key j is hidden iff j > i + L − T.
+        let stm_bias = causal_bias(t, stm_len, kind, device).map(|m| m.repeat([group, 1])); // [G·T, L]
+        let new_sinks = (to_sinks > 0).then(|| {
+            (
+                new_rotated.narrow(2, 0, to_sinks),
+                values.narrow(2, 0, to_sinks),
+                // New sinks are the first of the T new tokens: token i sees sinks j ≤ i.
+                causal_bias(t, t, kind, device)
+                    .map(|m| m.narrow(1, 0, to_sinks).repeat([group, 1])),
+            )
+        });
         let mut groups = Vec::with_capacity(5);
-        if let Some((k, v)) = &sinks {
+        if let Some((k, v)) = &sinks_before {
             groups.push(KeyGroup {
                 keys: k,
                 values: v,
                 bias: None,
+            });
+        }
+        if let Some((k, v, bias)) = &new_sinks {
+            groups.push(KeyGroup {
+                keys: k,
+                values: v,
+                bias: bias.as_ref(),
             });
         }
         if let Some(s) = &selected {
@@ -227,14 +268,9 @@ impl LayerCache for LayerMemory {
             groups.push(KeyGroup {
                 keys: k,
                 values: v,
-                bias: None,
+                bias: stm_bias.as_ref(),
             });
         }
-        groups.push(KeyGroup {
-            keys: &new_rotated,
-            values,
-            bias: Some(&causal),
-        });
         let read = joint_attention(&queries, &groups);
         let had_points = points.is_some();
         drop(groups);
@@ -242,20 +278,6 @@ impl LayerCache for LayerMemory {
             if let Some(tier) = self.continuous.as_mut().filter(|c| c.wants_attention()) {
                 tier.record_attention(&read.probabilities[points_group]);
             }
-        }
-
-        // Take the new tokens in: the first ones become sinks, the rest join the STM.
-        let to_sinks = (self.config.sinks as i64 - self.sink_keys.len()).clamp(0, t);
-        if to_sinks > 0 {
-            self.sink_keys.append(&new_rotated.narrow(2, 0, to_sinks));
-            self.sink_values.append(&values.narrow(2, 0, to_sinks));
-        }
-        if to_sinks < t {
-            let rest = t - to_sinks;
-            self.stm_keys.append(&keys.narrow(2, to_sinks, rest));
-            self.stm_rotated
-                .append(&new_rotated.narrow(2, to_sinks, rest));
-            self.stm_values.append(&values.narrow(2, to_sinks, rest));
         }
         let over = self.stm_keys.len() - self.config.stm_len as i64;
         if over > 0 {
