@@ -89,26 +89,71 @@ fn generate_reproduces_the_reference_greedy_continuation() {
     assert!(stderr.contains("16 tokens in"), "timing line: {stderr}");
 }
 
+/// The prompt-token counts of each turn's timing line, and the memory's `tokens_seen` after each
+/// turn (`--memory-stats`).
+fn turn_counts(stderr: &str) -> (Vec<usize>, Vec<u64>) {
+    let prompts = stderr
+        .lines()
+        .filter_map(|line| line.strip_prefix('['))
+        .filter_map(|line| line.split(' ').next()?.parse().ok())
+        .collect();
+    let seen = stderr
+        .lines()
+        .filter_map(|line| line.strip_prefix("[memory ")?.strip_suffix(']'))
+        .map(|json| {
+            serde_json::from_str::<serde_json::Value>(json).unwrap()["tokens_seen"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    (prompts, seen)
+}
+
 #[test]
 fn chat_answers_two_lines_and_keeps_the_conversation() {
     if !model_present() {
         return;
     }
+    let lines = "Hello! What is your name?\nAnd what can you do?\n";
+    // The session memory (default): the second turn feeds only its new text, and the memory has
+    // taken in both turns and the replies.
     let output = infini(
-        &["chat", "--temperature", "0", "--max-tokens", "8"],
-        "Hello! What is your name?\nAnd what can you do?\n",
+        &[
+            "chat",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "8",
+            "--memory-stats",
+        ],
+        lines,
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    // One timing line per turn; the second turn's prompt holds the first turn, so it is longer.
-    let prompt_tokens: Vec<usize> = stderr
-        .lines()
-        .filter_map(|line| line.strip_prefix('['))
-        .map(|line| line.split(' ').next().unwrap().parse().unwrap())
-        .collect();
-    assert_eq!(prompt_tokens.len(), 2, "{stderr}");
-    assert!(prompt_tokens[1] > prompt_tokens[0] + 8, "{prompt_tokens:?}");
+    let (prompts, seen) = turn_counts(&stderr);
+    assert_eq!((prompts.len(), seen.len()), (2, 2), "{stderr}");
+    assert!(prompts[1] < prompts[0], "{prompts:?}");
+    assert!(
+        seen[0] >= prompts[0] as u64 && seen[1] >= seen[0] + prompts[1] as u64,
+        "{seen:?}"
+    );
     assert!(!String::from_utf8(output.stdout).unwrap().trim().is_empty());
+    // The plain KV cache: the conversation is re-run, so the second prompt holds the first turn.
+    let output = infini(
+        &[
+            "chat",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "8",
+            "--kv-cache",
+        ],
+        lines,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (prompts, _) = turn_counts(&stderr);
+    assert_eq!(prompts.len(), 2, "{stderr}");
+    assert!(prompts[1] > prompts[0] + 8, "{prompts:?}");
 }
 
 #[test]
