@@ -77,7 +77,8 @@ pub struct ChatArgs {
     pub run: RunArgs,
 }
 
-fn parse_device(text: &str) -> Result<Device, String> {
+/// `cpu`, `cuda` or `cuda:N` as a libtorch device (clap value parser of every `--device`).
+pub fn parse_device(text: &str) -> Result<Device, String> {
     match text {
         "cpu" => Ok(Device::Cpu),
         "cuda" => Ok(Device::Cuda(0)),
