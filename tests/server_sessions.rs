@@ -220,12 +220,15 @@ fn session_suite(db: &[(&str, String)], dir: &TempDir) {
         .expect_error(400);
 
     // Idle sessions leave RAM (1 s here) and come back from the database on their next turn.
+    assert!(!turn(&server, &a, "Thank you.", 4).is_empty());
     let started = Instant::now();
     while server.metric("infini_sessions_evicted_total") < 1.0 {
         assert!(started.elapsed() < Duration::from_secs(30), "no eviction");
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(!turn(&server, &a, "And what is two plus two?", 4).is_empty());
+    let got = server.get(&format!("/v1/sessions/{a}"), Some(ALICE)).json();
+    assert_eq!((got["version"].as_i64(), got["message_count"].as_i64()), (Some(5), Some(10)));
     assert!(server.stop().success());
 }
 
