@@ -325,3 +325,50 @@ fn a_client_that_leaves_mid_stream_stops_the_generation() {
     assert!(server.metric("infini_generated_tokens_total") < 64.0);
     assert!(server.log_text().contains("generation stopped early"));
 }
+
+/// Reads an open SSE response until `data: ` has appeared `events` times; returns what was read.
+fn read_events(stream: &mut std::net::TcpStream, events: usize) -> Vec<u8> {
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while seen.windows(6).filter(|w| w == b"data: ").count() < events {
+        let n = stream.read(&mut buffer).unwrap();
+        assert!(n > 0, "the stream ended early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buffer[..n]);
+    }
+    seen
+}
+
+#[test]
+fn sigterm_drains_in_flight_turns_then_exits_zero() {
+    if !model_present() {
+        return;
+    }
+    let dir = TempDir::new("drain");
+    let server = start(&dir);
+    let body = json!({"prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 40, "temperature": 0, "stream": true,
+                      "stream_options": {"include_usage": true}});
+    let mut stream = server
+        .send("POST", "/v1/completions", &[("Authorization", KEY)], Some(body.to_string().as_bytes()))
+        .unwrap();
+    let mut seen = read_events(&mut stream, 2);
+    server.terminate();
+    // Draining: not ready, no new turns, the running one goes on.
+    let started = Instant::now();
+    loop {
+        let ready = server.get("/ready", None);
+        if ready.status == 503 {
+            assert_eq!(ready.json()["status"], "draining");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "still ready after SIGTERM");
+    }
+    server
+        .post("/v1/chat/completions", Some(KEY), &chat(hello(), 4))
+        .expect_error(503);
+    stream.read_to_end(&mut seen).unwrap();
+    let data = common::Response::parse(&seen).sse_data();
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    let usage: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert_eq!(usage["usage"]["completion_tokens"], 40, "the turn ran to its end");
+    assert!(server.stop().success());
+}
