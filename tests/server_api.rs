@@ -7,7 +7,7 @@ mod common;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use common::{chat, model_present, reply_text, Server, TempDir};
+use common::{chat, model_present, read_events, reply_text, Server, TempDir};
 use serde_json::{json, Value};
 
 const KEY: &str = "Bearer test-key";
@@ -293,25 +293,8 @@ fn a_client_that_leaves_mid_stream_stops_the_generation() {
         64,
     );
     body["stream"] = json!(true);
-    let mut stream = server
-        .send(
-            "POST",
-            "/v1/chat/completions",
-            &[("Authorization", KEY)],
-            Some(body.to_string().as_bytes()),
-        )
-        .unwrap();
-    let mut seen = Vec::new();
-    let mut buffer = [0u8; 4096];
-    while seen.windows(6).filter(|w| w == b"data: ").count() < 3 {
-        let n = stream.read(&mut buffer).unwrap();
-        assert!(
-            n > 0,
-            "the stream ended early: {}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.extend_from_slice(&buffer[..n]);
-    }
+    let mut stream = server.open_stream("/v1/chat/completions", KEY, &body);
+    read_events(&mut stream, 3);
     drop(stream);
     let started = Instant::now();
     while server.metric("infini_generations_cancelled_total") < 1.0 {
@@ -326,18 +309,6 @@ fn a_client_that_leaves_mid_stream_stops_the_generation() {
     assert!(server.log_text().contains("generation stopped early"));
 }
 
-/// Reads an open SSE response until `data: ` has appeared `events` times; returns what was read.
-fn read_events(stream: &mut std::net::TcpStream, events: usize) -> Vec<u8> {
-    let mut seen = Vec::new();
-    let mut buffer = [0u8; 4096];
-    while seen.windows(6).filter(|w| w == b"data: ").count() < events {
-        let n = stream.read(&mut buffer).unwrap();
-        assert!(n > 0, "the stream ended early: {}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&buffer[..n]);
-    }
-    seen
-}
-
 #[test]
 fn sigterm_drains_in_flight_turns_then_exits_zero() {
     if !model_present() {
@@ -347,9 +318,7 @@ fn sigterm_drains_in_flight_turns_then_exits_zero() {
     let server = start(&dir);
     let body = json!({"prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 40, "temperature": 0, "stream": true,
                       "stream_options": {"include_usage": true}});
-    let mut stream = server
-        .send("POST", "/v1/completions", &[("Authorization", KEY)], Some(body.to_string().as_bytes()))
-        .unwrap();
+    let mut stream = server.open_stream("/v1/completions", KEY, &body);
     let mut seen = read_events(&mut stream, 2);
     server.terminate();
     // Draining: not ready, no new turns, the running one goes on.
@@ -360,7 +329,10 @@ fn sigterm_drains_in_flight_turns_then_exits_zero() {
             assert_eq!(ready.json()["status"], "draining");
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "still ready after SIGTERM");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still ready after SIGTERM"
+        );
     }
     server
         .post("/v1/chat/completions", Some(KEY), &chat(hello(), 4))
@@ -369,6 +341,9 @@ fn sigterm_drains_in_flight_turns_then_exits_zero() {
     let data = common::Response::parse(&seen).sse_data();
     assert_eq!(data.last().unwrap(), "[DONE]");
     let usage: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
-    assert_eq!(usage["usage"]["completion_tokens"], 40, "the turn ran to its end");
+    assert_eq!(
+        usage["usage"]["completion_tokens"], 40,
+        "the turn ran to its end"
+    );
     assert!(server.stop().success());
 }

@@ -7,10 +7,9 @@
 mod common;
 
 use std::io::Read;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{chat, model_present, reply_text, Server, TempDir};
+use common::{chat, model_present, reply_text, PgSchema, Server, TempDir};
 use serde_json::{json, Value};
 
 const ALICE: &str = "Bearer key-a";
@@ -101,14 +100,7 @@ fn session_suite(db: &[(&str, String)], dir: &TempDir) {
     let mut body = chat(user("Count from one to fifty."), 48);
     body["session_id"] = json!(c);
     body["stream"] = json!(true);
-    let mut stream = server
-        .send(
-            "POST",
-            "/v1/chat/completions",
-            &[("Authorization", ALICE)],
-            Some(body.to_string().as_bytes()),
-        )
-        .unwrap();
+    let mut stream = server.open_stream("/v1/chat/completions", ALICE, &body);
     let mut first_bytes = [0u8; 64];
     assert!(stream.read(&mut first_bytes).unwrap() > 0);
     let mut second = chat(user("Hello?"), 4);
@@ -228,7 +220,10 @@ fn session_suite(db: &[(&str, String)], dir: &TempDir) {
     }
     assert!(!turn(&server, &a, "And what is two plus two?", 4).is_empty());
     let got = server.get(&format!("/v1/sessions/{a}"), Some(ALICE)).json();
-    assert_eq!((got["version"].as_i64(), got["message_count"].as_i64()), (Some(5), Some(10)));
+    assert_eq!(
+        (got["version"].as_i64(), got["message_count"].as_i64()),
+        (Some(5), Some(10))
+    );
     assert!(server.stop().success());
 }
 
@@ -239,53 +234,6 @@ fn sessions_on_sqlite() {
     }
     let dir = TempDir::new("sqlite");
     session_suite(&[], &dir);
-}
-
-/// A schema of its own in the local PostgreSQL's `test` database, dropped on drop.
-struct PgSchema {
-    name: String,
-}
-
-fn psql(sql: &str) -> bool {
-    Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "test",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-qc",
-            sql,
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-impl PgSchema {
-    fn create() -> Option<Self> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let name = format!("infini_test_{}_{nanos}", std::process::id());
-        psql(&format!("CREATE SCHEMA {name}")).then_some(Self { name })
-    }
-
-    fn url(&self) -> String {
-        format!(
-            "postgres://postgres@127.0.0.1:5432/test?options=-c%20search_path%3D{}",
-            self.name
-        )
-    }
-}
-
-impl Drop for PgSchema {
-    fn drop(&mut self) {
-        psql(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
-    }
 }
 
 #[test]

@@ -2,6 +2,9 @@
 //! commits only over the version it read, so two writers (two server replicas) can never both
 //! extend one session; deletes and listings are per owner.
 
+mod common;
+
+use common::PgSchema;
 use infini::store::sql::SqlStore;
 use infini::store::{SessionHead, SessionRecord, SessionStore, TurnCommit};
 use infini::tokenizer::ChatMessage;
@@ -96,34 +99,12 @@ fn sqlite_commits_only_over_the_version_read() {
 
 #[test]
 fn postgres_commits_only_over_the_version_read() {
-    let schema = format!("infini_store_{}", std::process::id());
-    let psql = |sql: String| {
-        std::process::Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "test",
-                "-qc",
-                &sql,
-            ])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !psql(format!("CREATE SCHEMA {schema}")) {
+    let Some(schema) = PgSchema::create() else {
         eprintln!("SKIPPED: no PostgreSQL at 127.0.0.1:5432 (database test, user postgres)");
         return;
-    }
-    let url =
-        format!("postgres://postgres@127.0.0.1:5432/test?options=-c%20search_path%3D{schema}");
-    let result = std::panic::catch_unwind(|| {
-        runtime().block_on(async {
-            let store = SqlStore::connect(&url).await.unwrap();
-            version_guard(&store).await;
-        })
+    };
+    runtime().block_on(async {
+        let store = SqlStore::connect(&schema.url()).await.unwrap();
+        version_guard(&store).await;
     });
-    psql(format!("DROP SCHEMA {schema} CASCADE"));
-    result.unwrap();
 }

@@ -78,10 +78,19 @@ mod tests {
     #[test]
     fn wrong_types_name_their_field_even_when_flattened() {
         let messages = r#""messages": [{"role": "user", "content": "hi"}]"#;
-        assert_eq!(param(&format!("{{{messages}, \"temperature\": \"hot\"}}")).as_deref(), Some("temperature"));
-        assert_eq!(param(&format!("{{{messages}, \"seed\": -1}}")).as_deref(), Some("seed"));
+        assert_eq!(
+            param(&format!("{{{messages}, \"temperature\": \"hot\"}}")).as_deref(),
+            Some("temperature")
+        );
+        assert_eq!(
+            param(&format!("{{{messages}, \"seed\": -1}}")).as_deref(),
+            Some("seed")
+        );
         assert_eq!(param(r#"{"messages": "hi"}"#).as_deref(), Some("messages"));
-        assert_eq!(param(r#"{"messages": [{"role": 1, "content": "x"}]}"#).as_deref(), Some("messages[0].role"));
+        assert_eq!(
+            param(r#"{"messages": [{"role": 1, "content": "x"}]}"#).as_deref(),
+            Some("messages[0].role")
+        );
         assert_eq!(param(r#"{"model": "x"}"#), None);
         assert_eq!(param("{"), None);
     }

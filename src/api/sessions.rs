@@ -150,6 +150,21 @@ async fn owned(state: &AppState, id: &str, caller: &Caller) -> Result<SessionHea
         .ok_or_else(|| ApiError::unknown_session(id))
 }
 
+/// The caller's session with its memory bytes, or 404.
+async fn owned_with_memory(
+    state: &AppState,
+    id: &str,
+    caller: &Caller,
+) -> Result<(SessionHead, Vec<u8>), ApiError> {
+    let head = owned(state, id, caller).await?;
+    let memory = state
+        .store
+        .memory(id)
+        .await?
+        .ok_or_else(|| ApiError::unknown_session(id))?;
+    Ok((head, memory))
+}
+
 /// Stores a new session for `caller` and answers 201 with it.
 async fn insert(
     state: &AppState,
@@ -283,12 +298,7 @@ pub async fn fork(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let head = owned(&state, &id, &caller).await?;
-    let memory = state
-        .store
-        .memory(&id)
-        .await?
-        .ok_or_else(|| ApiError::unknown_session(&id))?;
+    let (head, memory) = owned_with_memory(&state, &id, &caller).await?;
     insert(
         &state,
         &caller,
@@ -309,12 +319,7 @@ pub async fn export(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<SessionExport>, ApiError> {
-    let head = owned(&state, &id, &caller).await?;
-    let memory = state
-        .store
-        .memory(&id)
-        .await?
-        .ok_or_else(|| ApiError::unknown_session(&id))?;
+    let (head, memory) = owned_with_memory(&state, &id, &caller).await?;
     Ok(Json(SessionExport {
         format: EXPORT_FORMAT.into(),
         format_version: EXPORT_VERSION,

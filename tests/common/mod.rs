@@ -220,6 +220,17 @@ impl Server {
         Ok(stream)
     }
 
+    /// POSTs `body` and returns the open connection, to read a streamed reply part-way.
+    pub fn open_stream(&self, path: &str, key: &str, body: &Value) -> TcpStream {
+        self.send(
+            "POST",
+            path,
+            &[("Authorization", key)],
+            Some(body.to_string().as_bytes()),
+        )
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
     /// The value of a Prometheus sample line (`name` with its labels), 0 when absent.
     pub fn metric(&self, name: &str) -> f64 {
         let text = self.get("/metrics", None).text();
@@ -354,6 +365,22 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Reads an open SSE response until `data: ` has appeared `events` times; returns what was read.
+pub fn read_events(stream: &mut TcpStream, events: usize) -> Vec<u8> {
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while seen.windows(6).filter(|w| w == b"data: ").count() < events {
+        let n = stream.read(&mut buffer).unwrap();
+        assert!(
+            n > 0,
+            "the stream ended early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buffer[..n]);
+    }
+    seen
+}
+
 /// A chat request body: greedy, short.
 pub fn chat(messages: Value, max_tokens: u32) -> Value {
     serde_json::json!({"messages": messages, "max_tokens": max_tokens, "temperature": 0})
@@ -366,4 +393,51 @@ pub fn reply_text(response: &Response) -> String {
         .as_str()
         .unwrap()
         .to_string()
+}
+
+/// A schema of its own in the local PostgreSQL's `test` database, dropped on drop.
+pub struct PgSchema {
+    name: String,
+}
+
+fn psql(sql: &str) -> bool {
+    Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qc",
+            sql,
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+impl PgSchema {
+    pub fn create() -> Option<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let name = format!("infini_test_{}_{nanos}", std::process::id());
+        psql(&format!("CREATE SCHEMA {name}")).then_some(Self { name })
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:5432/test?options=-c%20search_path%3D{}",
+            self.name
+        )
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        psql(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
+    }
 }
