@@ -67,7 +67,7 @@ pub struct ServeConfig {
     /// Most tokens one request may generate, and the default when it names none.
     #[arg(long, env = "INFINI_MAX_TOKENS", default_value_t = 512)]
     pub max_tokens: usize,
-    /// Requests that may wait for the engine; past it, 429 at once.
+    /// Requests that may wait while the engine runs another; past it, 429 at once.
     #[arg(long, env = "INFINI_MAX_WAITING", default_value_t = 64)]
     pub max_waiting: usize,
     /// Seconds an idle session stays in RAM before only the database holds it.

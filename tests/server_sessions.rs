@@ -9,7 +9,7 @@ mod common;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use common::{chat, model_present, reply_text, PgSchema, Server, TempDir};
+use common::{chat, model_present, read_events, reply_text, PgSchema, Server, TempDir};
 use serde_json::{json, Value};
 
 const ALICE: &str = "Bearer key-a";
@@ -112,7 +112,6 @@ fn session_suite(db: &[(&str, String)], dir: &TempDir) {
     let mut rest = Vec::new();
     stream.read_to_end(&mut rest).unwrap();
     assert!(String::from_utf8_lossy(&rest).contains("data: [DONE]"));
-
     // Listing pages.
     let page = server.get("/v1/sessions?limit=1", Some(ALICE)).json();
     assert_eq!(page["data"].as_array().unwrap().len(), 1);
@@ -131,6 +130,25 @@ fn session_suite(db: &[(&str, String)], dir: &TempDir) {
     server
         .get("/v1/sessions?limit=0", Some(ALICE))
         .expect_error(400);
+    // A session deleted while its turn streams: the turn cannot be stored, which the stream
+    // reports as an error event, then [DONE].
+    let mut stream = server.open_stream("/v1/chat/completions", ALICE, &body);
+    let mut seen = read_events(&mut stream, 2);
+    let deleted = server.request(
+        "DELETE",
+        &format!("/v1/sessions/{c}"),
+        &[("Authorization", ALICE)],
+        None,
+    );
+    assert_eq!(deleted.status, 200);
+    stream.read_to_end(&mut seen).unwrap();
+    let data = common::Response::parse(&seen).sse_data();
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    let error: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert_eq!(
+        error["error"]["code"], "session_version_conflict",
+        "{error}"
+    );
 
     // The third turn, from the live memory; a fork of the same state is kept for after the restart.
     let b = server

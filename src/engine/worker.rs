@@ -108,7 +108,7 @@ pub struct Submission {
 /// Why a turn was not admitted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SubmitError {
-    #[error("the server is busy: {0} requests are already waiting; retry shortly")]
+    #[error("the server is busy: {0} requests are already queued or running; retry shortly")]
     Busy(usize),
     #[error("the model is not loaded yet")]
     NotReady,
@@ -197,10 +197,11 @@ impl Engine {
         if self.info.get().is_none() {
             return Err(SubmitError::NotReady);
         }
-        let waiting = self.waiting.fetch_add(1, Ordering::SeqCst);
-        if waiting >= self.max_waiting {
+        // Queued or running: one runs, up to `max_waiting` wait behind it.
+        let ahead = self.waiting.fetch_add(1, Ordering::SeqCst);
+        if ahead > self.max_waiting {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(SubmitError::Busy(waiting));
+            return Err(SubmitError::Busy(ahead));
         }
         let (events_tx, events) = mpsc::unbounded_channel();
         let (finished_tx, finished) = oneshot::channel();
