@@ -152,6 +152,18 @@ mod tests {
     }
 
     #[test]
+    fn keys_load_from_flag_and_file() {
+        let path = std::env::temp_dir().join(format!("infini-keys-{}", std::process::id()));
+        std::fs::write(&path, "# operators\ncarol:secret-c  # on call\n\nsecret-d\n").unwrap();
+        let keys = ApiKeys::load(&["alice:secret-a".into()], Some(&path)).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(keys.owner_of(b"secret-a").as_deref(), Some("alice"));
+        assert_eq!(keys.owner_of(b"secret-c").as_deref(), Some("carol"));
+        assert!(keys.owner_of(b"secret-d").is_some());
+        assert!(ApiKeys::load(&[], Some(&path)).is_err(), "a missing file is an error");
+    }
+
+    #[test]
     fn constant_time_eq_is_equality() {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
