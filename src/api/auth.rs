@@ -154,13 +154,20 @@ mod tests {
     #[test]
     fn keys_load_from_flag_and_file() {
         let path = std::env::temp_dir().join(format!("infini-keys-{}", std::process::id()));
-        std::fs::write(&path, "# operators\ncarol:secret-c  # on call\n\nsecret-d\n").unwrap();
+        std::fs::write(
+            &path,
+            "# operators\ncarol:secret-c  # on call\n\nsecret-d\n",
+        )
+        .unwrap();
         let keys = ApiKeys::load(&["alice:secret-a".into()], Some(&path)).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(keys.owner_of(b"secret-a").as_deref(), Some("alice"));
         assert_eq!(keys.owner_of(b"secret-c").as_deref(), Some("carol"));
         assert!(keys.owner_of(b"secret-d").is_some());
-        assert!(ApiKeys::load(&[], Some(&path)).is_err(), "a missing file is an error");
+        assert!(
+            ApiKeys::load(&[], Some(&path)).is_err(),
+            "a missing file is an error"
+        );
     }
 
     #[test]
