@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 CARGO ?= cargo
 
-.PHONY: setup build demo demo-memory demo-client test lint bench bench-model
+.PHONY: setup build demo demo-memory demo-client test lint bench bench-model evaluate
 setup:
 	./scripts/setup.sh
 
@@ -42,3 +42,9 @@ bench: setup
 # Decode and prefill tokens/s at batch 1 against llama-cpp-python on the same GGUF (installs it once).
 bench-model: setup
 	$(CARGO) bench --bench model
+
+# docs/EVALUATION.md: perplexity and pass keys, tier by tier, on the King James Bible (about an hour
+# on 2 cores; EVAL_FLAGS narrows it, e.g. EVAL_FLAGS="--lengths 1200,4800 --keys 2").
+evaluate: build
+	./scripts/fetch_eval_text.sh
+	./target/release/infini eval memory --text data/kjv.txt --out docs/EVALUATION.md $(EVAL_FLAGS)

@@ -61,6 +61,9 @@ pub struct ServeConfig {
     /// Largest request body in bytes (413 past it).
     #[arg(long, env = "INFINI_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Largest session import in bytes (an export carries the whole memory).
+    #[arg(long, env = "INFINI_MAX_IMPORT_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    pub max_import_bytes: usize,
     /// Most prompt tokens one request may feed (400 `context_length_exceeded` past it).
     #[arg(long, env = "INFINI_MAX_PROMPT_TOKENS", default_value_t = 8192)]
     pub max_prompt_tokens: usize,

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod evaluation;
 pub mod ltm;
 pub mod memory;
 pub mod model;

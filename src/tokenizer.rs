@@ -10,6 +10,7 @@
 
 mod chat_template;
 mod incremental;
+mod transcript;
 
 use std::path::Path;
 
@@ -26,6 +27,7 @@ use crate::model::gguf::{GgufError, GgufFile};
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use incremental::IncrementalDecoder;
+pub use transcript::Transcript;
 
 /// GGUF token types (llama.cpp's `llama_token_type`) that matter here.
 const TOKEN_TYPE_CONTROL: i64 = 3;

@@ -7,7 +7,7 @@ mod common;
 use common::PgSchema;
 use infini::store::sql::SqlStore;
 use infini::store::{SessionHead, SessionRecord, SessionStore, TurnCommit};
-use infini::tokenizer::ChatMessage;
+use infini::tokenizer::{ChatMessage, Transcript};
 use serde_json::json;
 
 fn record(id: &str, owner: &str) -> SessionRecord {
@@ -19,7 +19,7 @@ fn record(id: &str, owner: &str) -> SessionRecord {
             updated_at: 1,
             model_fingerprint: "llama-test".into(),
             version: 0,
-            transcript: Vec::new(),
+            transcript: Transcript::new(),
             stats: json!({}),
             tokens_seen: 0,
         },
@@ -31,10 +31,13 @@ async fn version_guard(store: &SqlStore) {
     store.insert(&record("s1", "alice")).await.unwrap();
     store.insert(&record("s2", "alice")).await.unwrap();
     store.insert(&record("s3", "bob")).await.unwrap();
-    let transcript = [
-        ChatMessage::new("user", "hi"),
-        ChatMessage::new("assistant", "hello"),
-    ];
+    let transcript = Transcript {
+        messages: vec![
+            ChatMessage::new("user", "hi"),
+            ChatMessage::new("assistant", "hello"),
+        ],
+        fed: "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello".into(),
+    };
     let stats = json!({"tokens_seen": 7});
     let commit = |read_version, memory: &'static [u8]| TurnCommit {
         id: "s1",

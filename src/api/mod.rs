@@ -10,7 +10,6 @@ pub mod json;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
-pub mod prompt;
 pub mod sessions;
 pub mod stream;
 pub mod turn;
@@ -53,14 +52,24 @@ pub struct AppState {
     pub started_at: i64,
 }
 
+/// Request body limits: every route's, and the session import's (which carries a whole memory).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub any: usize,
+    pub import: usize,
+}
+
 /// Every route.
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+pub fn router(state: AppState, limits: BodyLimits) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(completions::chat_completions))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/models", get(ops::models))
         .route("/v1/sessions", post(sessions::create).get(sessions::list))
-        .route("/v1/sessions/import", post(sessions::import))
+        .route(
+            "/v1/sessions/import",
+            post(sessions::import).layer(DefaultBodyLimit::max(limits.import)),
+        )
         .route(
             "/v1/sessions/{id}",
             get(sessions::get).delete(sessions::delete),
@@ -74,7 +83,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/docs", get(ops::docs))
         .fallback(|| async { error::ApiError::not_found("no such route") })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(DefaultBodyLimit::max(limits.any))
         .with_state(state)
 }
 
@@ -172,7 +181,11 @@ async fn run(config: ServeConfig, keys: ApiKeys) -> Result<()> {
         }
     });
     spawn_idle_eviction(&state, config.session_idle());
-    let app = router(state.clone(), config.max_body_bytes);
+    let limits = BodyLimits {
+        any: config.max_body_bytes,
+        import: config.max_import_bytes,
+    };
+    let app = router(state.clone(), limits);
     axum::serve(listener, app)
         .with_graceful_shutdown(drain(state, config.shutdown_timeout()))
         .await?;

@@ -19,7 +19,7 @@ use super::json::{parse, ApiJson};
 use super::types::now;
 use super::AppState;
 use crate::store::{SessionHead, SessionRecord};
-use crate::tokenizer::ChatMessage;
+use crate::tokenizer::{ChatMessage, Transcript};
 
 /// The export file's `format` and `format_version`.
 pub const EXPORT_FORMAT: &str = "infini.session";
@@ -63,10 +63,11 @@ impl SessionObject {
             model_fingerprint: head.model_fingerprint,
             version: head.version,
             tokens_seen: head.tokens_seen,
-            message_count: head.transcript.len(),
+            message_count: head.transcript.messages.len(),
             memory: head.stats,
             messages: with_messages.then(|| {
                 head.transcript
+                    .messages
                     .into_iter()
                     .map(|m| MessageView {
                         role: m.role,
@@ -117,6 +118,9 @@ pub struct SessionExport {
     pub model_fingerprint: String,
     pub created_at: i64,
     pub transcript: Vec<MessageView>,
+    /// The rendered conversation the memory holds (chat template text), from which the next
+    /// turn's new text is cut.
+    pub fed: String,
     /// The memory's exact bytes, base64 (empty: nothing absorbed yet).
     pub memory: String,
     pub tokens_seen: i64,
@@ -169,7 +173,7 @@ async fn owned_with_memory(
 async fn insert(
     state: &AppState,
     caller: &Caller,
-    transcript: Vec<ChatMessage>,
+    transcript: Transcript,
     memory: Vec<u8>,
     tokens_seen: i64,
     stats: serde_json::Value,
@@ -211,7 +215,7 @@ pub async fn create(
     insert(
         &state,
         &caller,
-        Vec::new(),
+        Transcript::new(),
         Vec::new(),
         0,
         serde_json::json!({}),
@@ -327,12 +331,14 @@ pub async fn export(
         created_at: head.created_at,
         transcript: head
             .transcript
+            .messages
             .into_iter()
             .map(|m| MessageView {
                 role: m.role,
                 content: m.content,
             })
             .collect(),
+        fed: head.transcript.fed,
         memory: BASE64.encode(memory),
         tokens_seen: head.tokens_seen,
         stats: head.stats,
@@ -377,11 +383,14 @@ pub async fn import(
     let memory = BASE64
         .decode(file.memory.as_bytes())
         .map_err(|e| ApiError::invalid("memory", format!("memory is not base64: {e}")))?;
-    let transcript = file
-        .transcript
-        .into_iter()
-        .map(|m| ChatMessage::new(m.role, m.content))
-        .collect();
+    let transcript = Transcript {
+        messages: file
+            .transcript
+            .into_iter()
+            .map(|m| ChatMessage::new(m.role, m.content))
+            .collect(),
+        fed: file.fed,
+    };
     insert(
         &state,
         &caller,

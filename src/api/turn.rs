@@ -1,5 +1,5 @@
 //! One generation request from validated input to a stream of [`TurnEvent`]s: builds the prompt
-//! (a session's new part only), claims the session (409 if a turn holds it), submits to the
+//! (a session's new part only: [`Transcript::next_prompt`]), claims the session (409 if a turn holds it), submits to the
 //! engine, and — in a task of its own, so it happens even when the client leaves — writes a
 //! session's turn through to the store before the last event is sent.
 
@@ -9,14 +9,13 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
-use super::prompt::turn_text;
 use super::types::{now, Usage};
 use super::validate::{check_prompt_len, GenParams};
 use super::AppState;
 use crate::engine::worker::{Event, Finished, MemorySource, Submission, TokenLogprob, Turn};
 use crate::store::hot::{LiveMemory, SlotGuard};
 use crate::store::{SessionHead, TurnCommit};
-use crate::tokenizer::ChatMessage;
+use crate::tokenizer::{ChatMessage, Transcript};
 
 /// What a handler receives.
 #[derive(Debug)]
@@ -45,11 +44,12 @@ pub enum TurnInput {
     },
 }
 
-/// A session turn in progress: its slot (held until the turn is stored) and what to write.
+/// A session turn in progress: its slot (held until the turn is stored), the row it read, and
+/// the transcript with the new messages.
 struct SessionTurn {
     slot: SlotGuard,
     head: SessionHead,
-    new_messages: Vec<ChatMessage>,
+    transcript: Transcript,
 }
 
 /// Validates what depends on the model and the session, submits, and returns the event stream.
@@ -69,11 +69,11 @@ pub async fn begin(
         .ok_or_else(|| ApiError::unavailable("the model is still loading"))?;
     let tokenizer = &info.tokenizer;
     let encode_error = |e: crate::tokenizer::TokenizerError| ApiError::internal(e.to_string());
-    let (prompt, memory, session, close_turn) = match input {
+    let (prompt, memory, session) = match input {
         TurnInput::Text(text) => {
             let prompt = tokenizer.encode(&text).map_err(encode_error)?;
             check_prompt_len(prompt.len(), "prompt", state.limits)?;
-            (prompt, MemorySource::Fresh, None, Vec::new())
+            (prompt, MemorySource::Fresh, None)
         }
         TurnInput::Chat {
             messages,
@@ -87,7 +87,7 @@ pub async fn begin(
                 .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
             let prompt = tokenizer.encode(&text).map_err(encode_error)?;
             check_prompt_len(prompt.len(), "messages", state.limits)?;
-            (prompt, MemorySource::Fresh, None, Vec::new())
+            (prompt, MemorySource::Fresh, None)
         }
         TurnInput::Chat {
             messages,
@@ -102,18 +102,17 @@ pub async fn begin(
             let template = tokenizer
                 .chat_template()
                 .ok_or_else(|| ApiError::internal("the model has no chat template"))?;
-            let text = turn_text(template, &head.transcript, &messages)
+            let mut transcript = head.transcript.clone();
+            let text = transcript
+                .next_prompt(template, &messages)
                 .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
-            let prompt = if head.transcript.is_empty() {
-                tokenizer.encode(&text.prompt)
+            let prompt = if head.transcript.messages.is_empty() {
+                tokenizer.encode(&text)
             } else {
-                tokenizer.encode_continuation(&text.prompt)
+                tokenizer.encode_continuation(&text)
             }
             .map_err(encode_error)?;
             check_prompt_len(prompt.len(), "messages", state.limits)?;
-            let close = tokenizer
-                .encode_continuation(&text.close)
-                .map_err(encode_error)?;
             let mut slot = state.hot.try_claim(&id).ok_or_else(|| {
                 ApiError::conflict(format!(
                     "session `{id}` is already running a turn; send the next message when it has finished"
@@ -133,9 +132,9 @@ pub async fn begin(
             let turn = SessionTurn {
                 slot,
                 head,
-                new_messages: messages,
+                transcript,
             };
-            (prompt, memory, Some(turn), close)
+            (prompt, memory, Some(turn))
         }
     };
     let submission = state.engine.submit(Turn {
@@ -146,7 +145,6 @@ pub async fn begin(
         stop: params.stop,
         max_tokens: params.max_tokens,
         logprobs: params.logprobs,
-        close_turn,
     })?;
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(drive(state.clone(), submission, session, tx));
@@ -221,9 +219,8 @@ async fn finish(
     let (Some(mut turn), Some(kept)) = (session, finished.memory) else {
         return done;
     };
-    let mut transcript = turn.head.transcript;
-    transcript.extend(turn.new_messages);
-    transcript.push(ChatMessage::new("assistant", finished.text));
+    let mut transcript = turn.transcript;
+    transcript.record_reply(&finished.text);
     let stats = serde_json::to_value(&kept.stats).unwrap_or_default();
     let commit = TurnCommit {
         id: &turn.head.id,

@@ -9,11 +9,18 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use tch::Device;
 
-use crate::engine::generate::{generate, GenerateOptions};
+mod memory_args;
+pub use memory_args::MemoryArgs;
+
+use crate::engine::generate::{generate, prefill, FinishReason, GenerateOptions};
 use crate::engine::sampler::{Sampler, SamplingParams};
 use crate::engine::stop::{StopChecker, StopRules};
-use crate::model::{Checkpoint, KvCache, Llama, ModelOptions, Precision, DEFAULT_MODEL};
-use crate::tokenizer::{ChatMessage, IncrementalDecoder, Tokenizer};
+use crate::memory::MemoryLayout;
+use crate::model::{
+    Checkpoint, KvCache, LayerCache, Llama, ModelOptions, Precision, DEFAULT_MODEL,
+};
+use crate::session::SessionMemory;
+use crate::tokenizer::{ChatMessage, IncrementalDecoder, Tokenizer, Transcript};
 
 /// Model, device and sampling flags shared by `generate` and `chat`; each also reads `INFINI_*`.
 #[derive(Args, Debug, Clone)]
@@ -55,6 +62,8 @@ pub struct RunArgs {
     /// A string that ends the reply (repeatable; INFINI_STOP takes a comma-separated list).
     #[arg(long = "stop", env = "INFINI_STOP", value_delimiter = ',')]
     pub stop: Vec<String>,
+    #[command(flatten)]
+    pub memory: MemoryArgs,
 }
 
 /// `infini generate`.
@@ -90,11 +99,19 @@ pub fn parse_device(text: &str) -> Result<Device, String> {
     }
 }
 
-/// A loaded model with its tokenizer and the request settings.
+/// A loaded model with its tokenizer, memory layout and the request settings.
 struct Session {
     model: Llama,
     tokenizer: Tokenizer,
+    /// `None` with `--kv-cache`.
+    layout: Option<MemoryLayout>,
     args: RunArgs,
+}
+
+/// What a conversation's past lives in.
+enum Caches {
+    Plain(Vec<KvCache>),
+    Memory(Box<SessionMemory>),
 }
 
 impl Session {
@@ -118,11 +135,51 @@ impl Session {
             device: args.device,
             precision: args.precision,
         })?;
+        let layout = (!args.memory.kv_cache)
+            .then(|| {
+                MemoryLayout::new(
+                    args.memory.config(),
+                    model.config().max_position_embeddings as usize,
+                    args.device,
+                )
+            })
+            .transpose()?;
         Ok(Self {
             model,
             tokenizer,
+            layout,
             args: args.clone(),
         })
+    }
+
+    fn new_caches(&self) -> Caches {
+        match &self.layout {
+            Some(layout) => Caches::Memory(Box::new(SessionMemory::new(&self.model, layout))),
+            None => Caches::Plain(self.model.new_cache()),
+        }
+    }
+
+    /// A reply that continues `caches`; the session memory also takes in the reply's last token
+    /// (so the next turn continues the whole reply) and, with `--memory-stats`, prints its state.
+    fn reply_in(
+        &self,
+        caches: &mut Caches,
+        prompt: &[u32],
+        out: &mut impl Write,
+    ) -> Result<String> {
+        match caches {
+            Caches::Plain(plain) => Ok(self.reply(plain, prompt, out)?.0),
+            Caches::Memory(memory) => {
+                let (text, tokens, finish) = self.reply(memory.caches(), prompt, out)?;
+                if let (Some(&last), false) = (tokens.last(), finish == FinishReason::Stop) {
+                    let _ = prefill(&self.model, memory.caches(), &[last], 1)?;
+                }
+                if self.args.memory.memory_stats {
+                    eprintln!("[memory {}]", serde_json::to_string(&memory.stats())?);
+                }
+                Ok(text)
+            }
+        }
     }
 
     fn sampling(args: &RunArgs) -> SamplingParams {
@@ -140,12 +197,12 @@ impl Session {
 
     /// Generates after `prompt` (continuing `caches`), writing text to `out` as it is decoded.
     /// Returns the reply's text and token count.
-    fn reply(
+    fn reply<C: LayerCache>(
         &self,
-        caches: &mut [KvCache],
+        caches: &mut [C],
         prompt: &[u32],
         out: &mut impl Write,
-    ) -> Result<(String, usize)> {
+    ) -> Result<(String, Vec<u32>, FinishReason)> {
         let mut sampler = Sampler::new(Self::sampling(&self.args).validate()?);
         let stop_tokens: Vec<u32> = self.tokenizer.special_tokens().eos.into_iter().collect();
         let mut stops = StopChecker::new(StopRules::new(
@@ -199,6 +256,7 @@ impl Session {
         out.write_all(rest.as_bytes())?;
         out.flush()?;
         let n = generation.tokens.len();
+        let tokens = generation.tokens;
         eprintln!(
             "\n[{} prompt tokens in {:.2} s ({:.1} tok/s); {} tokens in {:.2} s ({:.1} tok/s); total {:.2} s]",
             prompt.len(),
@@ -209,7 +267,7 @@ impl Session {
             n.saturating_sub(1) as f64 / generation.decode.as_secs_f64().max(1e-9),
             started.elapsed().as_secs_f64()
         );
-        Ok((text, n))
+        Ok((text, tokens, generation.finish))
     }
 }
 
@@ -220,25 +278,28 @@ pub fn run_generate(args: &GenerateArgs) -> Result<()> {
     if prompt.is_empty() {
         bail!("the prompt is empty");
     }
-    let mut caches = session.model.new_cache();
-    session.reply(&mut caches, &prompt, &mut std::io::stdout().lock())?;
+    let mut caches = session.new_caches();
+    session.reply_in(&mut caches, &prompt, &mut std::io::stdout().lock())?;
     println!();
     Ok(())
 }
 
-/// `infini chat`: one user message per stdin line; the conversation is kept and re-rendered by the
-/// chat template each turn (the plain cache restarts each turn; the session memory comes next).
+/// `infini chat`: one user message per stdin line. With the session memory (the default) each turn
+/// feeds only the new text and the memory carries the conversation, however long; with
+/// `--kv-cache` the whole conversation is re-run each turn and must fit the model's context.
 pub fn run_chat(args: &ChatArgs) -> Result<()> {
     let session = Session::load(&args.run)?;
     let template = session
         .tokenizer
         .chat_template()
         .context("the model has no chat template")?;
-    let mut messages: Vec<ChatMessage> = args
+    let mut transcript = Transcript::new();
+    let mut pending: Vec<ChatMessage> = args
         .system
         .iter()
         .map(|s| ChatMessage::new("system", s.as_str()))
         .collect();
+    let mut caches = session.new_caches();
     let stdin = std::io::stdin();
     let mut out = std::io::stdout().lock();
     eprintln!("infini chat: one message per line, end with Ctrl-D");
@@ -247,14 +308,17 @@ pub fn run_chat(args: &ChatArgs) -> Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        messages.push(ChatMessage::new("user", line));
-        let prompt = session
-            .tokenizer
-            .encode(&template.render(&messages, true)?)?;
-        let mut caches = session.model.new_cache();
-        let (reply, _) = session.reply(&mut caches, &prompt, &mut out)?;
+        pending.push(ChatMessage::new("user", line));
+        if matches!(caches, Caches::Plain(_)) {
+            // The plain cache restarts each turn: the whole conversation is the prompt.
+            transcript.fed.clear();
+            caches = session.new_caches();
+        }
+        let text = transcript.next_prompt(template, &std::mem::take(&mut pending))?;
+        let prompt = session.tokenizer.encode(&text)?;
+        let reply = session.reply_in(&mut caches, &prompt, &mut out)?;
         writeln!(out)?;
-        messages.push(ChatMessage::new("assistant", reply));
+        transcript.record_reply(&reply);
     }
     Ok(())
 }

@@ -85,15 +85,9 @@ pub fn generate<C: LayerCache>(
     if prompt.is_empty() {
         return Err(ModelError::BadInput("the prompt has no tokens".into()));
     }
-    let chunk = options.prefill_chunk.max(1);
     let mut history = prompt.to_vec();
     let started = Instant::now();
-    let mut logits = None;
-    for part in prompt.chunks(chunk) {
-        logits = Some(model.forward(&token_row(part), caches, LogitsAt::Last)?);
-        // [1, V]
-    }
-    let mut logits = logits.expect("the prompt is not empty");
+    let mut logits = prefill(model, caches, prompt, options.prefill_chunk)?;
     let mut tokens = Vec::new();
     let mut finish = FinishReason::Length;
     let mut prefill = None;
@@ -122,6 +116,22 @@ pub fn generate<C: LayerCache>(
         prefill,
         decode: started.elapsed().saturating_sub(prefill),
     })
+}
+
+/// Takes `tokens` into `caches` in forward passes of at most `chunk` tokens and returns the last
+/// position's logits `[1, V]` (f32). Also how a session's memory takes in a reply's final token,
+/// which generation chose but did not feed.
+pub fn prefill<C: LayerCache>(
+    model: &Llama,
+    caches: &mut [C],
+    tokens: &[u32],
+    chunk: usize,
+) -> Result<Tensor, ModelError> {
+    let mut logits = None;
+    for part in tokens.chunks(chunk.max(1)) {
+        logits = Some(model.forward(&token_row(part), caches, LogitsAt::Last)?);
+    }
+    logits.ok_or_else(|| ModelError::BadInput("no tokens to take in".into()))
 }
 
 /// `[1, T]` int64 from token ids.

@@ -16,11 +16,11 @@ use std::time::Instant;
 use tch::{Kind, Tensor};
 use tokio::sync::{mpsc, oneshot};
 
-use super::generate::{generate, FinishReason as LoopFinish, GenerateOptions, NextToken};
+use super::generate::{generate, prefill, FinishReason as LoopFinish, GenerateOptions, NextToken};
 use super::sampler::{Sampler, ValidSampling};
 use super::stop::{FinishReason, StopChecker, StopRules};
 use crate::memory::{MemoryConfig, MemoryLayout};
-use crate::model::{Checkpoint, Llama, LogitsAt, ModelError, ModelOptions, Precision};
+use crate::model::{Checkpoint, Llama, ModelError, ModelOptions, Precision};
 use crate::session::{model_fingerprint, MemoryStats, SessionMemory};
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
 
@@ -35,8 +35,8 @@ pub enum MemorySource {
     Stored(Vec<u8>),
 }
 
-/// One turn to run: feed `prompt` after what the memory holds, generate, then (for a session)
-/// feed `close_turn` so that the memory ends where the next turn's text begins.
+/// One turn to run: feed `prompt` after what the memory holds and generate; a session's memory
+/// then holds the prompt and the whole reply.
 #[derive(Debug)]
 pub struct Turn {
     pub prompt: Vec<u32>,
@@ -48,8 +48,6 @@ pub struct Turn {
     pub max_tokens: usize,
     /// `Some(k)`: report each token's log-probability and its k most likely alternatives.
     pub logprobs: Option<usize>,
-    /// Tokens that close the assistant's message in the chat template (e.g. `<|im_end|>\n`).
-    pub close_turn: Vec<u32>,
 }
 
 /// A token's log-probability under the model (before sampling filters).
@@ -390,7 +388,6 @@ impl Worker {
                 !(job.events.is_closed() || engine.cut_all.load(Ordering::SeqCst))
             },
         )?;
-        memory.record(&turn.prompt);
         if let Some(e) = failure {
             return Err(ModelError::BadInput(e));
         }
@@ -410,31 +407,14 @@ impl Worker {
                 });
             }
         }
-        // The loop feeds every token but the last it was handed (or none after a stop token);
-        // the memory must hold the whole reply and the template's close of the message.
-        let fed = match generation.finish {
-            LoopFinish::Stop => reply.len(),
-            _ => reply.len().saturating_sub(1),
-        };
-        memory.record(&reply[..fed]);
-        if turn.keep_memory {
-            let tail: Vec<u32> = reply[fed..]
-                .iter()
-                .chain(&turn.close_turn)
-                .copied()
-                .collect();
-            self.absorb(memory, &tail)?;
-        }
-        Ok(())
-    }
-
-    /// Feeds tokens into the memory without generating.
-    fn absorb(&self, memory: &mut SessionMemory, tokens: &[u32]) -> Result<(), ModelError> {
-        for part in tokens.chunks(512) {
-            let ids: Vec<i64> = part.iter().map(|&t| i64::from(t)).collect();
-            let row = Tensor::from_slice(&ids).to_kind(Kind::Int64).unsqueeze(0);
-            let _ = self.model.forward(&row, memory.caches(), LogitsAt::Last)?;
-            memory.record(part);
+        // The loop feeds every token but the last it was handed (none is left over after a stop
+        // token); the memory must hold the whole reply.
+        if let (true, Some(&last), false) = (
+            turn.keep_memory,
+            reply.last(),
+            generation.finish == LoopFinish::Stop,
+        ) {
+            let _ = prefill(&self.model, memory.caches(), &[last], 1)?;
         }
         Ok(())
     }

@@ -150,6 +150,35 @@ impl LongTermMemory {
         }
     }
 
+    /// A memory from its saved state (the inverse of the accessors below): coefficients `[B, N, e]`,
+    /// attention mass and token density `[B, D]`, and the per-session counters. `None` when the
+    /// shapes do not agree with each other or with `ops` (N basis functions, D bins).
+    pub fn from_state(
+        ops: &MemoryOperators,
+        coefficients: Tensor,
+        attention_mass: Tensor,
+        token_density: Tensor,
+        absorbed: Vec<u64>,
+        updates: Vec<u64>,
+    ) -> Option<Self> {
+        let batch = absorbed.len() as i64;
+        let bins = ops.config.sticky_bins as i64;
+        let c = coefficients.size();
+        let shapes_agree = c.len() == 3
+            && c[0] == batch
+            && c[1] == ops.basis.len() as i64
+            && attention_mass.size() == [batch, bins]
+            && token_density.size() == [batch, bins]
+            && updates.len() == absorbed.len();
+        shapes_agree.then(|| Self {
+            coefficients: coefficients.to_kind(ops.kind).to_device(ops.device),
+            attention_mass: attention_mass.to_kind(ops.kind).to_device(ops.device),
+            token_density: token_density.to_kind(ops.kind).to_device(ops.device),
+            absorbed,
+            updates,
+        })
+    }
+
     /// B, the number of sessions.
     pub fn batch(&self) -> usize {
         self.absorbed.len()

@@ -12,6 +12,17 @@ pub struct Archive {
     keys: Window,            // [B, H_kv, blocks·block_len, D]
     values: Window,          // [B, H_kv, blocks·block_len, D]
     representatives: Window, // [B, H_kv, blocks, D]: the mean key of each block
+    /// Blocks ever pushed: the oldest held block is number `pushed − blocks` of the session, so a
+    /// store can append new blocks and forget popped ones without rewriting the rest.
+    pushed: u64,
+}
+
+/// One block as it is stored: keys and values `[B, H_kv, block_len, D]`, representative `[B, H_kv, 1, D]`.
+#[derive(Debug)]
+pub struct Block {
+    pub keys: Tensor,
+    pub values: Tensor,
+    pub representative: Tensor,
 }
 
 /// The blocks one query segment reads: keys and values `[B, H_kv, k·block_len, D]`.
@@ -28,7 +39,40 @@ impl Archive {
             keys: Window::new(),
             values: Window::new(),
             representatives: Window::new(),
+            pushed: 0,
         }
+    }
+
+    /// The session-wide number of the oldest held block (blocks are numbered from 0 as pushed).
+    pub fn first_block(&self) -> u64 {
+        self.pushed - self.blocks() as u64
+    }
+
+    /// Held block `index` (0 is the oldest held), copied out exactly.
+    pub fn block(&self, index: i64) -> Option<Block> {
+        if !(0..self.blocks()).contains(&index) {
+            return None;
+        }
+        let n = self.block_len;
+        let part =
+            |w: &Window, start: i64, len: i64| w.view().map(|t| t.narrow(2, start, len).copy());
+        Some(Block {
+            keys: part(&self.keys, index * n, n)?,
+            values: part(&self.values, index * n, n)?,
+            representative: part(&self.representatives, index, 1)?,
+        })
+    }
+
+    /// An archive restored from its blocks, the oldest numbered `first_block`.
+    pub fn restore(block_len: usize, first_block: u64, blocks: &[Block]) -> Self {
+        let mut archive = Self::new(block_len);
+        for block in blocks {
+            archive.representatives.append(&block.representative);
+            archive.keys.append(&block.keys);
+            archive.values.append(&block.values);
+        }
+        archive.pushed = first_block + blocks.len() as u64;
+        archive
     }
 
     /// Tokens held.
@@ -53,6 +97,7 @@ impl Archive {
             .append(&keys.mean_dim(2, true, keys.kind()));
         self.keys.append(keys);
         self.values.append(values);
+        self.pushed += 1;
     }
 
     /// Removes the oldest `blocks` blocks, returning their keys and values `[B, H_kv, blocks·block_len, D]`.

@@ -40,6 +40,29 @@ impl ContinuousTier {
         }
     }
 
+    /// A tier restored from its saved signal and points (see [`ContinuousTier::memory`]).
+    pub fn restore(
+        operators: MemoryOperators,
+        memory: Option<LongTermMemory>,
+        points: Option<MemoryPoints>,
+    ) -> Self {
+        Self {
+            operators,
+            memory,
+            points,
+        }
+    }
+
+    /// The operators this tier absorbs with.
+    pub fn operators(&self) -> &MemoryOperators {
+        &self.operators
+    }
+
+    /// The signal's state, once something was absorbed.
+    pub fn memory(&self) -> Option<&LongTermMemory> {
+        self.memory.as_ref()
+    }
+
     /// The points to read, once something was absorbed.
     pub fn points(&self) -> Option<&MemoryPoints> {
         self.points.as_ref()

@@ -11,6 +11,9 @@
 //! The STM keeps pre-RoPE keys and a rotated copy that is re-based only when a block leaves
 //! (RoPE is relative, so one shift of every position is exact), and reads of every tier are views.
 
+mod persist;
+pub use persist::LayerShape;
+
 use super::archive::Archive;
 use super::config::MemoryConfig;
 use super::continuous::ContinuousTier;
@@ -72,6 +75,11 @@ impl LayerMemory {
         }
     }
 
+    /// The layout this memory follows.
+    pub fn config(&self) -> &MemoryConfig {
+        &self.config
+    }
+
     /// Tokens and bytes per tier.
     pub fn stats(&self) -> TierStats {
         TierStats {
@@ -100,22 +108,31 @@ impl LayerMemory {
         self.memory_position() + i64::from(self.evicted)
     }
 
-    /// Moves the oldest block of the STM into the archive (or towards the signal), re-basing the
-    /// rotated STM, and keeps the archive within its budget.
-    fn evict_block(&mut self, rope: &RopeTable) {
+    /// Moves the oldest `blocks` blocks of the STM into the archive (or towards the signal), one
+    /// block at a time, re-basing the rotated STM once, and keeps the archive within its budget.
+    fn evict_blocks(&mut self, blocks: i64, rope: &RopeTable) {
         let n = self.config.block_len as i64;
-        let keys = self.stm_keys.take_front(n);
-        let _ = self.stm_rotated.take_front(n);
-        let values = self.stm_values.take_front(n);
+        let keys = self.stm_keys.take_front(n * blocks);
+        let _ = self.stm_rotated.take_front(n * blocks);
+        let values = self.stm_values.take_front(n * blocks);
         let keys = rope.rotate_all_to(&keys, self.memory_position());
         self.evicted = true;
         if let Some(rest) = self.stm_keys.view() {
             self.stm_rotated
                 .overwrite(&rope.rotate(&rest, self.stm_start()));
         }
+        for block in 0..blocks {
+            let (keys, values) = (keys.narrow(2, block * n, n), values.narrow(2, block * n, n));
+            self.archive_block(&keys, &values);
+        }
+    }
+
+    /// Takes one evicted block (keys rotated to the memory position) into the archive, or stages
+    /// it for the signal when the archive is off.
+    fn archive_block(&mut self, keys: &Tensor, values: &Tensor) {
         let chunk_blocks = (self.config.ltm_chunk_len / self.config.block_len) as i64;
         if self.config.archive_enabled() {
-            self.archive.push(&keys, &values);
+            self.archive.push(keys, values);
             while self.archive.tokens() > self.config.archive_budget as i64 {
                 let (keys, values) = self
                     .archive
@@ -123,8 +140,8 @@ impl LayerMemory {
                 self.absorb_or_drop(&keys, &values);
             }
         } else {
-            self.staged_keys.append(&keys);
-            self.staged_values.append(&values);
+            self.staged_keys.append(keys);
+            self.staged_values.append(values);
             if self.staged_keys.len() >= self.config.ltm_chunk_len as i64 {
                 let chunk = self.config.ltm_chunk_len as i64;
                 let (keys, values) = (
@@ -240,8 +257,10 @@ impl LayerCache for LayerMemory {
                 .append(&new_rotated.narrow(2, to_sinks, rest));
             self.stm_values.append(&values.narrow(2, to_sinks, rest));
         }
-        while self.stm_keys.len() > self.config.stm_len as i64 {
-            self.evict_block(rope);
+        let over = self.stm_keys.len() - self.config.stm_len as i64;
+        if over > 0 {
+            let block = self.config.block_len as i64;
+            self.evict_blocks((over + block - 1) / block, rope);
         }
         Ok(read.context.reshape([b, h, t, d]))
     }

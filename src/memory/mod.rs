@@ -4,13 +4,15 @@
 //! Per token the compute is fixed (sinks + STM + k blocks + R points) however long the session.
 
 pub mod archive;
+pub mod codec;
 pub mod config;
 pub mod continuous;
 pub mod layer;
 pub mod window;
 
+pub use codec::SessionFormatError;
 pub use config::{MemoryConfig, MemoryConfigError};
-pub use layer::{LayerMemory, TierStats};
+pub use layer::{LayerMemory, LayerShape, TierStats};
 
 use crate::ltm::MemoryOperators;
 use tch::{Device, Kind};
@@ -41,15 +43,15 @@ impl MemoryLayout {
         &self.config
     }
 
+    /// The signal's operators, shared (no copy), when the continuous tier is on.
+    pub fn shared_operators(&self) -> Option<MemoryOperators> {
+        self.operators.as_ref().map(MemoryOperators::share)
+    }
+
     /// A fresh memory for `layers` layers.
     pub fn new_session(&self, layers: usize) -> Vec<LayerMemory> {
         (0..layers)
-            .map(|_| {
-                LayerMemory::new(
-                    self.config.clone(),
-                    self.operators.as_ref().map(|o| o.share()),
-                )
-            })
+            .map(|_| LayerMemory::new(self.config.clone(), self.shared_operators()))
             .collect()
     }
 }

@@ -19,6 +19,13 @@ impl Window {
         }
     }
 
+    /// A window holding `rows` `[B, H, T, D]` (T may be 0: an empty window); the inverse of
+    /// [`Window::view`], used when a memory is read back from its serialised form.
+    pub fn from_rows(rows: Option<Tensor>) -> Self {
+        let len = rows.as_ref().map_or(0, |r| r.size()[2]);
+        Self { buffer: rows, len }
+    }
+
     /// Tokens held.
     pub fn len(&self) -> i64 {
         self.len

@@ -33,6 +33,15 @@ impl Precision {
             Precision::Bf16 | Precision::Int4 => Kind::BFloat16,
         }
     }
+
+    /// The name the command line takes (`f32`, `bf16`, `int4`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::Int4 => "int4",
+        }
+    }
 }
 
 impl Precision {

@@ -287,6 +287,24 @@ pub struct Llama {
     norm: RmsNorm,
     lm_head: Linear, // [V, C]
     rope: RopeTable, // positions 0..max_position_embeddings
+    fingerprint: String,
+}
+
+/// A short, stable identity of a model's function: sha256 over its architecture and its token
+/// embeddings (f32 bytes as loaded), with the precision it runs in. Session memories carry it, so
+/// a memory is never read by a model that would misinterpret it.
+fn fingerprint(config: &LlamaConfig, embed: &Tensor, precision: Precision) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(format!("{config:?}").as_bytes());
+    let embed = embed.to_kind(Kind::Float).contiguous();
+    let numel = embed.numel();
+    let mut bytes = vec![0u8; numel * 4];
+    embed.copy_data_u8(&mut bytes, numel);
+    hash.update(&bytes);
+    let digest = hash.finalize();
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("llama-{hex}-{}", precision.name())
 }
 
 impl Llama {
@@ -320,6 +338,7 @@ impl Llama {
             options.device,
         );
         let embed_tokens = embed.to_device(options.device).to_kind(kind);
+        let fingerprint = fingerprint(&config, &embed, options.precision);
         Ok(Self {
             config,
             options,
@@ -328,7 +347,13 @@ impl Llama {
             norm,
             lm_head,
             rope,
+            fingerprint,
         })
+    }
+
+    /// The model's identity (see [`fingerprint`]), e.g. `llama-1a2b3c4d5e6f7a8b-int4`.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -399,6 +424,11 @@ pub(crate) mod tests {
     /// already on the int4 grid (quantised and dequantised), so that every precision computes the
     /// same function and differs only by rounding of activations.
     pub(crate) fn tiny(precision: Precision) -> Llama {
+        tiny_with_context(precision, 128)
+    }
+
+    /// [`tiny`] with a longer trained context (positions), the weights unchanged.
+    pub(crate) fn tiny_with_context(precision: Precision, context: i64) -> Llama {
         let cfg = LlamaConfig {
             vocab_size: 64,
             hidden_size: 64,
@@ -409,7 +439,7 @@ pub(crate) mod tests {
             head_dim: 16,
             rms_norm_eps: 1e-5,
             rope_theta: 10000.0,
-            max_position_embeddings: 128,
+            max_position_embeddings: context,
             tie_word_embeddings: true,
         };
         tch::manual_seed(11);

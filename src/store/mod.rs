@@ -8,7 +8,7 @@ pub mod sql;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::tokenizer::ChatMessage;
+use crate::tokenizer::Transcript;
 
 /// A store failure; the API reports it as a 500 with this message.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +36,8 @@ pub struct SessionHead {
     pub model_fingerprint: String,
     /// Bumped by every committed turn; a turn commits only if the version it read is current.
     pub version: i64,
-    pub transcript: Vec<ChatMessage>,
+    /// The messages and the rendered text the memory holds.
+    pub transcript: Transcript,
     /// The memory's statistics as JSON (`{}` before the first turn).
     pub stats: serde_json::Value,
     pub tokens_seen: i64,
@@ -55,7 +56,7 @@ pub struct TurnCommit<'a> {
     pub id: &'a str,
     /// The version the turn read; the commit fails if another writer moved it.
     pub read_version: i64,
-    pub transcript: &'a [ChatMessage],
+    pub transcript: &'a Transcript,
     pub memory: &'a [u8],
     pub stats: &'a serde_json::Value,
     pub tokens_seen: i64,

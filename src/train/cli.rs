@@ -22,6 +22,8 @@ pub enum TrainTask {
 pub enum EvalTask {
     /// Token accuracy of a sorting checkpoint on freshly generated held-out sequences.
     Sorting(EvalSortingArgs),
+    /// Perplexity and pass-key retrieval of the session memory, tier by tier (docs/EVALUATION.md).
+    Memory(Box<crate::evaluation::MemoryEvalArgs>),
 }
 
 /// The starting point of the hyper-parameters.
@@ -232,7 +234,10 @@ pub fn run_train(task: &TrainTask) -> Result<()> {
 
 /// Runs `infini eval <task>`.
 pub fn run_eval(task: &EvalTask) -> Result<()> {
-    let EvalTask::Sorting(args) = task;
+    let args = match task {
+        EvalTask::Sorting(args) => args,
+        EvalTask::Memory(args) => return crate::evaluation::run_memory_eval(args),
+    };
     check_threads(args.threads)?;
     let device = parse_device(&args.device)?;
     let (state, results) = evaluate_checkpoint(

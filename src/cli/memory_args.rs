@@ -1,0 +1,48 @@
+//! The session-memory flags shared by every command that runs the model (`infinity-former.md` §9.7):
+//! each tier's size, each switchable, every flag also an `INFINI_*` environment variable.
+
+use clap::Args;
+
+use crate::ltm::LtmConfig;
+use crate::memory::MemoryConfig;
+
+/// How a conversation's memory is laid out.
+#[derive(Args, Debug, Clone)]
+pub struct MemoryArgs {
+    /// Use the plain KV cache instead of the session memory (every token exact, stops at the
+    /// model's trained context).
+    #[arg(long, env = "INFINI_KV_CACHE")]
+    pub kv_cache: bool,
+    /// Attention sinks: the first tokens of a conversation, kept for good (0: off).
+    #[arg(long, env = "INFINI_SINKS", default_value_t = MemoryConfig::default().sinks)]
+    pub sinks: usize,
+    /// Tokens of the exact short-term window (L_stm).
+    #[arg(long, env = "INFINI_STM_LEN", default_value_t = MemoryConfig::default().stm_len)]
+    pub stm_len: usize,
+    /// Archive blocks each query segment reads (0: archive off).
+    #[arg(long, env = "INFINI_TOP_K_BLOCKS", default_value_t = MemoryConfig::default().top_k_blocks)]
+    pub top_k_blocks: usize,
+    /// Most tokens the exact archive keeps; older blocks go to the continuous signal (0: off).
+    #[arg(long, env = "INFINI_ARCHIVE_BUDGET", default_value_t = MemoryConfig::default().archive_budget)]
+    pub archive_budget: usize,
+    /// Switch the ∞-former continuous signal off (what leaves the archive is then dropped).
+    #[arg(long, env = "INFINI_NO_LTM")]
+    pub no_ltm: bool,
+    /// Print the memory's statistics (tokens and bytes per tier) after each reply.
+    #[arg(long, env = "INFINI_MEMORY_STATS")]
+    pub memory_stats: bool,
+}
+
+impl MemoryArgs {
+    /// The layout these flags describe (checked against the model when the layout is built).
+    pub fn config(&self) -> MemoryConfig {
+        MemoryConfig {
+            sinks: self.sinks,
+            stm_len: self.stm_len,
+            top_k_blocks: self.top_k_blocks,
+            archive_budget: self.archive_budget,
+            ltm: (!self.no_ltm).then(LtmConfig::default),
+            ..MemoryConfig::default()
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! `infini eval memory`: what each tier of the session memory buys (issue 4, `docs/EVALUATION.md`).
+//! Perplexity of a long public-domain text at tokens 4k–8k and 12k–16k, and pass-key retrieval at
+//! several lengths, for full attention (within the trained context), the STM alone, then each tier
+//! added in turn, and, with the archive's budget below the text's length, what the continuous signal
+//! adds over dropping what leaves the archive.
+
+pub mod passkey;
+pub mod perplexity;
+mod report;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Serialize;
+
+use crate::memory::{MemoryConfig, MemoryLayout};
+use crate::model::{Checkpoint, Llama, ModelOptions, Precision, DEFAULT_MODEL};
+use crate::session::SessionMemory;
+use crate::tokenizer::Tokenizer;
+
+/// Flags of `infini eval memory`.
+#[derive(Args, Debug)]
+pub struct MemoryEvalArgs {
+    /// A long plain-text file (beyond 16k tokens); `make evaluate` fetches the King James Bible.
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Where the Markdown report goes (a JSON copy of the numbers goes beside it).
+    #[arg(long, default_value = "docs/EVALUATION.md")]
+    pub out: PathBuf,
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: PathBuf,
+    #[arg(long, default_value = "int4")]
+    pub precision: Precision,
+    /// Pass-key prompt lengths in tokens.
+    #[arg(long, value_delimiter = ',', default_values_t = [1_200, 4_800, 16_000, 32_000, 100_000])]
+    pub lengths: Vec<usize>,
+    /// Keys per length.
+    #[arg(long, default_value_t = 5)]
+    pub keys: usize,
+    /// Only the readings whose names contain one of these (comma-separated); all by default.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Tokens per forward pass while reading a prompt.
+    #[arg(long, default_value_t = 512)]
+    pub chunk: usize,
+    /// Archive budget of the two readings that show what the continuous signal adds.
+    #[arg(long, default_value_t = 8_192)]
+    pub small_budget: usize,
+}
+
+/// One way of reading the past: the plain KV cache (full attention) or a memory layout.
+#[derive(Debug, Clone)]
+struct Reading {
+    name: String,
+    memory: Option<MemoryConfig>,
+    /// Longest pass-key prompt worth running (the others are known to fail or cannot run).
+    max_passkey: usize,
+}
+
+fn readings(args: &MemoryEvalArgs, context: usize) -> Vec<Reading> {
+    let default = MemoryConfig::default();
+    let stm = default.stm_len;
+    let sinks_stm = MemoryConfig {
+        sinks: default.sinks,
+        ..MemoryConfig::stm_only(stm)
+    };
+    let small = |ltm| MemoryConfig {
+        archive_budget: args.small_budget,
+        ltm,
+        ..MemoryConfig::default()
+    };
+    let all = vec![
+        Reading {
+            name: format!("full attention (KV cache, ≤ {context})"),
+            memory: None,
+            max_passkey: context,
+        },
+        Reading {
+            name: format!("STM only (sliding window {stm})"),
+            memory: Some(MemoryConfig::stm_only(stm)),
+            max_passkey: 16_000,
+        },
+        Reading {
+            name: format!("+ {} attention sinks", default.sinks),
+            memory: Some(sinks_stm),
+            max_passkey: 16_000,
+        },
+        Reading {
+            name: format!(
+                "+ exact archive, top-{} blocks of {} (default; budget {})",
+                default.top_k_blocks, default.block_len, default.archive_budget
+            ),
+            memory: Some(default.clone()),
+            max_passkey: usize::MAX,
+        },
+        Reading {
+            name: format!("archive budget {}, overflow dropped", args.small_budget),
+            memory: Some(small(None)),
+            max_passkey: 16_000,
+        },
+        Reading {
+            name: format!(
+                "archive budget {}, overflow into the continuous signal",
+                args.small_budget
+            ),
+            memory: Some(small(default.ltm.clone())),
+            max_passkey: 16_000,
+        },
+    ];
+    all.into_iter()
+        .filter(|r| args.only.is_empty() || args.only.iter().any(|o| r.name.contains(o.as_str())))
+        .collect()
+}
+
+/// The numbers of one reading.
+#[derive(Debug, Clone, Serialize)]
+struct ReadingResult {
+    name: String,
+    ppl_4k_8k: Option<f64>,
+    ppl_12k_16k: Option<f64>,
+    /// (length, passed, tried)
+    passkey: Vec<(usize, usize, usize)>,
+    seconds: f64,
+}
+
+/// The past as one reading holds it, fresh.
+enum Past {
+    Plain(Vec<crate::model::KvCache>),
+    Memory(Box<SessionMemory>),
+}
+
+impl Past {
+    fn new(model: &Llama, memory: &Option<MemoryLayout>) -> Self {
+        match memory {
+            Some(layout) => Past::Memory(Box::new(SessionMemory::new(model, layout))),
+            None => Past::Plain(model.new_cache()),
+        }
+    }
+
+    fn losses(self, model: &Llama, text: &[u32], chunk: usize) -> Result<Vec<f64>> {
+        Ok(match self {
+            Past::Plain(mut c) => perplexity::token_losses(model, &mut c, text, chunk)?,
+            Past::Memory(mut m) => perplexity::token_losses(model, m.caches(), text, chunk)?,
+        })
+    }
+
+    fn passes(
+        self,
+        model: &Llama,
+        tokenizer: &Tokenizer,
+        trial: &passkey::Trial,
+        chunk: usize,
+    ) -> Result<bool> {
+        Ok(match self {
+            Past::Plain(mut c) => passkey::passes(model, tokenizer, &mut c, trial, chunk)?,
+            Past::Memory(mut m) => passkey::passes(model, tokenizer, m.caches(), trial, chunk)?,
+        })
+    }
+}
+
+fn run_reading(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    text: &[u32],
+    reading: &Reading,
+    args: &MemoryEvalArgs,
+) -> Result<ReadingResult> {
+    let started = Instant::now();
+    let context = model.config().max_position_embeddings as usize;
+    let layout = reading
+        .memory
+        .clone()
+        .map(|c| MemoryLayout::new(c, context, model.options().device))
+        .transpose()?;
+    let limit = if layout.is_some() { 16_384 } else { context };
+    let text = &text[..text.len().min(limit + 1)];
+    let losses = Past::new(model, &layout).losses(model, text, args.chunk)?;
+    let ppl_4k_8k = perplexity::perplexity(&losses, 4_096..8_192);
+    let ppl_12k_16k = perplexity::perplexity(&losses, 12_288..16_384);
+    eprintln!(
+        "{}: ppl 4k–8k {ppl_4k_8k:?}, 12k–16k {ppl_12k_16k:?}",
+        reading.name
+    );
+    let mut passkey = Vec::new();
+    for &length in args.lengths.iter().filter(|&&l| l <= reading.max_passkey) {
+        let mut passed = 0;
+        for (key, depth) in passkey::keys_and_depths(args.keys, length) {
+            let trial = passkey::trial(tokenizer, length, key, depth)?;
+            let ok = Past::new(model, &layout).passes(model, tokenizer, &trial, args.chunk)?;
+            passed += usize::from(ok);
+        }
+        eprintln!(
+            "{}: pass key at {length}: {passed}/{}",
+            reading.name, args.keys
+        );
+        passkey.push((length, passed, args.keys));
+    }
+    Ok(ReadingResult {
+        name: reading.name.clone(),
+        ppl_4k_8k,
+        ppl_12k_16k,
+        passkey,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Runs every reading and writes the report.
+pub fn run_memory_eval(args: &MemoryEvalArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.text)
+        .with_context(|| format!("reading the evaluation text {}", args.text.display()))?;
+    let checkpoint = Checkpoint::open(&args.model)?;
+    let tokenizer = checkpoint.tokenizer()?;
+    let model = checkpoint.load(ModelOptions {
+        precision: args.precision,
+        ..ModelOptions::default()
+    })?;
+    let tokens = tokenizer.encode(&text)?;
+    if tokens.len() <= 16_384 {
+        bail!(
+            "{} has {} tokens; the evaluation needs more than 16,384",
+            args.text.display(),
+            tokens.len()
+        );
+    }
+    let context = model.config().max_position_embeddings as usize;
+    let results = readings(args, context)
+        .iter()
+        .map(|r| run_reading(&model, &tokenizer, &tokens, r, args))
+        .collect::<Result<Vec<_>>>()?;
+    let markdown = report::markdown(args, &results);
+    std::fs::write(&args.out, markdown)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    std::fs::write(
+        args.out.with_extension("json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}

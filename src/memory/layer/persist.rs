@@ -1,0 +1,235 @@
+//! One layer's memory as bytes, exactly: the fixed core (sinks, STM, staged blocks, the signal and
+//! its points, counters) and, apart from it, the archive's blocks, so that a store can append new
+//! blocks and drop popped ones without rewriting the rest (issue 4, item 2).
+
+use super::LayerMemory;
+use crate::ltm::{LongTermMemory, MemoryOperators};
+use crate::memory::archive::{Archive, Block};
+use crate::memory::codec::{Reader, SessionFormatError, Writer};
+use crate::memory::continuous::{ContinuousTier, MemoryPoints};
+use crate::memory::window::Window;
+use crate::memory::MemoryConfig;
+use tch::{Device, Kind, Tensor};
+
+/// What every tensor of a layer's memory must look like: `[1, H_kv, T, D]` in the model's dtype.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerShape {
+    pub kv_heads: i64,
+    pub head_dim: i64,
+    pub kind: Kind,
+    pub device: Device,
+}
+
+impl LayerShape {
+    /// Checks a token-row tensor `[1, H_kv, T, D]`, T ≤ `max_tokens`.
+    fn rows(&self, t: Tensor, what: &str, max_tokens: i64) -> Result<Tensor, SessionFormatError> {
+        let size = t.size();
+        let fits = size.len() == 4
+            && size[0] == 1
+            && size[1] == self.kv_heads
+            && size[2] <= max_tokens
+            && size[3] == self.head_dim
+            && t.kind() == self.kind;
+        if !fits {
+            return Err(SessionFormatError::Corrupt(format!(
+                "{what} has shape {size:?} of {:?}; expected [1, {}, ≤{max_tokens}, {}] of {:?}",
+                t.kind(),
+                self.kv_heads,
+                self.head_dim,
+                self.kind
+            )));
+        }
+        Ok(t)
+    }
+
+    fn window(
+        &self,
+        r: &mut Reader,
+        what: &str,
+        max_tokens: i64,
+    ) -> Result<Window, SessionFormatError> {
+        let rows = r
+            .optional_tensor(self.device)?
+            .map(|t| self.rows(t, what, max_tokens))
+            .transpose()?;
+        Ok(Window::from_rows(rows))
+    }
+}
+
+fn write_window(w: &mut Writer, window: &Window) {
+    w.optional_tensor(window.view().as_ref());
+}
+
+impl LayerMemory {
+    /// Serialises everything but the archive's blocks (see [`LayerMemory::write_block`]).
+    pub(crate) fn write_core(&self, w: &mut Writer) {
+        for window in [
+            &self.sink_keys,
+            &self.sink_values,
+            &self.stm_keys,
+            &self.stm_rotated,
+            &self.stm_values,
+            &self.staged_keys,
+            &self.staged_values,
+        ] {
+            write_window(w, window);
+        }
+        w.bool(self.evicted);
+        w.u64(self.dropped);
+        let memory = self.continuous.as_ref().and_then(|c| c.memory());
+        w.bool(memory.is_some());
+        if let Some(m) = memory {
+            w.tensor(m.coefficients());
+            w.tensor(m.attention_mass());
+            w.tensor(m.token_density());
+            w.u64(m.tokens_absorbed()[0]);
+            w.u64(m.updates()[0]);
+        }
+        let points = self.continuous.as_ref().and_then(|c| c.points());
+        w.bool(points.is_some());
+        if let Some(p) = points {
+            w.tensor(&p.keys);
+            w.tensor(&p.values);
+            w.tensor(&p.bias);
+        }
+    }
+
+    /// Held archive block `index` (0 the oldest held), exactly.
+    pub(crate) fn write_block(&self, w: &mut Writer, index: i64) {
+        let block = self.archive.block(index).expect("the block is held");
+        w.tensor(&block.keys);
+        w.tensor(&block.values);
+        w.tensor(&block.representative);
+    }
+
+    /// The session-wide number of the oldest held archive block, and how many are held.
+    pub(crate) fn archive_span(&self) -> (u64, i64) {
+        (self.archive.first_block(), self.archive.blocks())
+    }
+
+    /// Reads one block written by [`LayerMemory::write_block`].
+    pub(crate) fn read_block(
+        r: &mut Reader,
+        shape: &LayerShape,
+        block_len: i64,
+    ) -> Result<Block, SessionFormatError> {
+        let keys = shape.rows(
+            r.tensor(shape.device)?,
+            "an archive block's keys",
+            block_len,
+        )?;
+        let values = shape.rows(
+            r.tensor(shape.device)?,
+            "an archive block's values",
+            block_len,
+        )?;
+        let representative = shape.rows(
+            r.tensor(shape.device)?,
+            "an archive block's representative key",
+            1,
+        )?;
+        if keys.size()[2] != block_len || values.size()[2] != block_len {
+            return Err(SessionFormatError::Corrupt(format!(
+                "an archive block holds {} tokens, expected {block_len}",
+                keys.size()[2]
+            )));
+        }
+        Ok(Block {
+            keys,
+            values,
+            representative,
+        })
+    }
+
+    /// The inverse of [`LayerMemory::write_core`], with the archive's blocks read separately.
+    pub(crate) fn read_core(
+        r: &mut Reader,
+        config: &MemoryConfig,
+        operators: Option<MemoryOperators>,
+        shape: &LayerShape,
+        first_block: u64,
+        blocks: &[Block],
+    ) -> Result<Self, SessionFormatError> {
+        let (sinks, stm, chunk) = (
+            config.sinks as i64,
+            config.stm_len as i64,
+            config.ltm_chunk_len as i64,
+        );
+        let sink_keys = shape.window(r, "the sink keys", sinks)?;
+        let sink_values = shape.window(r, "the sink values", sinks)?;
+        let stm_keys = shape.window(r, "the STM keys", stm)?;
+        let stm_rotated = shape.window(r, "the rotated STM keys", stm)?;
+        let stm_values = shape.window(r, "the STM values", stm)?;
+        let staged_keys = shape.window(r, "the staged keys", chunk)?;
+        let staged_values = shape.window(r, "the staged values", chunk)?;
+        let lengths_agree = sink_keys.len() == sink_values.len()
+            && stm_keys.len() == stm_rotated.len()
+            && stm_keys.len() == stm_values.len()
+            && staged_keys.len() == staged_values.len();
+        if !lengths_agree {
+            return Err(SessionFormatError::Corrupt(
+                "keys and values of one tier hold different numbers of tokens".into(),
+            ));
+        }
+        let evicted = r.bool()?;
+        let dropped = r.u64()?;
+        let memory = if r.bool()? {
+            let ops = operators.as_ref().ok_or_else(|| {
+                SessionFormatError::Corrupt("a continuous signal, but the layout has none".into())
+            })?;
+            let coefficients = r.tensor(ops.device())?;
+            let attention_mass = r.tensor(ops.device())?;
+            let token_density = r.tensor(ops.device())?;
+            let (absorbed, updates) = (r.u64()?, r.u64()?);
+            let memory = LongTermMemory::from_state(
+                ops,
+                coefficients,
+                attention_mass,
+                token_density,
+                vec![absorbed],
+                vec![updates],
+            )
+            .ok_or_else(|| {
+                SessionFormatError::Corrupt(
+                    "the continuous signal's shapes do not match the layout".into(),
+                )
+            })?;
+            Some(memory)
+        } else {
+            None
+        };
+        let points = if r.bool()? {
+            let read = |r: &mut Reader| r.tensor(shape.device);
+            let (keys, values, bias) = (read(r)?, read(r)?, read(r)?);
+            let r_points = operators
+                .as_ref()
+                .map_or(0, |o| o.config().quadrature_points as i64);
+            let keys = shape.rows(keys, "the signal's points", r_points)?;
+            let values = shape.rows(values, "the signal's point values", r_points)?;
+            if keys.size()[2] != r_points || bias.size() != [1, 1, 1, r_points] {
+                return Err(SessionFormatError::Corrupt(format!(
+                    "the signal holds {} points, the layout reads {r_points}",
+                    keys.size()[2]
+                )));
+            }
+            Some(MemoryPoints { keys, values, bias })
+        } else {
+            None
+        };
+        let continuous = operators.map(|ops| ContinuousTier::restore(ops, memory, points));
+        Ok(Self {
+            archive: Archive::restore(config.block_len, first_block, blocks),
+            config: config.clone(),
+            sink_keys,
+            sink_values,
+            stm_keys,
+            stm_rotated,
+            stm_values,
+            staged_keys,
+            staged_values,
+            continuous,
+            evicted,
+            dropped,
+        })
+    }
+}

@@ -1,0 +1,279 @@
+//! One conversation's memory inside the real model: a [`LayerMemory`] per layer (the four tiers of
+//! `infinity-former.md` §9.7), its statistics, and its exact serialised form.
+//!
+//! The bytes of a session (format version [`FORMAT_VERSION`]):
+//! ```text
+//! core:   magic "INFMEM\0\0" · version u32 · model fingerprint · memory layout (JSON) · layers u32
+//!         · oldest archive block u64 · held blocks u64 · every layer's core (sinks, STM, staged
+//!         blocks, continuous signal and points, counters)
+//! block:  every layer's keys, values and representative key of one archive block
+//! file:   magic, then the core and each held block, each as a length-prefixed byte string
+//! ```
+//! The archive's blocks are numbered for the whole session and never change once written, so a
+//! store can save the core and only the blocks it does not have yet ([`SessionMemory::archive_blocks`]).
+
+use std::ops::Range;
+
+use serde::Serialize;
+
+use crate::memory::codec::{Reader, Writer};
+use crate::memory::{LayerMemory, LayerShape, MemoryLayout, TierStats};
+use crate::model::Llama;
+
+pub use crate::memory::SessionFormatError;
+
+/// The version of the byte layout this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+const MAGIC: &[u8; 8] = b"INFMEM\0\0";
+
+/// The identity a session memory carries: the model it was made with (see [`Llama::fingerprint`]).
+pub fn model_fingerprint(model: &Llama) -> String {
+    model.fingerprint().to_string()
+}
+
+/// One session's memory, every layer.
+#[derive(Debug)]
+pub struct SessionMemory {
+    layers: Vec<LayerMemory>,
+    fingerprint: String,
+}
+
+/// What a session remembers, summed over layers (tokens are per layer: every layer holds the same).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MemoryStats {
+    /// Every token the session has taken in.
+    pub tokens_seen: u64,
+    pub sink_tokens: i64,
+    pub stm_tokens: i64,
+    pub archive_tokens: i64,
+    /// Tokens absorbed into the continuous signal.
+    pub ltm_tokens: u64,
+    /// Updates of the continuous signal (per layer).
+    pub ltm_updates: u64,
+    /// Tokens that left the memory with no tier to take them.
+    pub dropped_tokens: u64,
+    pub sink_bytes: usize,
+    pub stm_bytes: usize,
+    pub archive_bytes: usize,
+    pub ltm_bytes: usize,
+    pub total_bytes: usize,
+}
+
+impl SessionMemory {
+    /// An empty memory laid out as `layout` says, for `model`.
+    pub fn new(model: &Llama, layout: &MemoryLayout) -> Self {
+        Self {
+            layers: layout.new_session(model.config().num_layers as usize),
+            fingerprint: model_fingerprint(model),
+        }
+    }
+
+    /// The per-layer caches the model reads and extends: `generate(model, memory.caches(), …)`.
+    pub fn caches(&mut self) -> &mut [LayerMemory] {
+        &mut self.layers
+    }
+
+    /// Every token the session has taken in (prompts and replies).
+    pub fn tokens_seen(&self) -> u64 {
+        self.stats().tokens_seen
+    }
+
+    /// Tokens per tier and bytes summed over layers.
+    pub fn stats(&self) -> MemoryStats {
+        let per_layer: Vec<TierStats> = self.layers.iter().map(LayerMemory::stats).collect();
+        let first = per_layer.first().copied().unwrap_or_default();
+        let sum = |f: fn(&TierStats) -> usize| per_layer.iter().map(f).sum::<usize>();
+        let (sink_bytes, stm_bytes, archive_bytes, ltm_bytes) = (
+            sum(|s| s.sink_bytes),
+            sum(|s| s.stm_bytes),
+            sum(|s| s.archive_bytes),
+            sum(|s| s.ltm_bytes),
+        );
+        MemoryStats {
+            tokens_seen: (first.sink_tokens + first.stm_tokens + first.archive_tokens) as u64
+                + first.ltm_tokens
+                + first.dropped_tokens,
+            sink_tokens: first.sink_tokens,
+            stm_tokens: first.stm_tokens,
+            archive_tokens: first.archive_tokens,
+            ltm_tokens: first.ltm_tokens,
+            ltm_updates: first.ltm_updates,
+            dropped_tokens: first.dropped_tokens,
+            sink_bytes,
+            stm_bytes,
+            archive_bytes,
+            ltm_bytes,
+            total_bytes: sink_bytes + stm_bytes + archive_bytes + ltm_bytes,
+        }
+    }
+
+    /// The session-wide numbers of the archive blocks held now (the same in every layer).
+    pub fn archive_blocks(&self) -> Range<u64> {
+        let (first, held) = self.layers.first().map_or((0, 0), |l| l.archive_span());
+        first..first + held as u64
+    }
+
+    /// Everything but the archive's blocks.
+    pub fn core_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u64(u64::from_le_bytes(*MAGIC));
+        w.u32(FORMAT_VERSION);
+        w.str(&self.fingerprint);
+        w.str(&layout_text(self.layers.first().map(LayerMemory::config)));
+        w.u32(self.layers.len() as u32);
+        let blocks = self.archive_blocks();
+        w.u64(blocks.start);
+        w.u64(blocks.end - blocks.start);
+        for layer in &self.layers {
+            layer.write_core(&mut w);
+        }
+        w.into_bytes()
+    }
+
+    /// Archive block number `block` (one of [`SessionMemory::archive_blocks`]) of every layer;
+    /// `None` when it is not held.
+    pub fn block_bytes(&self, block: u64) -> Option<Vec<u8>> {
+        let held = self.archive_blocks();
+        if !held.contains(&block) {
+            return None;
+        }
+        let mut w = Writer::new();
+        for layer in &self.layers {
+            layer.write_block(&mut w, (block - held.start) as i64);
+        }
+        Some(w.into_bytes())
+    }
+
+    /// The whole memory as one byte string: the core, then every held block.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u64(u64::from_le_bytes(*MAGIC));
+        w.bytes(&self.core_bytes());
+        for block in self.archive_blocks() {
+            w.bytes(&self.block_bytes(block).expect("the block is held"));
+        }
+        w.into_bytes()
+    }
+
+    /// Reads a memory written by [`SessionMemory::to_bytes`], for `model` laid out as `layout`.
+    pub fn from_bytes(
+        bytes: &[u8],
+        model: &Llama,
+        layout: &MemoryLayout,
+    ) -> Result<Self, SessionFormatError> {
+        let mut r = Reader::new(bytes);
+        if r.u64().ok() != Some(u64::from_le_bytes(*MAGIC)) {
+            return Err(SessionFormatError::NotAMemory);
+        }
+        let core = r.bytes()?;
+        let mut blocks = Vec::new();
+        while !r.is_done() {
+            blocks.push(r.bytes()?);
+        }
+        Self::from_parts(core, &blocks, model, layout)
+    }
+
+    /// Reads a memory from its core and its held blocks, oldest first (as a store keeps them).
+    pub fn from_parts(
+        core: &[u8],
+        blocks: &[&[u8]],
+        model: &Llama,
+        layout: &MemoryLayout,
+    ) -> Result<Self, SessionFormatError> {
+        let mut r = Reader::new(core);
+        if r.u64().ok() != Some(u64::from_le_bytes(*MAGIC)) {
+            return Err(SessionFormatError::NotAMemory);
+        }
+        let version = r.u32()?;
+        if version != FORMAT_VERSION {
+            return Err(SessionFormatError::Version {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let expected = model_fingerprint(model);
+        let found = r.str()?;
+        if found != expected {
+            return Err(SessionFormatError::OtherModel {
+                found: found.to_string(),
+                expected,
+            });
+        }
+        let config = layout.config();
+        let (found, expected) = (r.str()?, layout_text(Some(config)));
+        if found != expected {
+            return Err(SessionFormatError::OtherLayout {
+                found: found.to_string(),
+                expected,
+            });
+        }
+        let cfg = model.config();
+        let layers = r.u32()? as i64;
+        if layers != cfg.num_layers {
+            return Err(SessionFormatError::Corrupt(format!(
+                "{layers} layers for a model of {}",
+                cfg.num_layers
+            )));
+        }
+        let (first_block, held) = (r.u64()?, r.u64()?);
+        if held != blocks.len() as u64 {
+            return Err(SessionFormatError::Corrupt(format!(
+                "the core names {held} archive blocks, {} were given",
+                blocks.len()
+            )));
+        }
+        let shape = LayerShape {
+            kv_heads: cfg.num_kv_heads,
+            head_dim: cfg.head_dim,
+            kind: model.options().precision.activation_kind(),
+            device: model.options().device,
+        };
+        let block_len = config.block_len as i64;
+        let mut per_layer: Vec<Vec<_>> = (0..layers).map(|_| Vec::new()).collect();
+        for bytes in blocks {
+            let mut br = Reader::new(bytes);
+            for layer in per_layer.iter_mut() {
+                layer.push(LayerMemory::read_block(&mut br, &shape, block_len)?);
+            }
+            expect_done(&br)?;
+        }
+        let memory = per_layer
+            .iter()
+            .map(|blocks| {
+                LayerMemory::read_core(
+                    &mut r,
+                    config,
+                    layout.shared_operators(),
+                    &shape,
+                    first_block,
+                    blocks,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        expect_done(&r)?;
+        Ok(Self {
+            layers: memory,
+            fingerprint: model_fingerprint(model),
+        })
+    }
+}
+
+fn expect_done(r: &Reader) -> Result<(), SessionFormatError> {
+    if r.is_done() {
+        Ok(())
+    } else {
+        Err(SessionFormatError::Corrupt(
+            "unexpected bytes after the end of the memory".into(),
+        ))
+    }
+}
+
+/// The layout as stored and compared: its JSON.
+fn layout_text(config: Option<&crate::memory::MemoryConfig>) -> String {
+    config.map_or_else(String::new, |c| {
+        serde_json::to_string(c).expect("a memory layout serialises")
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,198 @@
+use super::*;
+use crate::engine::generate::prefill;
+use crate::ltm::LtmConfig;
+use crate::memory::MemoryConfig;
+use crate::model::llama::tests::{tiny, tiny_with_context};
+use crate::model::Precision;
+use tch::{Device, Tensor};
+
+/// Every tier in use on the tiny model (context 128): 2 sinks, STM 16, blocks of 4, an archive
+/// of 16 tokens and a small continuous signal behind it.
+fn layout() -> MemoryLayout {
+    let ltm = LtmConfig {
+        num_basis: 16,
+        widths: vec![0.05, 0.1],
+        num_samples: 8,
+        quadrature_points: 8,
+        ..LtmConfig::default()
+    };
+    let config = MemoryConfig {
+        sinks: 2,
+        stm_len: 16,
+        block_len: 4,
+        top_k_blocks: 2,
+        archive_budget: 16,
+        ltm: Some(ltm),
+        ltm_chunk_len: 8,
+    };
+    MemoryLayout::new(config, 128, Device::Cpu).unwrap()
+}
+
+fn tokens(n: usize, seed: u32) -> Vec<u32> {
+    (0..n as u32)
+        .map(|i| (i * 7 + seed * 13) % 60 + 1)
+        .collect()
+}
+
+/// A memory that has taken in `n` tokens, in uneven chunks.
+fn filled(model: &Llama, layout: &MemoryLayout, n: usize) -> SessionMemory {
+    let mut memory = SessionMemory::new(model, layout);
+    let all = tokens(n, 1);
+    for part in all.chunks(7) {
+        let _ = prefill(model, memory.caches(), part, 3).unwrap();
+    }
+    memory
+}
+
+#[test]
+fn every_tier_fills_and_the_counts_add_up() {
+    let (model, layout) = (tiny(Precision::F32), layout());
+    let stats = filled(&model, &layout, 100).stats();
+    assert_eq!(stats.tokens_seen, 100);
+    assert_eq!((stats.sink_tokens, stats.dropped_tokens), (2, 0));
+    assert!(
+        stats.stm_tokens <= 16 && stats.archive_tokens <= 16,
+        "{stats:?}"
+    );
+    assert!(
+        stats.ltm_tokens >= 64 && stats.ltm_updates >= 8,
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.total_bytes,
+        stats.sink_bytes + stats.stm_bytes + stats.archive_bytes + stats.ltm_bytes
+    );
+}
+
+/// The round trip is exact: the bytes read back write the same bytes, and the restored memory
+/// computes bit-identical logits for the next tokens (so a restart changes nothing).
+#[test]
+fn a_round_trip_is_bit_identical_and_continues_identically() {
+    let (model, layout) = (tiny(Precision::F32), layout());
+    let mut original = filled(&model, &layout, 100);
+    let bytes = original.to_bytes();
+    let mut restored = SessionMemory::from_bytes(&bytes, &model, &layout).unwrap();
+    assert_eq!(restored.to_bytes(), bytes);
+    assert_eq!(restored.stats(), original.stats());
+    for part in tokens(30, 2).chunks(5) {
+        let a = prefill(&model, original.caches(), part, 5).unwrap();
+        let b = prefill(&model, restored.caches(), part, 5).unwrap();
+        assert!(a.equal(&b), "the restored memory computes differently");
+    }
+    assert_eq!(restored.to_bytes(), original.to_bytes());
+}
+
+/// A store that kept the core and the blocks it had, and appends only new blocks, rebuilds the
+/// same memory: blocks, once written, never change.
+#[test]
+fn archive_blocks_can_be_written_incrementally() {
+    let (model, layout) = (tiny(Precision::F32), layout());
+    let mut memory = filled(&model, &layout, 40);
+    let mut stored: std::collections::BTreeMap<u64, Vec<u8>> = memory
+        .archive_blocks()
+        .map(|b| (b, memory.block_bytes(b).unwrap()))
+        .collect();
+    let before = memory.archive_blocks();
+    let _ = prefill(&model, memory.caches(), &tokens(9, 3), 4).unwrap();
+    let after = memory.archive_blocks();
+    assert!(after.end > before.end, "{before:?} → {after:?}");
+    for block in before.end..after.end {
+        stored.insert(block, memory.block_bytes(block).unwrap());
+    }
+    for block in after.clone() {
+        assert_eq!(
+            stored[&block],
+            memory.block_bytes(block).unwrap(),
+            "block {block} changed"
+        );
+    }
+    stored.retain(|b, _| after.contains(b));
+    let blocks: Vec<&[u8]> = stored.values().map(Vec::as_slice).collect();
+    let rebuilt =
+        SessionMemory::from_parts(&memory.core_bytes(), &blocks, &model, &layout).unwrap();
+    assert_eq!(rebuilt.to_bytes(), memory.to_bytes());
+    assert!(memory.block_bytes(after.end).is_none());
+}
+
+#[test]
+fn another_model_layout_or_version_is_refused_with_a_reason() {
+    let (model, layout) = (tiny(Precision::F32), layout());
+    let bytes = filled(&model, &layout, 30).to_bytes();
+    let other_precision = tiny(Precision::Bf16);
+    assert!(matches!(
+        SessionMemory::from_bytes(&bytes, &other_precision, &layout),
+        Err(SessionFormatError::OtherModel { .. })
+    ));
+    let mut other = layout.config().clone();
+    other.top_k_blocks = 3;
+    let other_layout = MemoryLayout::new(other, 128, Device::Cpu).unwrap();
+    assert!(matches!(
+        SessionMemory::from_bytes(&bytes, &model, &other_layout),
+        Err(SessionFormatError::OtherLayout { .. })
+    ));
+    // The version sits after the file's magic, the core's length and the core's magic.
+    let mut newer = bytes.clone();
+    newer[24] = 99;
+    let error = SessionMemory::from_bytes(&newer, &model, &layout).unwrap_err();
+    assert_eq!(
+        error,
+        SessionFormatError::Version {
+            found: 99,
+            supported: FORMAT_VERSION
+        }
+    );
+    assert!(error.to_string().contains("version 99"));
+    for cut in [0, 10, bytes.len() / 2, bytes.len() - 1] {
+        assert!(SessionMemory::from_bytes(&bytes[..cut], &model, &layout).is_err());
+    }
+    assert_eq!(
+        SessionMemory::from_bytes(b"not a memory at all, just some text", &model, &layout)
+            .unwrap_err(),
+        SessionFormatError::NotAMemory
+    );
+}
+
+/// Issue 4: a conversation at absolute position 1,000,000 gives the same logits as the same window
+/// at position 514. Sinks, STM and archive on (the signal off: it would hold a different amount
+/// of history); the filler repeats every 32 tokens and arrives in chunks of 256, so from the second
+/// chunk on every tier holds the same tokens, computed from the same context (the first chunk's
+/// keys differ: they saw no past), and only the absolute count differs. RoPE angles come from
+/// window-relative positions (§9.3), so the logits are bit-identical.
+#[test]
+fn the_same_window_gives_the_same_logits_at_token_one_million() {
+    let model = tiny_with_context(Precision::F32, 256 + 128);
+    let config = MemoryConfig {
+        sinks: 2,
+        stm_len: 32,
+        block_len: 16,
+        top_k_blocks: 1,
+        archive_budget: 32,
+        ltm: None,
+        ltm_chunk_len: 16,
+    };
+    let layout = MemoryLayout::new(config, 256 + 128, Device::Cpu).unwrap();
+    let period = tokens(32, 4);
+    let chunk: Vec<u32> = period.iter().cycle().take(256).copied().collect();
+    let window = tokens(40, 5);
+    let run = |chunks: usize| {
+        let mut memory = SessionMemory::new(&model, &layout);
+        let _ = prefill(&model, memory.caches(), &[3, 4], 2).unwrap();
+        for _ in 0..chunks {
+            let _ = prefill(&model, memory.caches(), &chunk, 256).unwrap();
+        }
+        let seen = memory.tokens_seen();
+        let logits = model
+            .forward(
+                &Tensor::from_slice(&window.iter().map(|&t| i64::from(t)).collect::<Vec<_>>())
+                    .unsqueeze(0),
+                memory.caches(),
+                crate::model::LogitsAt::All,
+            )
+            .unwrap();
+        (logits, seen)
+    };
+    let (near, near_seen) = run(2);
+    let (far, far_seen) = run(3_907);
+    assert_eq!((near_seen, far_seen), (514, 1_000_194));
+    assert!(near.equal(&far), "differs by {}", (near - far).abs().max());
+}
