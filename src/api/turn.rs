@@ -221,7 +221,7 @@ async fn finish(
     };
     let mut transcript = turn.transcript;
     transcript.record_reply(&finished.text);
-    let stats = serde_json::to_value(&kept.stats).unwrap_or_default();
+    let stats = serde_json::to_value(kept.stats).unwrap_or_default();
     let commit = TurnCommit {
         id: &turn.head.id,
         read_version: turn.head.version,
