@@ -7,10 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use tch::Device;
 
-use crate::cli::parse_device;
-use crate::model::{Precision, DEFAULT_MODEL};
+use crate::cli::{MemoryArgs, ModelArgs};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -25,21 +23,13 @@ pub struct ServeConfig {
     /// Address to listen on (port 0 picks a free port; the chosen address is logged).
     #[arg(long, env = "INFINI_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
-    /// GGUF file or Hugging Face model folder.
-    #[arg(long, env = "INFINI_MODEL", default_value = DEFAULT_MODEL)]
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub load: ModelArgs,
+    #[command(flatten)]
+    pub memory: MemoryArgs,
     /// The model name clients send and `/v1/models` lists (default: the file's stem).
     #[arg(long, env = "INFINI_MODEL_NAME")]
     pub model_name: Option<String>,
-    /// f32, bf16 or int4 (int4: CPU only).
-    #[arg(long, env = "INFINI_PRECISION", default_value = "int4")]
-    pub precision: Precision,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, env = "INFINI_DEVICE", default_value = "cpu", value_parser = parse_device)]
-    pub device: Device,
-    /// CPU threads for libtorch (0: libtorch's default).
-    #[arg(long, env = "INFINI_THREADS", default_value_t = 0)]
-    pub threads: usize,
     /// Folder of the embedded SQLite database (used when DATABASE_URL is not set).
     #[arg(long, env = "INFINI_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -104,7 +94,8 @@ impl ServeConfig {
     /// The name the API reports for the model.
     pub fn model_name(&self) -> String {
         self.model_name.clone().unwrap_or_else(|| {
-            self.model
+            self.load
+                .model
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "infini".into())

@@ -50,6 +50,8 @@ pub struct AppState {
     pub keep_alive: Duration,
     /// Unix seconds at start-up.
     pub started_at: i64,
+    /// Log each session's memory statistics after its turn (`--memory-stats`).
+    pub log_memory_stats: bool,
 }
 
 /// Request body limits: every route's, and the session import's (which carries a whole memory).
@@ -129,15 +131,18 @@ pub fn serve(config: ServeConfig) -> Result<()> {
 }
 
 async fn run(config: ServeConfig, keys: ApiKeys) -> Result<()> {
+    if config.memory.kv_cache {
+        anyhow::bail!(
+            "--kv-cache is for generate and chat: the server's sessions need the session memory"
+        );
+    }
     let store = SqlStore::connect(&config.database_url())
         .await
         .context("opening the session store")?;
     tracing::info!(backend = ?store.backend(), "session store ready");
     let (engine, loaded) = Engine::start(EngineOptions {
-        model: config.model.clone(),
-        precision: config.precision,
-        device: config.device,
-        threads: config.threads,
+        load: config.load.clone(),
+        memory: config.memory.config(),
         max_waiting: config.max_waiting,
     });
     let state = AppState {
@@ -154,12 +159,13 @@ async fn run(config: ServeConfig, keys: ApiKeys) -> Result<()> {
         draining: Arc::new(AtomicBool::new(false)),
         keep_alive: Duration::from_secs(config.keep_alive_secs.max(1)),
         started_at: types::now(),
+        log_memory_stats: config.memory.memory_stats,
     };
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("binding {}", config.addr))?;
     let address = listener.local_addr()?;
-    tracing::info!(%address, model = %config.model.display(), keys = ?state.keys, "listening");
+    tracing::info!(%address, model = %config.load.model.display(), keys = ?state.keys, "listening");
     // The test harness and scripts read this line to find a port chosen by the OS.
     println!("infini listening on http://{address}");
     let load_started = Instant::now();

@@ -222,6 +222,9 @@ async fn finish(
     let mut transcript = turn.transcript;
     transcript.record_reply(&finished.text);
     let stats = serde_json::to_value(kept.stats).unwrap_or_default();
+    if state.log_memory_stats {
+        tracing::info!(session = %turn.head.id, %stats, "session memory");
+    }
     let commit = TurnCommit {
         id: &turn.head.id,
         read_version: turn.head.version,

@@ -19,8 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::generate::{generate, prefill, FinishReason as LoopFinish, GenerateOptions, NextToken};
 use super::sampler::{Sampler, ValidSampling};
 use super::stop::{FinishReason, StopChecker, StopRules};
+use crate::cli::ModelArgs;
 use crate::memory::{MemoryConfig, MemoryLayout};
-use crate::model::{Checkpoint, Llama, ModelError, ModelOptions, Precision};
+use crate::model::{Llama, ModelError};
 use crate::session::{model_fingerprint, MemoryStats, SessionMemory};
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
 
@@ -114,13 +115,12 @@ pub enum SubmitError {
     Stopped,
 }
 
-/// Model, precision and device of the engine.
+/// What the engine loads and how it admits turns.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
-    pub model: std::path::PathBuf,
-    pub precision: Precision,
-    pub device: tch::Device,
-    pub threads: usize,
+    pub load: ModelArgs,
+    /// The layout of every session's memory.
+    pub memory: MemoryConfig,
     pub max_waiting: usize,
 }
 
@@ -236,19 +236,12 @@ struct Worker {
 
 impl Worker {
     fn load(options: &EngineOptions) -> anyhow::Result<Self> {
-        if options.threads > 0 {
-            tch::set_num_threads(options.threads as i32);
-        }
-        let checkpoint = Checkpoint::open(&options.model)?;
-        let tokenizer = Arc::new(checkpoint.tokenizer()?);
-        let model = checkpoint.load(ModelOptions {
-            device: options.device,
-            precision: options.precision,
-        })?;
+        let (model, tokenizer) = options.load.load()?;
+        let tokenizer = Arc::new(tokenizer);
         let layout = MemoryLayout::new(
-            MemoryConfig::default(),
+            options.memory.clone(),
             model.config().max_position_embeddings as usize,
-            options.device,
+            options.load.device,
         )?;
         Ok(Self {
             model,

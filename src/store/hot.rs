@@ -86,11 +86,18 @@ mod tests {
         let hot = HotSessions::default();
         let first = hot.try_claim("a").expect("a free slot");
         assert!(hot.try_claim("a").is_none(), "a second turn is refused");
-        assert!(hot.try_claim("b").is_some(), "other sessions are independent");
+        assert!(
+            hot.try_claim("b").is_some(),
+            "other sessions are independent"
+        );
         assert_eq!(hot.evict_idle(Duration::ZERO), 1, "b is idle, a is in use");
         drop(first);
         assert!(hot.try_claim("a").is_some(), "free again after the turn");
-        assert_eq!(hot.evict_idle(Duration::from_secs(3600)), 0, "a was just used");
+        assert_eq!(
+            hot.evict_idle(Duration::from_secs(3600)),
+            0,
+            "a was just used"
+        );
         assert_eq!(hot.evict_idle(Duration::ZERO), 1);
         hot.try_claim("c").unwrap();
         hot.forget("c");
