@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 CARGO ?= cargo
 
-.PHONY: setup build demo demo-memory demo-client test lint bench bench-model evaluate
+.PHONY: setup build demo demo-memory demo-client test lint bench bench-model bench-memory evaluate
 setup:
 	./scripts/setup.sh
 
@@ -42,6 +42,11 @@ bench: setup
 # Decode and prefill tokens/s at batch 1 against llama-cpp-python on the same GGUF (installs it once).
 bench-model: setup
 	$(CARGO) bench --bench model
+
+# Decode time per token after 1k–100k tokens of history with the session memory, bytes per tier,
+# and decode tokens/s at 100 and 7,800 tokens of history against llama-cpp-python.
+bench-memory: setup
+	$(CARGO) bench --bench memory
 
 # docs/EVALUATION.md: perplexity and pass keys, tier by tier, on the King James Bible (about an hour
 # on 2 cores; EVAL_FLAGS narrows it, e.g. EVAL_FLAGS="--lengths 1200,4800 --keys 2").

@@ -7,28 +7,16 @@
 //! `INFINI_BENCH_THREADS` (default: libtorch's, the core count), `INFINI_BENCH_PEER=0` to skip the
 //! peer. Both sides use the same number of threads and the same token ids.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
+use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use common::{peer, prompt, Speed, GGUF};
 use infini::engine::generate::{generate, GenerateOptions, Greedy};
-use infini::model::{Checkpoint, Llama, ModelOptions, Precision, DEFAULT_MODEL};
+use infini::model::{Checkpoint, Llama, ModelOptions, Precision};
 use tch::Device;
-
-const GGUF: &str = DEFAULT_MODEL;
-
-struct Speed {
-    prefill: f64,
-    decode: f64,
-}
-
-/// Deterministic, varied token ids (ordinary vocabulary range, no special tokens).
-fn prompt(length: usize) -> Vec<u32> {
-    (0..length as u64)
-        .map(|i| (100 + (i * 7919 + 13) % 48_000) as u32)
-        .collect()
-}
 
 fn ours(model: &Llama, tokens: &[u32], decode: usize) -> Result<Speed> {
     let options = GenerateOptions {
@@ -48,45 +36,6 @@ fn ours(model: &Llama, tokens: &[u32], decode: usize) -> Result<Speed> {
         prefill: tokens.len() as f64 / out.prefill.as_secs_f64(),
         decode: (decode - 1) as f64 / out.decode.as_secs_f64(),
     })
-}
-
-fn peer(root: &Path, prompts: &[Vec<u32>], decode: usize, threads: i32) -> Result<Vec<Speed>> {
-    let file =
-        std::env::temp_dir().join(format!("infini-bench-prompts-{}.json", std::process::id()));
-    std::fs::write(&file, serde_json::json!({ "prompts": prompts }).to_string())?;
-    let output = Command::new(root.join(".venv/bin/python"))
-        .arg(root.join("scripts/reference/bench_llama_cpp.py"))
-        .arg(root.join(GGUF))
-        .arg(&file)
-        .args([
-            "--decode",
-            &decode.to_string(),
-            "--threads",
-            &threads.to_string(),
-        ])
-        .output()
-        .context("running scripts/reference/bench_llama_cpp.py")?;
-    let _ = std::fs::remove_file(&file);
-    if !output.status.success() {
-        bail!(
-            "llama-cpp-python bench failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    String::from_utf8(output.stdout)?
-        .lines()
-        .map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line)?;
-            let get = |k: &str| {
-                v[k].as_f64()
-                    .with_context(|| format!("{k} missing in {line}"))
-            };
-            Ok(Speed {
-                prefill: get("prefill_tokens_per_s")?,
-                decode: get("decode_tokens_per_s")?,
-            })
-        })
-        .collect()
 }
 
 fn main() -> Result<()> {

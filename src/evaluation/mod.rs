@@ -48,6 +48,9 @@ pub struct MemoryEvalArgs {
     /// Archive budget of the two readings that show what the continuous signal adds.
     #[arg(long, default_value_t = 8_192)]
     pub small_budget: usize,
+    /// libtorch CPU threads (1 keeps the run steady on a machine doing other work).
+    #[arg(long, default_value_t = 1)]
+    pub threads: i32,
 }
 
 /// One way of reading the past: the plain KV cache (full attention) or a memory layout.
@@ -175,7 +178,7 @@ fn run_reading(
         .map(|c| MemoryLayout::new(c, context, model.options().device))
         .transpose()?;
     let limit = if layout.is_some() { 16_384 } else { context };
-    let text = &text[..text.len().min(limit + 1)];
+    let text = &text[..text.len().min(limit)];
     let losses = Past::new(model, &layout).losses(model, text, args.chunk)?;
     let ppl_4k_8k = perplexity::perplexity(&losses, 4_096..8_192);
     let ppl_12k_16k = perplexity::perplexity(&losses, 12_288..16_384);
@@ -208,6 +211,7 @@ fn run_reading(
 
 /// Runs every reading and writes the report.
 pub fn run_memory_eval(args: &MemoryEvalArgs) -> Result<()> {
+    tch::set_num_threads(args.threads.max(1));
     let text = std::fs::read_to_string(&args.text)
         .with_context(|| format!("reading the evaluation text {}", args.text.display()))?;
     let checkpoint = Checkpoint::open(&args.model)?;

@@ -27,13 +27,15 @@ pub fn markdown(args: &MemoryEvalArgs, results: &[ReadingResult]) -> String {
     let _ = writeln!(
         out,
         "# What each memory tier buys: perplexity and pass-key retrieval\n\n\
-         Produced by `make evaluate` (`infini eval memory --text {} --precision {}`), on {} ({} cores), \
-         SmolLM2-135M-Instruct from the default GGUF, prompts read in chunks of {} tokens. Rerun it to \
-         refresh every number here; `evaluation.json` beside this file holds the same numbers.\n",
+         Produced by `make evaluate` (`infini eval memory --text {} --precision {}`), on {} ({} cores, \
+         {} libtorch thread(s)), SmolLM2-135M-Instruct from the default GGUF, prompts read in chunks \
+         of {} tokens. Rerun it to refresh every number here; `EVALUATION.json` beside this file holds \
+         the same numbers.\n",
         args.text.display(),
         args.precision.name(),
         cpu_name(),
         cores,
+        args.threads,
         args.chunk
     );
     let _ = writeln!(

@@ -1,0 +1,64 @@
+//! What the benchmarks share: the deterministic prompts and the peer, llama-cpp-python (llama.cpp)
+//! on the same GGUF, run by `scripts/reference/bench_llama_cpp.py` in the same run.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// The default model's file, relative to the repository.
+pub const GGUF: &str = infini::model::DEFAULT_MODEL;
+
+/// Tokens per second of one prompt.
+pub struct Speed {
+    #[allow(dead_code)] // each bench target compiles this module; the memory bench reads decode only
+    pub prefill: f64,
+    pub decode: f64,
+}
+
+/// Deterministic, varied token ids (ordinary vocabulary range, no special tokens).
+pub fn prompt(length: usize) -> Vec<u32> {
+    (0..length as u64)
+        .map(|i| (100 + (i * 7919 + 13) % 48_000) as u32)
+        .collect()
+}
+
+pub fn peer(root: &Path, prompts: &[Vec<u32>], decode: usize, threads: i32) -> Result<Vec<Speed>> {
+    let file =
+        std::env::temp_dir().join(format!("infini-bench-prompts-{}.json", std::process::id()));
+    std::fs::write(&file, serde_json::json!({ "prompts": prompts }).to_string())?;
+    let output = Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("scripts/reference/bench_llama_cpp.py"))
+        .arg(root.join(GGUF))
+        .arg(&file)
+        .args([
+            "--decode",
+            &decode.to_string(),
+            "--threads",
+            &threads.to_string(),
+        ])
+        .output()
+        .context("running scripts/reference/bench_llama_cpp.py")?;
+    let _ = std::fs::remove_file(&file);
+    if !output.status.success() {
+        bail!(
+            "llama-cpp-python bench failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    String::from_utf8(output.stdout)?
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            let get = |k: &str| {
+                v[k].as_f64()
+                    .with_context(|| format!("{k} missing in {line}"))
+            };
+            Ok(Speed {
+                prefill: get("prefill_tokens_per_s")?,
+                decode: get("decode_tokens_per_s")?,
+            })
+        })
+        .collect()
+}
+
