@@ -28,7 +28,12 @@ fn env_list(name: &str, default: &str) -> Result<Vec<usize>> {
 }
 
 /// Decode tokens/s over `n` greedy steps after whatever `caches` hold, starting from `last`.
-fn decode_speed<C: LayerCache>(model: &Llama, caches: &mut [C], last: u32, n: usize) -> Result<f64> {
+fn decode_speed<C: LayerCache>(
+    model: &Llama,
+    caches: &mut [C],
+    last: u32,
+    n: usize,
+) -> Result<f64> {
     let options = GenerateOptions {
         max_tokens: n,
         stop_tokens: vec![],
@@ -56,7 +61,11 @@ fn main() -> Result<()> {
     );
 
     // The peer at the points that fit its context.
-    let peer_points: Vec<usize> = points.iter().copied().filter(|&p| p + decode < context).collect();
+    let peer_points: Vec<usize> = points
+        .iter()
+        .copied()
+        .filter(|&p| p + decode < context)
+        .collect();
     let peer_speeds = if std::env::var("INFINI_BENCH_PEER").as_deref() == Ok("0") {
         vec![]
     } else {
@@ -84,7 +93,10 @@ fn main() -> Result<()> {
         let plain = if point + decode < context {
             let mut cache = model.new_cache();
             let _ = prefill(&model, &mut cache, &text[..target], 512)?;
-            format!("{:.1}", decode_speed(&model, &mut cache, text[target], decode)?)
+            format!(
+                "{:.1}",
+                decode_speed(&model, &mut cache, text[target], decode)?
+            )
         } else {
             "— (context full)".into()
         };

@@ -83,7 +83,7 @@ def run_checks(client: openai.OpenAI, model: str) -> None:
     session = client.post("/sessions", cast_to=object, body={})
     sid = session["id"]
     client.chat.completions.create(model=model, max_tokens=12, temperature=0, extra_body={"session_id": sid},
-                                   messages=[{"role": "user", "content": "My name is Zorblax. Please remember my name."}])
+                                   messages=[{"role": "user", "content": "My name is Zorblax."}])
     recall = client.chat.completions.create(model=model, max_tokens=12, temperature=0, extra_body={"session_id": sid},
                                             messages=[{"role": "user", "content": "What is my name?"}])
     answer = recall.choices[0].message.content

@@ -11,7 +11,8 @@ pub const GGUF: &str = infini::model::DEFAULT_MODEL;
 
 /// Tokens per second of one prompt.
 pub struct Speed {
-    #[allow(dead_code)] // each bench target compiles this module; the memory bench reads decode only
+    #[allow(dead_code)]
+    // each bench target compiles this module; the memory bench reads decode only
     pub prefill: f64,
     pub decode: f64,
 }
@@ -61,4 +62,3 @@ pub fn peer(root: &Path, prompts: &[Vec<u32>], decode: usize, threads: i32) -> R
         })
         .collect()
 }
-
