@@ -7,17 +7,27 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 CARGO ?= cargo
 
-.PHONY: setup build demo test lint bench bench-model bench-memory evaluate
+.PHONY: setup build demo demo-memory demo-client test lint bench bench-model bench-memory evaluate
 setup:
 	./scripts/setup.sh
 
 build: setup
 	$(CARGO) build --release
 
+# The product: the OpenAI-compatible server on the default model, sessions in SQLite under data/.
+# Try it with the README's curl and OpenAI SDK examples; Ctrl-C (or SIGTERM) stops it gracefully.
 demo: build
-	./target/release/infini --help
+	./target/release/infini serve
+
+# The earlier demos: the ∞-former memory on its own, and one greedy generation.
+demo-memory: build
 	./target/release/infini demo-memory
 	./target/release/infini generate --prompt "The capital of France is" --temperature 0 --max-tokens 24
+
+# The official openai Python client against a server it starts (installs openai into .venv once).
+demo-client: build
+	.venv/bin/python -c "import openai" 2>/dev/null || .venv/bin/python -m pip install --quiet --disable-pip-version-check openai
+	.venv/bin/python scripts/openai_client_check.py --binary target/release/infini
 
 lint: setup
 	$(CARGO) fmt --check

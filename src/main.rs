@@ -2,7 +2,9 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use infini::api::openapi::ApiDoc;
 use infini::cli::{run_chat, run_generate, ChatArgs, GenerateArgs};
+use infini::config::ServeConfig;
 use infini::demo::{run_memory_demo, MemoryDemo};
 use infini::train::cli::{run_eval, run_train, EvalTask, TrainTask};
 
@@ -16,6 +18,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// The OpenAI-compatible HTTP server with persistent per-session memory.
+    Serve(Box<ServeConfig>),
+    /// Print the server's OpenAPI document (the committed copy is openapi/openapi.json).
+    Openapi,
     /// Stream a long synthetic signal through one ∞-former memory and show that its size and
     /// update cost stay constant while the latest chunk stays readable.
     DemoMemory(MemoryDemo),
@@ -33,6 +39,11 @@ enum Command {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::Serve(config) => infini::api::serve(*config),
+        Command::Openapi => {
+            print!("{}", ApiDoc::json());
+            Ok(())
+        }
         Command::DemoMemory(args) => run_memory_demo(&args, &mut std::io::stdout()),
         Command::Generate(args) => run_generate(&args),
         Command::Chat(args) => run_chat(&args),

@@ -261,15 +261,20 @@ impl Tokenizer {
     /// The ids of `text`; special tokens written in the text (`<|im_start|>`) become their ids.
     /// Prepends BOS when the model asks for it (`tokenizer.ggml.add_bos_token`).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let bos = self.special.bos.filter(|_| self.add_bos);
+        Ok(bos
+            .into_iter()
+            .chain(self.encode_continuation(text)?)
+            .collect())
+    }
+
+    /// The ids of `text` that continues earlier text: never a BOS (a session's later turns).
+    pub fn encode_continuation(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
         let encoding = self
             .inner
             .encode_fast(text, false)
             .map_err(|e| TokenizerError::Encode(e.to_string()))?;
-        let bos = self.special.bos.filter(|_| self.add_bos);
-        Ok(bos
-            .into_iter()
-            .chain(encoding.get_ids().iter().copied())
-            .collect())
+        Ok(encoding.get_ids().to_vec())
     }
 
     /// The text of `ids`; special tokens are kept unless `skip_special`.

@@ -2,7 +2,6 @@
 //! stream tokens through the sampler, the stop rules and the incremental decoder.
 
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -10,33 +9,23 @@ use clap::Args;
 use tch::Device;
 
 mod memory_args;
+mod model_args;
 pub use memory_args::MemoryArgs;
+pub use model_args::ModelArgs;
 
 use crate::engine::generate::{generate, prefill, FinishReason, GenerateOptions};
 use crate::engine::sampler::{Sampler, SamplingParams};
 use crate::engine::stop::{StopChecker, StopRules};
 use crate::memory::MemoryLayout;
-use crate::model::{
-    Checkpoint, KvCache, LayerCache, Llama, ModelOptions, Precision, DEFAULT_MODEL,
-};
+use crate::model::{KvCache, LayerCache, Llama};
 use crate::session::SessionMemory;
 use crate::tokenizer::{ChatMessage, IncrementalDecoder, Tokenizer, Transcript};
 
 /// Model, device and sampling flags shared by `generate` and `chat`; each also reads `INFINI_*`.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// GGUF file or Hugging Face model folder.
-    #[arg(long, env = "INFINI_MODEL", default_value = DEFAULT_MODEL)]
-    pub model: PathBuf,
-    /// f32, bf16 or int4 (int4: CPU only).
-    #[arg(long, env = "INFINI_PRECISION", default_value = "int4")]
-    pub precision: Precision,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, env = "INFINI_DEVICE", default_value = "cpu", value_parser = parse_device)]
-    pub device: Device,
-    /// CPU threads for libtorch (0: libtorch's default).
-    #[arg(long, env = "INFINI_THREADS", default_value_t = 0)]
-    pub threads: usize,
+    #[command(flatten)]
+    pub load: ModelArgs,
     /// 0 is greedy.
     #[arg(long, env = "INFINI_TEMPERATURE", default_value_t = 0.7)]
     pub temperature: f64,
@@ -86,7 +75,8 @@ pub struct ChatArgs {
     pub run: RunArgs,
 }
 
-fn parse_device(text: &str) -> Result<Device, String> {
+/// `cpu`, `cuda` or `cuda:N` as a libtorch device (clap value parser of every `--device`).
+pub fn parse_device(text: &str) -> Result<Device, String> {
     match text {
         "cpu" => Ok(Device::Cpu),
         "cuda" => Ok(Device::Cuda(0)),
@@ -118,28 +108,13 @@ impl Session {
         // Checked first so that bad sampling or stop flags fail before the model loads.
         Self::sampling(args).validate()?;
         StopRules::new(vec![], args.stop.clone(), args.max_tokens)?;
-        if let Device::Cuda(n) = args.device {
-            if !tch::Cuda::is_available() || n >= tch::Cuda::device_count() as usize {
-                bail!("device cuda:{n} is not available on this machine");
-            }
-        }
-        if args.threads > 0 {
-            tch::set_num_threads(args.threads as i32);
-        }
-        let checkpoint = Checkpoint::open(&args.model)?;
-        let tokenizer = checkpoint
-            .tokenizer()
-            .with_context(|| format!("tokenizer of {}", args.model.display()))?;
-        let model = checkpoint.load(ModelOptions {
-            device: args.device,
-            precision: args.precision,
-        })?;
+        let (model, tokenizer) = args.load.load()?;
         let layout = (!args.memory.kv_cache)
             .then(|| {
                 MemoryLayout::new(
                     args.memory.config(),
                     model.config().max_position_embeddings as usize,
-                    args.device,
+                    args.load.device,
                 )
             })
             .transpose()?;

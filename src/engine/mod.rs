@@ -1,6 +1,8 @@
 //! The model's side of serving (`architecture.md`, "Engine"): the generation loop (prefill, then
-//! decode with the cache), and the per-token rules, sampling and stopping.
+//! decode with the cache), the per-token rules, sampling and stopping, and the model thread that
+//! the server submits turns to.
 
 pub mod generate;
 pub mod sampler;
 pub mod stop;
+pub mod worker;

@@ -1,0 +1,160 @@
+//! Prometheus metrics, `infini_` prefix, text format: counters and gauges kept where the work
+//! happens, rendered by `GET /metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// A sum and count (Prometheus summary without quantiles).
+#[derive(Debug, Default)]
+pub struct Summary {
+    micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Summary {
+    pub fn observe(&self, seconds: f64) {
+        self.micros
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The server's metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Requests by (route, status).
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    pub prompt_tokens: AtomicU64,
+    pub completion_tokens: AtomicU64,
+    pub turns_committed: AtomicU64,
+    pub turn_conflicts: AtomicU64,
+    pub sessions_evicted: AtomicU64,
+    pub time_to_first_token: Summary,
+    pub request_duration: Summary,
+}
+
+/// Gauges read at render time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauges {
+    pub in_flight: usize,
+    pub hot_sessions: usize,
+    pub cancelled: usize,
+    pub draining: bool,
+}
+
+impl Metrics {
+    pub fn count_request(&self, route: &str, status: u16) {
+        let mut requests = self.requests.lock().expect("metrics lock");
+        *requests.entry((route.to_string(), status)).or_default() += 1;
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, gauges: Gauges) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, lines: Vec<(String, f64)>| {
+            let _ = writeln!(
+                out,
+                "# HELP infini_{name} {help}\n# TYPE infini_{name} {kind}"
+            );
+            for (labels, value) in lines {
+                let _ = writeln!(out, "infini_{name}{labels} {value}");
+            }
+        };
+        let requests = self.requests.lock().expect("metrics lock").clone();
+        metric(
+            "requests_total",
+            "counter",
+            "HTTP requests by route and status.",
+            requests
+                .into_iter()
+                .map(|((route, status), n)| {
+                    (
+                        format!("{{route=\"{route}\",status=\"{status}\"}}"),
+                        n as f64,
+                    )
+                })
+                .collect(),
+        );
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        let plain = |v: f64| vec![(String::new(), v)];
+        metric(
+            "prompt_tokens_total",
+            "counter",
+            "Prompt tokens fed to the model.",
+            plain(load(&self.prompt_tokens)),
+        );
+        metric(
+            "generated_tokens_total",
+            "counter",
+            "Tokens generated.",
+            plain(load(&self.completion_tokens)),
+        );
+        metric(
+            "turns_committed_total",
+            "counter",
+            "Session turns written through to the store.",
+            plain(load(&self.turns_committed)),
+        );
+        metric(
+            "turn_conflicts_total",
+            "counter",
+            "Session turns refused because another writer moved the session's version.",
+            plain(load(&self.turn_conflicts)),
+        );
+        metric(
+            "sessions_evicted_total",
+            "counter",
+            "Idle sessions whose memory left RAM.",
+            plain(load(&self.sessions_evicted)),
+        );
+        metric(
+            "generations_cancelled_total",
+            "counter",
+            "Generations stopped early because the client disconnected.",
+            plain(gauges.cancelled as f64),
+        );
+        metric(
+            "requests_in_flight",
+            "gauge",
+            "Generations queued or running.",
+            plain(gauges.in_flight as f64),
+        );
+        metric(
+            "sessions_hot",
+            "gauge",
+            "Sessions whose memory is in RAM.",
+            plain(gauges.hot_sessions as f64),
+        );
+        metric(
+            "draining",
+            "gauge",
+            "1 while shutting down.",
+            plain(f64::from(u8::from(gauges.draining))),
+        );
+        for (name, help, summary) in [
+            (
+                "time_to_first_token_seconds",
+                "Seconds from admission to the first generated token.",
+                &self.time_to_first_token,
+            ),
+            (
+                "request_duration_seconds",
+                "Seconds per completion request, admission to the last token.",
+                &self.request_duration,
+            ),
+        ] {
+            metric(
+                name,
+                "summary",
+                help,
+                vec![
+                    ("_sum".into(), load(&summary.micros) / 1e6),
+                    ("_count".into(), load(&summary.count)),
+                ],
+            );
+        }
+        out
+    }
+}

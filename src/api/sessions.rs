@@ -1,0 +1,403 @@
+//! `/v1/sessions`: create, list (paginated), get (with memory statistics), delete, fork, export
+//! (one JSON file: memory, transcript, model fingerprint, format version) and import. A session is
+//! visible only to the key that created it; to any other it does not exist (404).
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::Caller;
+use super::error::{ApiError, ErrorBody};
+use super::json::{parse, ApiJson};
+use super::types::now;
+use super::AppState;
+use crate::store::{SessionHead, SessionRecord};
+use crate::tokenizer::{ChatMessage, Transcript};
+
+/// The export file's `format` and `format_version`.
+pub const EXPORT_FORMAT: &str = "infini.session";
+pub const EXPORT_VERSION: u32 = 1;
+
+/// A session as the API shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SessionObject {
+    pub id: String,
+    /// `session`.
+    pub object: &'static str,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub model_fingerprint: String,
+    /// Bumped by every stored turn.
+    pub version: i64,
+    /// Tokens the memory has absorbed.
+    pub tokens_seen: i64,
+    pub message_count: usize,
+    /// Memory statistics: tokens absorbed, LTM updates, bytes per tier.
+    #[schema(value_type = Object)]
+    pub memory: serde_json::Value,
+    /// The conversation so far (only on `GET /v1/sessions/{id}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<MessageView>>,
+}
+
+/// One stored message.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MessageView {
+    pub role: String,
+    pub content: String,
+}
+
+impl SessionObject {
+    fn of(head: SessionHead, with_messages: bool) -> Self {
+        Self {
+            object: "session",
+            created_at: head.created_at,
+            updated_at: head.updated_at,
+            model_fingerprint: head.model_fingerprint,
+            version: head.version,
+            tokens_seen: head.tokens_seen,
+            message_count: head.transcript.messages.len(),
+            memory: head.stats,
+            messages: with_messages.then(|| {
+                head.transcript
+                    .messages
+                    .into_iter()
+                    .map(|m| MessageView {
+                        role: m.role,
+                        content: m.content,
+                    })
+                    .collect()
+            }),
+            id: head.id,
+        }
+    }
+}
+
+/// A page of sessions.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SessionList {
+    /// `list`.
+    pub object: &'static str,
+    pub data: Vec<SessionObject>,
+    /// Pass as `after` for the next page.
+    pub last_id: Option<String>,
+    pub has_more: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+pub struct ListQuery {
+    /// 1 to 100 (default 20).
+    pub limit: Option<i64>,
+    /// The `last_id` of the previous page.
+    pub after: Option<String>,
+}
+
+/// `DELETE` reply.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Deleted {
+    pub id: String,
+    /// `session.deleted`.
+    pub object: &'static str,
+    pub deleted: bool,
+}
+
+/// The export file.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SessionExport {
+    /// `infini.session`.
+    pub format: String,
+    pub format_version: u32,
+    /// The model the memory belongs to; import refuses another.
+    pub model_fingerprint: String,
+    pub created_at: i64,
+    pub transcript: Vec<MessageView>,
+    /// The rendered conversation the memory holds (chat template text), from which the next
+    /// turn's new text is cut.
+    pub fed: String,
+    /// The memory's exact bytes, base64 (empty: nothing absorbed yet).
+    pub memory: String,
+    pub tokens_seen: i64,
+    #[schema(value_type = Object)]
+    pub stats: serde_json::Value,
+}
+
+/// Ids sort by creation time (list order), then 64 random bits.
+fn new_id() -> String {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("sess_{millis:012x}{:016x}", rand::thread_rng().gen::<u64>())
+}
+
+fn fingerprint(state: &AppState) -> Result<String, ApiError> {
+    state
+        .engine
+        .info()
+        .map(|info| info.fingerprint.clone())
+        .ok_or_else(|| ApiError::unavailable("the model is still loading"))
+}
+
+/// The caller's session, or 404.
+async fn owned(state: &AppState, id: &str, caller: &Caller) -> Result<SessionHead, ApiError> {
+    state
+        .store
+        .head(id)
+        .await?
+        .filter(|head| head.owner == caller.0)
+        .ok_or_else(|| ApiError::unknown_session(id))
+}
+
+/// The caller's session with its memory bytes, or 404.
+async fn owned_with_memory(
+    state: &AppState,
+    id: &str,
+    caller: &Caller,
+) -> Result<(SessionHead, Vec<u8>), ApiError> {
+    let head = owned(state, id, caller).await?;
+    let memory = state
+        .store
+        .memory(id)
+        .await?
+        .ok_or_else(|| ApiError::unknown_session(id))?;
+    Ok((head, memory))
+}
+
+/// Stores a new session for `caller` and answers 201 with it.
+async fn insert(
+    state: &AppState,
+    caller: &Caller,
+    transcript: Transcript,
+    memory: Vec<u8>,
+    tokens_seen: i64,
+    stats: serde_json::Value,
+) -> Result<Response, ApiError> {
+    let time = now();
+    let head = SessionHead {
+        id: new_id(),
+        owner: caller.0.clone(),
+        created_at: time,
+        updated_at: time,
+        model_fingerprint: fingerprint(state)?,
+        version: 0,
+        transcript,
+        stats,
+        tokens_seen,
+    };
+    state
+        .store
+        .insert(&SessionRecord {
+            head: head.clone(),
+            memory,
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(SessionObject::of(head, false))).into_response())
+}
+
+/// Creates an empty session (the body, if any, must be a JSON object; its fields are ignored).
+#[utoipa::path(post, path = "/v1/sessions", tag = "sessions",
+    responses((status = 201, body = SessionObject), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        parse::<serde_json::Map<String, serde_json::Value>>(&body)?;
+    }
+    insert(
+        &state,
+        &caller,
+        Transcript::new(),
+        Vec::new(),
+        0,
+        serde_json::json!({}),
+    )
+    .await
+}
+
+/// Lists the caller's sessions, oldest first.
+#[utoipa::path(get, path = "/v1/sessions", tag = "sessions", params(ListQuery),
+    responses((status = 200, body = SessionList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<SessionList>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_body(format!("invalid query: {e}")))?;
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("limit must be between 1 and 100, got {limit}"),
+        ));
+    }
+    let mut heads = state
+        .store
+        .list(&caller.0, query.after.as_deref(), limit + 1)
+        .await?;
+    let has_more = heads.len() as i64 > limit;
+    heads.truncate(limit as usize);
+    let data: Vec<SessionObject> = heads
+        .into_iter()
+        .map(|h| SessionObject::of(h, false))
+        .collect();
+    Ok(Json(SessionList {
+        object: "list",
+        last_id: data.last().map(|s| s.id.clone()),
+        data,
+        has_more,
+    }))
+}
+
+/// One session with its messages and memory statistics.
+#[utoipa::path(get, path = "/v1/sessions/{id}", tag = "sessions", params(("id" = String, Path)),
+    responses((status = 200, body = SessionObject), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<SessionObject>, ApiError> {
+    Ok(Json(SessionObject::of(
+        owned(&state, &id, &caller).await?,
+        true,
+    )))
+}
+
+/// Deletes a session and its memory.
+#[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "sessions", params(("id" = String, Path)),
+    responses((status = 200, body = Deleted), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Deleted>, ApiError> {
+    if !state.store.delete(&id, &caller.0).await? {
+        return Err(ApiError::unknown_session(&id));
+    }
+    state.hot.forget(&id);
+    Ok(Json(Deleted {
+        id,
+        object: "session.deleted",
+        deleted: true,
+    }))
+}
+
+/// A new session that starts from this one's last stored turn (memory and transcript copied).
+#[utoipa::path(post, path = "/v1/sessions/{id}/fork", tag = "sessions", params(("id" = String, Path)),
+    responses((status = 201, body = SessionObject), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn fork(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (head, memory) = owned_with_memory(&state, &id, &caller).await?;
+    insert(
+        &state,
+        &caller,
+        head.transcript,
+        memory,
+        head.tokens_seen,
+        head.stats,
+    )
+    .await
+}
+
+/// The session as one file: memory bytes, transcript, model fingerprint, format version.
+#[utoipa::path(get, path = "/v1/sessions/{id}/export", tag = "sessions", params(("id" = String, Path)),
+    responses((status = 200, body = SessionExport), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn export(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<SessionExport>, ApiError> {
+    let (head, memory) = owned_with_memory(&state, &id, &caller).await?;
+    Ok(Json(SessionExport {
+        format: EXPORT_FORMAT.into(),
+        format_version: EXPORT_VERSION,
+        model_fingerprint: head.model_fingerprint,
+        created_at: head.created_at,
+        transcript: head
+            .transcript
+            .messages
+            .into_iter()
+            .map(|m| MessageView {
+                role: m.role,
+                content: m.content,
+            })
+            .collect(),
+        fed: head.transcript.fed,
+        memory: BASE64.encode(memory),
+        tokens_seen: head.tokens_seen,
+        stats: head.stats,
+    }))
+}
+
+/// A new session from an export file; refused when it was made by another model or format.
+#[utoipa::path(post, path = "/v1/sessions/import", tag = "sessions", request_body = SessionExport,
+    responses((status = 201, body = SessionObject), (status = 400, description = "Not an export file, another format version, or another model", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn import(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(file): ApiJson<SessionExport>,
+) -> Result<Response, ApiError> {
+    if file.format != EXPORT_FORMAT {
+        return Err(ApiError::invalid(
+            "format",
+            format!("format must be `{EXPORT_FORMAT}`, got `{}`", file.format),
+        ));
+    }
+    if file.format_version != EXPORT_VERSION {
+        return Err(ApiError::invalid(
+            "format_version",
+            format!(
+                "this server reads session format version {EXPORT_VERSION}, the file has {}",
+                file.format_version
+            ),
+        ));
+    }
+    let ours = fingerprint(&state)?;
+    if file.model_fingerprint != ours {
+        return Err(ApiError::invalid(
+            "model_fingerprint",
+            format!(
+                "the session was made with model {}, but this server runs model {ours}; its memory cannot be used here",
+                file.model_fingerprint
+            ),
+        )
+        .with_code("model_mismatch"));
+    }
+    let memory = BASE64
+        .decode(file.memory.as_bytes())
+        .map_err(|e| ApiError::invalid("memory", format!("memory is not base64: {e}")))?;
+    let transcript = Transcript {
+        messages: file
+            .transcript
+            .into_iter()
+            .map(|m| ChatMessage::new(m.role, m.content))
+            .collect(),
+        fed: file.fed,
+    };
+    insert(
+        &state,
+        &caller,
+        transcript,
+        memory,
+        file.tokens_seen,
+        file.stats,
+    )
+    .await
+}

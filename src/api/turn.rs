@@ -1,0 +1,258 @@
+//! One generation request from validated input to a stream of [`TurnEvent`]s: builds the prompt
+//! (a session's new part only: [`Transcript::next_prompt`]), claims the session (409 if a turn holds it), submits to the
+//! engine, and — in a task of its own, so it happens even when the client leaves — writes a
+//! session's turn through to the store before the last event is sent.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::error::ApiError;
+use super::types::{now, Usage};
+use super::validate::{check_prompt_len, GenParams};
+use super::AppState;
+use crate::engine::worker::{Event, Finished, MemorySource, Submission, TokenLogprob, Turn};
+use crate::store::hot::{LiveMemory, SlotGuard};
+use crate::store::{SessionHead, TurnCommit};
+use crate::tokenizer::{ChatMessage, Transcript};
+
+/// What a handler receives.
+#[derive(Debug)]
+pub enum TurnEvent {
+    Text {
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
+    Done {
+        finish_reason: &'static str,
+        usage: Usage,
+    },
+    /// A failure after the response began (stream: an error event, then `[DONE]`).
+    Failed(ApiError),
+}
+
+/// The prompt of a request.
+#[derive(Debug)]
+pub enum TurnInput {
+    /// Plain text, continued as is (`/v1/completions`).
+    Text(String),
+    /// A conversation; with a session id, only its new messages.
+    Chat {
+        messages: Vec<ChatMessage>,
+        session: Option<String>,
+    },
+}
+
+/// A session turn in progress: its slot (held until the turn is stored), the row it read, and
+/// the transcript with the new messages.
+struct SessionTurn {
+    slot: SlotGuard,
+    head: SessionHead,
+    transcript: Transcript,
+}
+
+/// Validates what depends on the model and the session, submits, and returns the event stream.
+/// Every error here comes before any byte of the response.
+pub async fn begin(
+    state: &AppState,
+    owner: &str,
+    input: TurnInput,
+    params: GenParams,
+) -> Result<mpsc::Receiver<TurnEvent>, ApiError> {
+    if state.draining.load(Ordering::SeqCst) {
+        return Err(ApiError::unavailable("the server is shutting down"));
+    }
+    let info = state
+        .engine
+        .info()
+        .ok_or_else(|| ApiError::unavailable("the model is still loading"))?;
+    let tokenizer = &info.tokenizer;
+    let encode_error = |e: crate::tokenizer::TokenizerError| ApiError::internal(e.to_string());
+    let (prompt, memory, session) = match input {
+        TurnInput::Text(text) => {
+            let prompt = tokenizer.encode(&text).map_err(encode_error)?;
+            check_prompt_len(prompt.len(), "prompt", state.limits)?;
+            (prompt, MemorySource::Fresh, None)
+        }
+        TurnInput::Chat {
+            messages,
+            session: None,
+        } => {
+            let template = tokenizer
+                .chat_template()
+                .ok_or_else(|| ApiError::internal("the model has no chat template"))?;
+            let text = template
+                .render(&messages, true)
+                .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+            let prompt = tokenizer.encode(&text).map_err(encode_error)?;
+            check_prompt_len(prompt.len(), "messages", state.limits)?;
+            (prompt, MemorySource::Fresh, None)
+        }
+        TurnInput::Chat {
+            messages,
+            session: Some(id),
+        } => {
+            let head = state
+                .store
+                .head(&id)
+                .await?
+                .filter(|head| head.owner == owner)
+                .ok_or_else(|| ApiError::unknown_session(&id))?;
+            let template = tokenizer
+                .chat_template()
+                .ok_or_else(|| ApiError::internal("the model has no chat template"))?;
+            let mut transcript = head.transcript.clone();
+            let text = transcript
+                .next_prompt(template, &messages)
+                .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+            let prompt = if head.transcript.messages.is_empty() {
+                tokenizer.encode(&text)
+            } else {
+                tokenizer.encode_continuation(&text)
+            }
+            .map_err(encode_error)?;
+            check_prompt_len(prompt.len(), "messages", state.limits)?;
+            let mut slot = state.hot.try_claim(&id).ok_or_else(|| {
+                ApiError::conflict(format!(
+                    "session `{id}` is already running a turn; send the next message when it has finished"
+                ))
+                .with_code("session_busy")
+            })?;
+            let memory = match slot.live.take() {
+                Some(live) if live.version == head.version => MemorySource::Live(live.memory),
+                _ => MemorySource::Stored(
+                    state
+                        .store
+                        .memory(&id)
+                        .await?
+                        .ok_or_else(|| ApiError::unknown_session(&id))?,
+                ),
+            };
+            let turn = SessionTurn {
+                slot,
+                head,
+                transcript,
+            };
+            (prompt, memory, Some(turn))
+        }
+    };
+    let submission = state.engine.submit(Turn {
+        prompt,
+        memory,
+        keep_memory: session.is_some(),
+        sampling: params.sampling,
+        stop: params.stop,
+        max_tokens: params.max_tokens,
+        logprobs: params.logprobs,
+    })?;
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(drive(state.clone(), submission, session, tx));
+    Ok(rx)
+}
+
+/// Forwards the engine's events to the client, then stores a session's turn, then ends the
+/// stream. A client that leaves closes `tx`; dropping the engine's receiver then stops the
+/// generation at its next token.
+async fn drive(
+    state: AppState,
+    submission: Submission,
+    session: Option<SessionTurn>,
+    tx: mpsc::Sender<TurnEvent>,
+) {
+    let started = Instant::now();
+    let Submission { events, finished } = submission;
+    let mut events = Some(events);
+    while let Some(receiver) = events.as_mut() {
+        match receiver.recv().await {
+            Some(Event::Text { text, logprobs }) => {
+                if tx.send(TurnEvent::Text { text, logprobs }).await.is_err() {
+                    events = None; // the client left: stop the generation
+                }
+            }
+            None => break,
+        }
+    }
+    drop(events);
+    let last = match finished.await {
+        Ok(finished) => finish(&state, finished, session, started).await,
+        Err(_) => TurnEvent::Failed(ApiError::internal("the engine stopped during the turn")),
+    };
+    let _ = tx.send(last).await;
+}
+
+/// Records metrics, stores a session's turn, and says how the turn ended.
+async fn finish(
+    state: &AppState,
+    finished: Finished,
+    session: Option<SessionTurn>,
+    started: Instant,
+) -> TurnEvent {
+    let metrics = &state.metrics;
+    metrics
+        .prompt_tokens
+        .fetch_add(finished.prompt_tokens as u64, Ordering::Relaxed);
+    metrics
+        .completion_tokens
+        .fetch_add(finished.completion_tokens as u64, Ordering::Relaxed);
+    if let Some(seconds) = finished.time_to_first_token {
+        metrics.time_to_first_token.observe(seconds);
+    }
+    metrics
+        .request_duration
+        .observe(started.elapsed().as_secs_f64());
+    if finished.cancelled {
+        tracing::info!(
+            generated = finished.completion_tokens,
+            "generation stopped early (client disconnected or shutdown)"
+        );
+    }
+    if let Some(error) = finished.error {
+        tracing::error!(%error, "turn failed");
+        return TurnEvent::Failed(ApiError::internal(format!("generation failed: {error}")));
+    }
+    let usage = Usage::new(finished.prompt_tokens, finished.completion_tokens);
+    let done = TurnEvent::Done {
+        finish_reason: finished.finish_reason,
+        usage,
+    };
+    let (Some(mut turn), Some(kept)) = (session, finished.memory) else {
+        return done;
+    };
+    let mut transcript = turn.transcript;
+    transcript.record_reply(&finished.text);
+    let stats = serde_json::to_value(kept.stats).unwrap_or_default();
+    if state.log_memory_stats {
+        tracing::info!(session = %turn.head.id, %stats, "session memory");
+    }
+    let commit = TurnCommit {
+        id: &turn.head.id,
+        read_version: turn.head.version,
+        transcript: &transcript,
+        memory: &kept.bytes,
+        stats: &stats,
+        tokens_seen: kept.stats.tokens_seen as i64,
+        updated_at: now(),
+    };
+    match state.store.commit_turn(commit).await {
+        Ok(Some(version)) => {
+            metrics.turns_committed.fetch_add(1, Ordering::Relaxed);
+            turn.slot.live = Some(LiveMemory {
+                version,
+                memory: kept.memory,
+            });
+            done
+        }
+        Ok(None) => {
+            metrics.turn_conflicts.fetch_add(1, Ordering::Relaxed);
+            TurnEvent::Failed(
+                ApiError::conflict(format!(
+                    "session `{}` was changed or deleted by another request while this turn ran; the turn was not stored",
+                    turn.head.id
+                ))
+                .with_code("session_version_conflict"),
+            )
+        }
+        Err(error) => TurnEvent::Failed(error.into()),
+    }
+}

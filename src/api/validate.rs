@@ -1,0 +1,340 @@
+//! Request → trusted parameters (`style.md`: validation before any 200). Each rule names the field
+//! it checks; the engine only ever sees [`GenParams`] that passed.
+
+use crate::engine::sampler::{SamplingError, SamplingParams, ValidSampling};
+use crate::engine::stop::{StopError, StopRules};
+use crate::tokenizer::ChatMessage;
+
+use super::error::ApiError;
+use super::types::{InputMessage, MessageContent, SamplingFields};
+
+/// Most alternatives per token (OpenAI's limits: 20 for chat, 5 for completions).
+pub const MAX_TOP_LOGPROBS_CHAT: u64 = 20;
+pub const MAX_LOGPROBS_COMPLETIONS: u64 = 5;
+
+/// The server's limits on one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_tokens: usize,
+    pub max_prompt_tokens: usize,
+}
+
+/// Validated generation parameters.
+#[derive(Debug, Clone)]
+pub struct GenParams {
+    pub sampling: ValidSampling,
+    pub stop: StopRules,
+    pub max_tokens: usize,
+    pub logprobs: Option<usize>,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+fn sampling_param(error: &SamplingError) -> &'static str {
+    match error {
+        SamplingError::Temperature(_) => "temperature",
+        SamplingError::TopP(_) => "top_p",
+        SamplingError::MinP(_) => "min_p",
+        SamplingError::RepetitionPenalty(_) => "repetition_penalty",
+        SamplingError::FrequencyPenalty(_) => "frequency_penalty",
+        SamplingError::PresencePenalty(_) => "presence_penalty",
+        _ => "sampling",
+    }
+}
+
+/// Checks the shared sampling fields; `max_tokens` is the request's budget field (chat's
+/// `max_tokens` or `max_completion_tokens`, named by `budget_field`).
+pub fn gen_params(
+    fields: SamplingFields,
+    max_tokens: Option<(u64, &'static str)>,
+    logprobs: Option<usize>,
+    limits: Limits,
+) -> Result<GenParams, ApiError> {
+    if let Some(n) = fields.n.filter(|&n| n != 1) {
+        return Err(ApiError::invalid(
+            "n",
+            format!("only n = 1 is supported, got {n}"),
+        ));
+    }
+    let defaults = SamplingParams::default();
+    let sampling = SamplingParams {
+        temperature: fields.temperature.unwrap_or(defaults.temperature),
+        top_k: fields.top_k.unwrap_or(defaults.top_k),
+        top_p: fields.top_p.unwrap_or(defaults.top_p),
+        min_p: fields.min_p.unwrap_or(defaults.min_p),
+        repetition_penalty: fields
+            .repetition_penalty
+            .unwrap_or(defaults.repetition_penalty),
+        frequency_penalty: fields
+            .frequency_penalty
+            .unwrap_or(defaults.frequency_penalty),
+        presence_penalty: fields.presence_penalty.unwrap_or(defaults.presence_penalty),
+        seed: fields.seed,
+    }
+    .validate()
+    .map_err(|e| ApiError::invalid(sampling_param(&e), e.to_string()))?;
+    let max_tokens = match max_tokens {
+        None => limits.max_tokens,
+        Some((n, field)) if n == 0 || n > limits.max_tokens as u64 => {
+            return Err(ApiError::invalid(
+                field,
+                format!(
+                    "{field} must be between 1 and {} (this server's limit), got {n}",
+                    limits.max_tokens
+                ),
+            ))
+        }
+        Some((n, _)) => n as usize,
+    };
+    let strings = fields.stop.map(|s| s.into_vec()).unwrap_or_default();
+    let stop = StopRules::new(Vec::new(), strings, max_tokens).map_err(|e| match e {
+        StopError::MaxTokens(_) => ApiError::invalid("max_tokens", e.to_string()),
+        _ => ApiError::invalid("stop", e.to_string()),
+    })?;
+    let include_usage = fields
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
+    if fields.stream_options.is_some() && !fields.stream {
+        return Err(ApiError::invalid(
+            "stream_options",
+            "stream_options is only allowed when stream is true",
+        ));
+    }
+    Ok(GenParams {
+        sampling,
+        stop,
+        max_tokens,
+        logprobs,
+        stream: fields.stream,
+        include_usage,
+    })
+}
+
+/// The one budget field of a chat request (`max_tokens` or `max_completion_tokens`).
+pub fn chat_budget(
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+) -> Result<Option<(u64, &'static str)>, ApiError> {
+    match (max_tokens, max_completion_tokens) {
+        (Some(_), Some(_)) => Err(ApiError::invalid(
+            "max_completion_tokens",
+            "give max_tokens or max_completion_tokens, not both",
+        )),
+        (Some(n), None) => Ok(Some((n, "max_tokens"))),
+        (None, Some(n)) => Ok(Some((n, "max_completion_tokens"))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Chat `logprobs` / `top_logprobs` → alternatives per token.
+pub fn chat_logprobs(logprobs: bool, top: Option<u64>) -> Result<Option<usize>, ApiError> {
+    match (logprobs, top) {
+        (_, Some(k)) if k > MAX_TOP_LOGPROBS_CHAT => Err(ApiError::invalid(
+            "top_logprobs",
+            format!("top_logprobs must be between 0 and {MAX_TOP_LOGPROBS_CHAT}, got {k}"),
+        )),
+        (false, Some(_)) => Err(ApiError::invalid(
+            "top_logprobs",
+            "top_logprobs needs logprobs: true",
+        )),
+        (true, top) => Ok(Some(top.unwrap_or(0) as usize)),
+        (false, None) => Ok(None),
+    }
+}
+
+/// Completions `logprobs` (0..=5).
+pub fn completion_logprobs(logprobs: Option<u64>) -> Result<Option<usize>, ApiError> {
+    match logprobs {
+        Some(k) if k > MAX_LOGPROBS_COMPLETIONS => Err(ApiError::invalid(
+            "logprobs",
+            format!("logprobs must be between 0 and {MAX_LOGPROBS_COMPLETIONS}, got {k}"),
+        )),
+        other => Ok(other.map(|k| k as usize)),
+    }
+}
+
+/// The request's messages as the chat template takes them.
+pub fn messages(input: Vec<InputMessage>) -> Result<Vec<ChatMessage>, ApiError> {
+    if input.is_empty() {
+        return Err(ApiError::invalid("messages", "messages must not be empty"));
+    }
+    input
+        .into_iter()
+        .enumerate()
+        .map(|(i, message)| {
+            let role = match message.role.as_str() {
+                "system" | "developer" => "system",
+                "user" => "user",
+                "assistant" => "assistant",
+                other => {
+                    return Err(ApiError::invalid(
+                        format!("messages[{i}].role"),
+                        format!(
+                            "unsupported role `{other}` (expected system, developer, user or assistant)"
+                        ),
+                    ))
+                }
+            };
+            let content = match message.content {
+                MessageContent::Text(text) => text,
+                MessageContent::Parts(parts) => {
+                    let mut text = String::new();
+                    for (j, part) in parts.into_iter().enumerate() {
+                        match (part.kind.as_str(), part.text) {
+                            ("text", Some(t)) => text.push_str(&t),
+                            (kind, _) => {
+                                return Err(ApiError::invalid(
+                                    format!("messages[{i}].content[{j}]"),
+                                    format!("only text content parts with a `text` field are supported, got `{kind}`"),
+                                ))
+                            }
+                        }
+                    }
+                    text
+                }
+            };
+            Ok(ChatMessage::new(role, content))
+        })
+        .collect()
+}
+
+/// The prompt limit.
+pub fn check_prompt_len(tokens: usize, field: &str, limits: Limits) -> Result<(), ApiError> {
+    if tokens > limits.max_prompt_tokens {
+        return Err(ApiError::invalid(
+            field,
+            format!(
+                "the prompt has {tokens} tokens, more than this server's limit of {} per request",
+                limits.max_prompt_tokens
+            ),
+        )
+        .with_code("context_length_exceeded"));
+    }
+    if tokens == 0 {
+        return Err(ApiError::invalid(field, "the prompt has no tokens"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::types::{ContentPart, StopField, StreamOptions};
+
+    const LIMITS: Limits = Limits {
+        max_tokens: 100,
+        max_prompt_tokens: 50,
+    };
+
+    fn param_of(result: Result<GenParams, ApiError>) -> String {
+        result.unwrap_err().detail.param.unwrap()
+    }
+
+    #[test]
+    fn each_out_of_range_field_is_named() {
+        let with = |f: fn(&mut SamplingFields)| {
+            let mut fields = SamplingFields::default();
+            f(&mut fields);
+            gen_params(fields, None, None, LIMITS)
+        };
+        assert_eq!(param_of(with(|f| f.temperature = Some(2.5))), "temperature");
+        assert_eq!(param_of(with(|f| f.top_p = Some(0.0))), "top_p");
+        assert_eq!(param_of(with(|f| f.min_p = Some(1.5))), "min_p");
+        assert_eq!(
+            param_of(with(|f| f.presence_penalty = Some(-3.0))),
+            "presence_penalty"
+        );
+        assert_eq!(param_of(with(|f| f.n = Some(2))), "n");
+        assert_eq!(
+            param_of(with(|f| f.stop = Some(StopField::Many(vec!["a".into(); 5])))),
+            "stop"
+        );
+        assert_eq!(
+            param_of(with(|f| f.stop = Some(StopField::One(String::new())))),
+            "stop"
+        );
+        assert_eq!(
+            param_of(with(|f| f.stream_options = Some(StreamOptions {
+                include_usage: true
+            }))),
+            "stream_options"
+        );
+        let budget = |n| {
+            gen_params(
+                SamplingFields::default(),
+                Some((n, "max_tokens")),
+                None,
+                LIMITS,
+            )
+        };
+        assert_eq!(param_of(budget(0)), "max_tokens");
+        assert_eq!(param_of(budget(101)), "max_tokens");
+        assert_eq!(budget(100).unwrap().max_tokens, 100);
+        assert_eq!(
+            gen_params(SamplingFields::default(), None, None, LIMITS)
+                .unwrap()
+                .max_tokens,
+            100
+        );
+    }
+
+    #[test]
+    fn budget_and_logprob_fields() {
+        assert!(chat_budget(Some(1), Some(2)).is_err());
+        assert_eq!(
+            chat_budget(None, Some(3)).unwrap(),
+            Some((3, "max_completion_tokens"))
+        );
+        assert_eq!(chat_logprobs(true, Some(3)).unwrap(), Some(3));
+        assert_eq!(chat_logprobs(true, None).unwrap(), Some(0));
+        assert!(chat_logprobs(false, Some(1)).is_err());
+        assert!(chat_logprobs(true, Some(21)).is_err());
+        assert!(completion_logprobs(Some(6)).is_err());
+        assert_eq!(completion_logprobs(Some(5)).unwrap(), Some(5));
+    }
+
+    #[test]
+    fn messages_are_checked_and_flattened() {
+        let message = |role: &str, content: MessageContent| InputMessage {
+            role: role.into(),
+            content,
+        };
+        let parts = MessageContent::Parts(vec![
+            ContentPart {
+                kind: "text".into(),
+                text: Some("a".into()),
+            },
+            ContentPart {
+                kind: "text".into(),
+                text: Some("b".into()),
+            },
+        ]);
+        let out = messages(vec![
+            message("developer", MessageContent::Text("s".into())),
+            message("user", parts),
+        ])
+        .unwrap();
+        assert_eq!(
+            out,
+            vec![
+                ChatMessage::new("system", "s"),
+                ChatMessage::new("user", "ab")
+            ]
+        );
+        let error = messages(vec![message("tool", MessageContent::Text("x".into()))]).unwrap_err();
+        assert_eq!(error.detail.param.as_deref(), Some("messages[0].role"));
+        let image = MessageContent::Parts(vec![ContentPart {
+            kind: "image_url".into(),
+            text: None,
+        }]);
+        let error = messages(vec![message("user", image)]).unwrap_err();
+        assert_eq!(
+            error.detail.param.as_deref(),
+            Some("messages[0].content[0]")
+        );
+        assert!(messages(vec![]).is_err());
+        assert!(check_prompt_len(51, "messages", LIMITS).is_err());
+        assert!(check_prompt_len(50, "messages", LIMITS).is_ok());
+    }
+}

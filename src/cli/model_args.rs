@@ -1,0 +1,53 @@
+//! The model flags shared by every command that loads the model (`generate`, `chat`, `serve`):
+//! which checkpoint, in what precision, on which device, with how many CPU threads; each also an
+//! `INFINI_*` environment variable.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use tch::Device;
+
+use super::parse_device;
+use crate::model::{Checkpoint, Llama, ModelOptions, Precision, DEFAULT_MODEL};
+use crate::tokenizer::Tokenizer;
+
+/// Which model to run, and where.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// GGUF file or Hugging Face model folder.
+    #[arg(long, env = "INFINI_MODEL", default_value = DEFAULT_MODEL)]
+    pub model: PathBuf,
+    /// f32, bf16 or int4 (int4: CPU only).
+    #[arg(long, env = "INFINI_PRECISION", default_value = "int4")]
+    pub precision: Precision,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, env = "INFINI_DEVICE", default_value = "cpu", value_parser = parse_device)]
+    pub device: Device,
+    /// CPU threads for libtorch (0: libtorch's default).
+    #[arg(long, env = "INFINI_THREADS", default_value_t = 0)]
+    pub threads: usize,
+}
+
+impl ModelArgs {
+    /// Sets libtorch's thread count, checks the device, and loads the decoder and its tokenizer.
+    pub fn load(&self) -> Result<(Llama, Tokenizer)> {
+        if let Device::Cuda(n) = self.device {
+            if !tch::Cuda::is_available() || n >= tch::Cuda::device_count() as usize {
+                bail!("device cuda:{n} is not available on this machine");
+            }
+        }
+        if self.threads > 0 {
+            tch::set_num_threads(self.threads as i32);
+        }
+        let checkpoint = Checkpoint::open(&self.model)?;
+        let tokenizer = checkpoint
+            .tokenizer()
+            .with_context(|| format!("tokenizer of {}", self.model.display()))?;
+        let model = checkpoint.load(ModelOptions {
+            device: self.device,
+            precision: self.precision,
+        })?;
+        Ok((model, tokenizer))
+    }
+}
