@@ -38,24 +38,14 @@ pub struct SessionMemory {
     fingerprint: String,
 }
 
-/// What a session remembers, summed over layers (tokens are per layer: every layer holds the same).
+/// What a session remembers: tokens per tier (every layer holds the same) and bytes summed over
+/// layers. Serialises flat: `tokens_seen`, the [`TierStats`] fields, `total_bytes`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct MemoryStats {
-    /// Every token the session has taken in.
+    /// Every token the session has taken in (prompts and replies).
     pub tokens_seen: u64,
-    pub sink_tokens: i64,
-    pub stm_tokens: i64,
-    pub archive_tokens: i64,
-    /// Tokens absorbed into the continuous signal.
-    pub ltm_tokens: u64,
-    /// Updates of the continuous signal (per layer).
-    pub ltm_updates: u64,
-    /// Tokens that left the memory with no tier to take them.
-    pub dropped_tokens: u64,
-    pub sink_bytes: usize,
-    pub stm_bytes: usize,
-    pub archive_bytes: usize,
-    pub ltm_bytes: usize,
+    #[serde(flatten)]
+    pub tiers: TierStats,
     pub total_bytes: usize,
 }
 
@@ -83,27 +73,19 @@ impl SessionMemory {
         let per_layer: Vec<TierStats> = self.layers.iter().map(LayerMemory::stats).collect();
         let first = per_layer.first().copied().unwrap_or_default();
         let sum = |f: fn(&TierStats) -> usize| per_layer.iter().map(f).sum::<usize>();
-        let (sink_bytes, stm_bytes, archive_bytes, ltm_bytes) = (
-            sum(|s| s.sink_bytes),
-            sum(|s| s.stm_bytes),
-            sum(|s| s.archive_bytes),
-            sum(|s| s.ltm_bytes),
-        );
+        let tiers = TierStats {
+            sink_bytes: sum(|s| s.sink_bytes),
+            stm_bytes: sum(|s| s.stm_bytes),
+            archive_bytes: sum(|s| s.archive_bytes),
+            ltm_bytes: sum(|s| s.ltm_bytes),
+            ..first
+        };
         MemoryStats {
             tokens_seen: (first.sink_tokens + first.stm_tokens + first.archive_tokens) as u64
                 + first.ltm_tokens
                 + first.dropped_tokens,
-            sink_tokens: first.sink_tokens,
-            stm_tokens: first.stm_tokens,
-            archive_tokens: first.archive_tokens,
-            ltm_tokens: first.ltm_tokens,
-            ltm_updates: first.ltm_updates,
-            dropped_tokens: first.dropped_tokens,
-            sink_bytes,
-            stm_bytes,
-            archive_bytes,
-            ltm_bytes,
-            total_bytes: sink_bytes + stm_bytes + archive_bytes + ltm_bytes,
+            tiers,
+            total_bytes: tiers.sink_bytes + tiers.stm_bytes + tiers.archive_bytes + tiers.ltm_bytes,
         }
     }
 

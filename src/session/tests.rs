@@ -49,18 +49,24 @@ fn every_tier_fills_and_the_counts_add_up() {
     let (model, layout) = (tiny(Precision::F32), layout());
     let stats = filled(&model, &layout, 100).stats();
     assert_eq!(stats.tokens_seen, 100);
-    assert_eq!((stats.sink_tokens, stats.dropped_tokens), (2, 0));
+    assert_eq!(
+        (stats.tiers.sink_tokens, stats.tiers.dropped_tokens),
+        (2, 0)
+    );
     assert!(
-        stats.stm_tokens <= 16 && stats.archive_tokens <= 16,
+        stats.tiers.stm_tokens <= 16 && stats.tiers.archive_tokens <= 16,
         "{stats:?}"
     );
     assert!(
-        stats.ltm_tokens >= 64 && stats.ltm_updates >= 8,
+        stats.tiers.ltm_tokens >= 64 && stats.tiers.ltm_updates >= 8,
         "{stats:?}"
     );
     assert_eq!(
         stats.total_bytes,
-        stats.sink_bytes + stats.stm_bytes + stats.archive_bytes + stats.ltm_bytes
+        stats.tiers.sink_bytes
+            + stats.tiers.stm_bytes
+            + stats.tiers.archive_bytes
+            + stats.tiers.ltm_bytes
     );
 }
 
