@@ -18,7 +18,7 @@ use super::error::{ApiError, ErrorBody};
 use super::json::{parse, ApiJson};
 use super::types::now;
 use super::AppState;
-use crate::session::MemoryParts;
+use crate::session::{CoreHeader, MemoryParts};
 use crate::store::{ForkOf, SessionHead, SessionRecord};
 use crate::tokenizer::{ChatMessage, Transcript};
 
@@ -388,6 +388,21 @@ pub async fn import(
         .map_err(|e| ApiError::invalid("memory", format!("memory is not base64: {e}")))?;
     let memory = MemoryParts::split(&memory)
         .map_err(|e| ApiError::invalid("memory", format!("memory cannot be read: {e}")))?;
+    if let Some(header) = (!memory.core.is_empty())
+        .then(|| CoreHeader::of(&memory.core))
+        .transpose()
+        .map_err(|e| ApiError::invalid("memory", format!("memory cannot be read: {e}")))?
+        .filter(|header| header.fingerprint != ours)
+    {
+        return Err(ApiError::invalid(
+            "memory",
+            format!(
+                "the memory was made with model {}, but this server runs model {ours}",
+                header.fingerprint
+            ),
+        )
+        .with_code("model_mismatch"));
+    }
     let transcript = Transcript {
         messages: file
             .transcript
