@@ -1,6 +1,6 @@
 //! Incremental session storage over HTTP with the real default model and a small memory (STM 256
-//! tokens, an archive of 512 = 8 blocks of 64), on SQLite and on the PostgreSQL at
-//! 127.0.0.1:5432: long turns fill the archive; each committed turn writes only the blocks the
+//! tokens, an archive of 1024 = 16 blocks of 64, which hands 8 at a time to the continuous signal), on SQLite and on the PostgreSQL at
+//! 127.0.0.1:5432: long turns fill the archive and overflow it; each committed turn writes only the blocks the
 //! store does not have and deletes those the archive popped (metrics and block rows agree); a
 //! fork copies the rows and delete removes them. On SQLite the server also restarts: the exported
 //! bytes are identical and a turn rebuilt from the stored core and blocks answers as the live
@@ -80,7 +80,7 @@ fn blocks_suite(url: &str, db: &[(&str, String)], dir: &TempDir, restart: bool) 
         ("INFINI_DATA_DIR", dir.0.display().to_string()),
         ("INFINI_API_KEYS", "alice:key-a".to_string()),
         ("INFINI_STM_LEN", "256".to_string()),
-        ("INFINI_ARCHIVE_BUDGET", "512".to_string()),
+        ("INFINI_ARCHIVE_BUDGET", "1024".to_string()),
     ];
     env.extend(db.iter().cloned());
     let server = Server::start(&env, &dir.0);
@@ -95,24 +95,42 @@ fn blocks_suite(url: &str, db: &[(&str, String)], dir: &TempDir, restart: bool) 
     assert_eq!(first.len() as u64, held_blocks(&server, &a));
     assert_eq!(counters(&server), (first.len() as u64, 0));
 
-    // Turn two: about 600 more tokens overflow the 8-block archive; only the new blocks are
-    // written and the popped ones deleted.
-    turn(&server, &a, &long_text(40, 34), 4);
+    // Turn two: about 150 more tokens, a block or two, no overflow: only the new blocks are
+    // written, the ones of turn one are not written again.
+    turn(&server, &a, &long_text(10, 34), 4);
     let second = stored_blocks(url, &a);
     assert_eq!(second.len() as u64, held_blocks(&server, &a));
     assert!(
-        second.len() <= 8,
-        "the archive keeps its budget: {second:?}"
+        second.len() > first.len() && second.starts_with(&first),
+        "turn two adds to turn one's blocks: {first:?} then {second:?}"
     );
-    assert!(second.windows(2).all(|w| w[1] == w[0] + 1), "{second:?}");
+    assert_eq!(counters(&server), (second.len() as u64, 0));
+
+    // Turn three: about 600 more tokens overflow the 16-block archive; its new blocks are written
+    // and the popped ones deleted.
+    turn(&server, &a, &long_text(40, 44), 4);
+    let third = stored_blocks(url, &a);
+    assert_eq!(third.len() as u64, held_blocks(&server, &a));
+    assert!(third.len() <= 16, "the archive keeps its budget: {third:?}");
     assert!(
-        second[0] > first[0],
-        "popped blocks leave the store: {second:?}"
+        third[0] <= second[second.len() - 1],
+        "some blocks stay: {third:?}"
     );
-    let new = second.iter().filter(|n| !first.contains(n)).count() as u64;
-    let popped = first.iter().filter(|n| !second.contains(n)).count() as u64;
-    assert!(popped > 0);
-    assert_eq!(counters(&server), (first.len() as u64 + new, popped));
+    assert!(third.windows(2).all(|w| w[1] == w[0] + 1), "{third:?}");
+    assert!(
+        third[0] > second[0],
+        "popped blocks leave the store: {third:?}"
+    );
+    let new = third.iter().filter(|n| !second.contains(n)).count() as u64;
+    let popped = second.iter().filter(|n| !third.contains(n)).count() as u64;
+    assert_eq!(counters(&server), (second.len() as u64 + new, popped));
+    let memory = &session(&server, &a)["memory"];
+    eprintln!(
+        "blocks held after each turn: {first:?}, {second:?}, {third:?}; turn three wrote {new} \
+         and deleted {popped}; {} archive bytes per block, {} memory bytes in all",
+        memory["archive_bytes"].as_u64().unwrap() / third.len() as u64,
+        memory["total_bytes"]
+    );
 
     // A fork copies the rows; its state is what `a` holds now.
     let fork = server.request(
@@ -123,7 +141,7 @@ fn blocks_suite(url: &str, db: &[(&str, String)], dir: &TempDir, restart: bool) 
     );
     assert_eq!(fork.status, 201, "{}", fork.text());
     let f = fork.json()["id"].as_str().unwrap().to_string();
-    assert_eq!(stored_blocks(url, &f), second);
+    assert_eq!(stored_blocks(url, &f), third);
     let exported = export(&server, &a);
     assert_eq!(export(&server, &f)["memory"], exported["memory"]);
     let server = if restart {
