@@ -21,6 +21,9 @@ use crate::memory::{LayerMemory, LayerShape, MemoryLayout, TierStats};
 use crate::model::Llama;
 
 pub use crate::memory::SessionFormatError;
+pub use parts::{CoreHeader, MemoryParts};
+
+pub mod parts;
 
 /// The version of the byte layout this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -128,13 +131,11 @@ impl SessionMemory {
 
     /// The whole memory as one byte string: the core, then every held block.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut w = Writer::new();
-        w.u64(u64::from_le_bytes(*MAGIC));
-        w.bytes(&self.core_bytes());
-        for block in self.archive_blocks() {
-            w.bytes(&self.block_bytes(block).expect("the block is held"));
-        }
-        w.into_bytes()
+        let blocks: Vec<Vec<u8>> = self
+            .archive_blocks()
+            .map(|block| self.block_bytes(block).expect("the block is held"))
+            .collect();
+        parts::join(&self.core_bytes(), blocks.iter().map(Vec::as_slice))
     }
 
     /// Reads a memory written by [`SessionMemory::to_bytes`], for `model` laid out as `layout`.
@@ -143,15 +144,7 @@ impl SessionMemory {
         model: &Llama,
         layout: &MemoryLayout,
     ) -> Result<Self, SessionFormatError> {
-        let mut r = Reader::new(bytes);
-        if r.u64().ok() != Some(u64::from_le_bytes(*MAGIC)) {
-            return Err(SessionFormatError::NotAMemory);
-        }
-        let core = r.bytes()?;
-        let mut blocks = Vec::new();
-        while !r.is_done() {
-            blocks.push(r.bytes()?);
-        }
+        let (core, blocks) = parts::split(bytes)?;
         Self::from_parts(core, &blocks, model, layout)
     }
 
@@ -163,41 +156,31 @@ impl SessionMemory {
         layout: &MemoryLayout,
     ) -> Result<Self, SessionFormatError> {
         let mut r = Reader::new(core);
-        if r.u64().ok() != Some(u64::from_le_bytes(*MAGIC)) {
-            return Err(SessionFormatError::NotAMemory);
-        }
-        let version = r.u32()?;
-        if version != FORMAT_VERSION {
-            return Err(SessionFormatError::Version {
-                found: version,
-                supported: FORMAT_VERSION,
-            });
-        }
+        let header = CoreHeader::read(&mut r)?;
         let expected = model_fingerprint(model);
-        let found = r.str()?;
-        if found != expected {
+        if header.fingerprint != expected {
             return Err(SessionFormatError::OtherModel {
-                found: found.to_string(),
+                found: header.fingerprint,
                 expected,
             });
         }
         let config = layout.config();
-        let (found, expected) = (r.str()?, layout_text(Some(config)));
-        if found != expected {
+        let expected = layout_text(Some(config));
+        if header.layout != expected {
             return Err(SessionFormatError::OtherLayout {
-                found: found.to_string(),
+                found: header.layout,
                 expected,
             });
         }
         let cfg = model.config();
-        let layers = r.u32()? as i64;
+        let layers = i64::from(header.layers);
         if layers != cfg.num_layers {
             return Err(SessionFormatError::Corrupt(format!(
                 "{layers} layers for a model of {}",
                 cfg.num_layers
             )));
         }
-        let (first_block, held) = (r.u64()?, r.u64()?);
+        let (first_block, held) = (header.blocks.start, header.blocks.end - header.blocks.start);
         if held != blocks.len() as u64 {
             return Err(SessionFormatError::Corrupt(format!(
                 "the core names {held} archive blocks, {} were given",

@@ -118,6 +118,22 @@ fn archive_blocks_can_be_written_incrementally() {
         SessionMemory::from_parts(&memory.core_bytes(), &blocks, &model, &layout).unwrap();
     assert_eq!(rebuilt.to_bytes(), memory.to_bytes());
     assert!(memory.block_bytes(after.end).is_none());
+
+    // The one-file form splits, without the model, into exactly the core and the held blocks.
+    let whole = memory.to_bytes();
+    let parts = MemoryParts::split(&whole).unwrap();
+    assert_eq!(parts.core, memory.core_bytes());
+    assert_eq!(parts.blocks, stored.into_values().collect::<Vec<_>>());
+    assert_eq!(parts.block_numbers().unwrap(), after);
+    assert_eq!(parts.join(), whole);
+    assert_eq!(MemoryParts::split(&[]).unwrap(), MemoryParts::default());
+    // A file missing its last block is refused.
+    let (core, blocks) = parts::split(&whole).unwrap();
+    let short = parts::join(core, blocks[..blocks.len() - 1].iter().copied());
+    assert!(matches!(
+        MemoryParts::split(&short),
+        Err(SessionFormatError::Corrupt(_))
+    ));
 }
 
 #[test]
