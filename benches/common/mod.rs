@@ -38,6 +38,11 @@ pub fn peer(root: &Path, prompts: &[Vec<u32>], decode: usize, threads: i32) -> R
             "--threads",
             &threads.to_string(),
         ])
+        // INFINI_BENCH_PEER_BATCHED=1 prefills in one batch where the peer's build allows it.
+        .args(
+            (std::env::var("INFINI_BENCH_PEER_BATCHED").as_deref() != Ok("1"))
+                .then_some("--token-by-token"),
+        )
         .output()
         .context("running scripts/reference/bench_llama_cpp.py")?;
     let _ = std::fs::remove_file(&file);

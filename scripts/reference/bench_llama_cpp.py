@@ -25,6 +25,9 @@ def main() -> None:
     parser.add_argument("tokens_json")
     parser.add_argument("--decode", type=int, default=64)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--token-by-token", action="store_true",
+                        help="prefill one token per eval: llama-cpp-python 0.3.36 built here (AMX_INT8 "
+                             "CPU) segfaults in llama_decode on batches of 2+ tokens; decode is unaffected")
     args = parser.parse_args()
     ensure_packages("llama_cpp==llama-cpp-python==0.3.36")
     import numpy as np
@@ -34,11 +37,18 @@ def main() -> None:
     context = max(len(p) for p in prompts) + args.decode + 16
     llm = Llama(model_path=args.gguf, n_ctx=context, n_batch=max(512, context), n_ubatch=512,
                 n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
-    llm.eval(prompts[0][:8])  # warm-up
+    def feed(tokens):
+        if args.token_by_token:
+            for token in tokens:
+                llm.eval([token])
+        else:
+            llm.eval(tokens)
+
+    feed(prompts[0][:8])  # warm-up
     for prompt in prompts:
         llm.reset()
         start = time.perf_counter()
-        llm.eval(prompt)
+        feed(prompt)
         prefill = time.perf_counter() - start
         token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
         start = time.perf_counter()
