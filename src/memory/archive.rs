@@ -97,10 +97,19 @@ impl Archive {
     }
 
     /// Appends one block: keys (rotated to the memory position) and values `[B, H_kv, block_len, D]`.
+    /// A block that cannot be stored (a spill file that cannot be made) leaves the archive as it was.
     pub fn push(&mut self, keys: &Tensor, values: &Tensor) -> Result<(), SpillError> {
         debug_assert_eq!(keys.size()[2], self.block_len);
-        self.keys.append(keys)?;
-        self.values.append(values)?;
+        let tokens = self.tokens();
+        let stored = self
+            .keys
+            .append(keys)
+            .and_then(|()| self.values.append(values));
+        if let Err(e) = stored {
+            self.keys.truncate(tokens);
+            self.values.truncate(tokens);
+            return Err(e);
+        }
         self.representatives
             .append(&keys.mean_dim(2, true, keys.kind()));
         self.pushed += 1;

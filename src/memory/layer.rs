@@ -124,7 +124,11 @@ impl LayerMemory {
         }
         for block in 0..blocks {
             let (keys, values) = (keys.narrow(2, block * n, n), values.narrow(2, block * n, n));
-            self.archive_block(&keys, &values)?;
+            if let Err(e) = self.archive_block(&keys, &values) {
+                // The blocks not archived are lost; they count as dropped, so the tallies still add up.
+                self.dropped += ((blocks - block) * n) as u64;
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -563,5 +567,31 @@ mod tests {
             i.archive_bytes,
             e.archive_bytes
         );
+    }
+
+    /// A spill file that cannot be made (the directory is gone) is an error naming the file, not
+    /// a panic; the blocks it would have held count as dropped and the archive stays consistent.
+    #[test]
+    fn a_failed_spill_is_an_error_and_leaves_the_tallies_whole() {
+        tch::manual_seed(16);
+        let rope = Rope::new(DIM as usize, 10000.0).table(256, Kind::Double, Device::Cpu);
+        let dir = crate::memory::spill::ScratchDir::new("layer-spill-gone");
+        let gone = dir.path().join("gone");
+        let mut memory = LayerMemory::new(
+            MemoryConfig {
+                spill_dir: Some(gone.clone()),
+                ..small(2, 8, 2, 64)
+            },
+            None,
+        );
+        let (q, k, v) = step(12);
+        let err = memory.attend(&q, &k, &v, &rope).unwrap_err();
+        assert!(
+            err.to_string().contains(gone.to_str().unwrap()),
+            "the error names no file: {err}"
+        );
+        let s = memory.stats();
+        assert_eq!((s.archive_tokens, s.dropped_tokens), (0, 4), "{s:?}");
+        assert_eq!(s.sink_tokens + s.stm_tokens + s.dropped_tokens as i64, 12);
     }
 }

@@ -98,6 +98,11 @@ impl Window {
         Ok(())
     }
 
+    /// Forgets every token after the first `len` (undoing a partial append).
+    pub fn truncate(&mut self, len: i64) {
+        self.len = self.len.min(len);
+    }
+
     /// Removes the oldest `n` tokens and returns them as a new tensor `[B, H, n, D]`.
     pub fn take_front(&mut self, n: i64) -> Tensor {
         assert!(n <= self.len, "taking {n} of {} tokens", self.len);

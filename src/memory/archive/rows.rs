@@ -83,6 +83,14 @@ impl Rows {
         }
     }
 
+    /// Forgets every token after the first `len` (undoing a partial append).
+    pub fn truncate(&mut self, len: i64) {
+        self.codes.truncate(len);
+        if let Some(scales) = &mut self.scales {
+            scales.truncate(len);
+        }
+    }
+
     /// Appends rows exactly as stored (a restore).
     pub fn append_stored(&mut self, rows: &StoredRows) -> Result<(), SpillError> {
         self.codes.try_append(&rows.codes)?;
