@@ -111,13 +111,13 @@ fn main() -> Result<()> {
             first_point.map_or("—".into(), |f| format!("{:+.1}%", (f / speed - 1.0) * 100.0)),
             peer.map_or("—".into(), |p| format!("{:.1}", p.decode)),
             peer.map_or("—".into(), |p| format!("{:.2}", speed / p.decode)),
-            s.sink_tokens,
-            s.stm_tokens,
-            s.archive_tokens,
-            s.ltm_tokens,
-            s.stm_bytes,
-            s.archive_bytes,
-            s.ltm_bytes,
+            s.tiers.sink_tokens,
+            s.tiers.stm_tokens,
+            s.tiers.archive_tokens,
+            s.tiers.ltm_tokens,
+            s.tiers.stm_bytes,
+            s.tiers.archive_bytes,
+            s.tiers.ltm_bytes,
             s.total_bytes
         );
     }

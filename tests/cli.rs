@@ -114,22 +114,19 @@ fn chat_answers_two_lines_and_keeps_the_conversation() {
     if !model_present() {
         return;
     }
-    let lines = "Hello! What is your name?\nAnd what can you do?\n";
+    // Two greedy turns with one extra flag; returns stdout, stderr.
+    let chat = |flag: &str| {
+        let output = infini(
+            &["chat", "--temperature", "0", "--max-tokens", "8", flag],
+            "Hello! What is your name?\nAnd what can you do?\n",
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        assert!(output.status.success(), "{stderr}");
+        (String::from_utf8(output.stdout).unwrap(), stderr)
+    };
     // The session memory (default): the second turn feeds only its new text, and the memory has
     // taken in both turns and the replies.
-    let output = infini(
-        &[
-            "chat",
-            "--temperature",
-            "0",
-            "--max-tokens",
-            "8",
-            "--memory-stats",
-        ],
-        lines,
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
+    let (stdout, stderr) = chat("--memory-stats");
     let (prompts, seen) = turn_counts(&stderr);
     assert_eq!((prompts.len(), seen.len()), (2, 2), "{stderr}");
     assert!(prompts[1] < prompts[0], "{prompts:?}");
@@ -137,20 +134,9 @@ fn chat_answers_two_lines_and_keeps_the_conversation() {
         seen[0] >= prompts[0] as u64 && seen[1] >= seen[0] + prompts[1] as u64,
         "{seen:?}"
     );
-    assert!(!String::from_utf8(output.stdout).unwrap().trim().is_empty());
+    assert!(!stdout.trim().is_empty());
     // The plain KV cache: the conversation is re-run, so the second prompt holds the first turn.
-    let output = infini(
-        &[
-            "chat",
-            "--temperature",
-            "0",
-            "--max-tokens",
-            "8",
-            "--kv-cache",
-        ],
-        lines,
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (_, stderr) = chat("--kv-cache");
     let (prompts, _) = turn_counts(&stderr);
     assert_eq!(prompts.len(), 2, "{stderr}");
     assert!(prompts[1] > prompts[0] + 8, "{prompts:?}");

@@ -7,6 +7,9 @@
 mod common;
 
 use std::io::Read;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use std::time::{Duration, Instant};
 
 use common::{chat, model_present, read_events, reply_text, PgSchema, Server, TempDir};
@@ -226,6 +229,14 @@ fn session_suite(db: &[(&str, String)], dir: &TempDir) {
     server
         .post("/v1/sessions/import", Some(ALICE), &future)
         .expect_error(400);
+    // A memory cut short (its core names blocks that are not there) is refused, naming the field.
+    let memory = BASE64.decode(export_b["memory"].as_str().unwrap()).unwrap();
+    let mut cut = export_b.clone();
+    cut["memory"] = json!(BASE64.encode(&memory[..memory.len() / 2]));
+    let error = server
+        .post("/v1/sessions/import", Some(ALICE), &cut)
+        .expect_error(400);
+    assert_eq!(error["param"], "memory", "{error}");
 
     // Idle sessions leave RAM (1 s here) and come back from the database on their next turn.
     assert!(!turn(&server, &a, "Thank you.", 4).is_empty());

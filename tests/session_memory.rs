@@ -71,7 +71,7 @@ fn a_short_conversation_decodes_exactly_as_the_plain_kv_cache() {
     );
     let stats = memory.stats();
     assert!(stats.tokens_seen < MemoryConfig::default().stm_len as u64);
-    assert_eq!((stats.archive_tokens, stats.ltm_tokens), (0, 0));
+    assert_eq!((stats.tiers.archive_tokens, stats.tiers.ltm_tokens), (0, 0));
 
     let mut memory = SessionMemory::new(&model, &layout);
     let a = prefill(&model, memory.caches(), &prompt, 512).unwrap();
@@ -98,7 +98,7 @@ fn a_restored_memory_continues_exactly() {
     let _ = prefill(&model, original.caches(), &tokens, 384).unwrap();
     let stats = original.stats();
     assert!(
-        stats.archive_tokens > 0 && stats.ltm_updates > 0,
+        stats.tiers.archive_tokens > 0 && stats.tiers.ltm_updates > 0,
         "{stats:?}"
     );
     let bytes = original.to_bytes();

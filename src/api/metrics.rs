@@ -30,6 +30,9 @@ pub struct Metrics {
     pub completion_tokens: AtomicU64,
     pub turns_committed: AtomicU64,
     pub turn_conflicts: AtomicU64,
+    /// Archive block rows written and deleted by committed turns.
+    pub block_writes: AtomicU64,
+    pub block_deletes: AtomicU64,
     pub sessions_evicted: AtomicU64,
     pub time_to_first_token: Summary,
     pub request_duration: Summary,
@@ -102,6 +105,18 @@ impl Metrics {
             "counter",
             "Session turns refused because another writer moved the session's version.",
             plain(load(&self.turn_conflicts)),
+        );
+        metric(
+            "store_block_writes_total",
+            "counter",
+            "Archive blocks of session memories written to the store by committed turns.",
+            plain(load(&self.block_writes)),
+        );
+        metric(
+            "store_block_deletes_total",
+            "counter",
+            "Archive blocks deleted from the store because a committed turn's memory let them go.",
+            plain(load(&self.block_deletes)),
         );
         metric(
             "sessions_evicted_total",

@@ -18,7 +18,8 @@ use super::error::{ApiError, ErrorBody};
 use super::json::{parse, ApiJson};
 use super::types::now;
 use super::AppState;
-use crate::store::{SessionHead, SessionRecord};
+use crate::session::{CoreHeader, MemoryParts};
+use crate::store::{ForkOf, SessionHead, SessionRecord};
 use crate::tokenizer::{ChatMessage, Transcript};
 
 /// The export file's `format` and `format_version`.
@@ -159,7 +160,7 @@ async fn owned_with_memory(
     state: &AppState,
     id: &str,
     caller: &Caller,
-) -> Result<(SessionHead, Vec<u8>), ApiError> {
+) -> Result<(SessionHead, MemoryParts), ApiError> {
     let head = owned(state, id, caller).await?;
     let memory = state
         .store
@@ -174,7 +175,7 @@ async fn insert(
     state: &AppState,
     caller: &Caller,
     transcript: Transcript,
-    memory: Vec<u8>,
+    memory: MemoryParts,
     tokens_seen: i64,
     stats: serde_json::Value,
 ) -> Result<Response, ApiError> {
@@ -216,7 +217,7 @@ pub async fn create(
         &state,
         &caller,
         Transcript::new(),
-        Vec::new(),
+        MemoryParts::default(),
         0,
         serde_json::json!({}),
     )
@@ -302,16 +303,18 @@ pub async fn fork(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let (head, memory) = owned_with_memory(&state, &id, &caller).await?;
-    insert(
-        &state,
-        &caller,
-        head.transcript,
-        memory,
-        head.tokens_seen,
-        head.stats,
-    )
-    .await
+    let fork = ForkOf {
+        source: &id,
+        owner: &caller.0,
+        id: &new_id(),
+        created_at: now(),
+    };
+    let head = state
+        .store
+        .fork(fork)
+        .await?
+        .ok_or_else(|| ApiError::unknown_session(&id))?;
+    Ok((StatusCode::CREATED, Json(SessionObject::of(head, false))).into_response())
 }
 
 /// The session as one file: memory bytes, transcript, model fingerprint, format version.
@@ -339,7 +342,7 @@ pub async fn export(
             })
             .collect(),
         fed: head.transcript.fed,
-        memory: BASE64.encode(memory),
+        memory: BASE64.encode(memory.join()),
         tokens_seen: head.tokens_seen,
         stats: head.stats,
     }))
@@ -383,6 +386,23 @@ pub async fn import(
     let memory = BASE64
         .decode(file.memory.as_bytes())
         .map_err(|e| ApiError::invalid("memory", format!("memory is not base64: {e}")))?;
+    let memory = MemoryParts::split(&memory)
+        .map_err(|e| ApiError::invalid("memory", format!("memory cannot be read: {e}")))?;
+    if let Some(header) = (!memory.core.is_empty())
+        .then(|| CoreHeader::of(&memory.core))
+        .transpose()
+        .map_err(|e| ApiError::invalid("memory", format!("memory cannot be read: {e}")))?
+        .filter(|header| header.fingerprint != ours)
+    {
+        return Err(ApiError::invalid(
+            "memory",
+            format!(
+                "the memory was made with model {}, but this server runs model {ours}",
+                header.fingerprint
+            ),
+        )
+        .with_code("model_mismatch"));
+    }
     let transcript = Transcript {
         messages: file
             .transcript

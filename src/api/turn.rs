@@ -229,16 +229,24 @@ async fn finish(
         id: &turn.head.id,
         read_version: turn.head.version,
         transcript: &transcript,
-        memory: &kept.bytes,
+        core: &kept.core,
+        blocks: kept.blocks.clone(),
+        new_blocks: &kept.new_blocks,
         stats: &stats,
         tokens_seen: kept.stats.tokens_seen as i64,
         updated_at: now(),
     };
     match state.store.commit_turn(commit).await {
-        Ok(Some(version)) => {
+        Ok(Some(committed)) => {
             metrics.turns_committed.fetch_add(1, Ordering::Relaxed);
+            metrics
+                .block_writes
+                .fetch_add(committed.blocks_written, Ordering::Relaxed);
+            metrics
+                .block_deletes
+                .fetch_add(committed.blocks_deleted, Ordering::Relaxed);
             turn.slot.live = Some(LiveMemory {
-                version,
+                version: committed.version,
                 memory: kept.memory,
             });
             done

@@ -8,6 +8,7 @@
 //! `submit` boundary.
 
 use std::cell::RefCell;
+use std::ops::Range;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
@@ -22,7 +23,7 @@ use super::stop::{FinishReason, StopChecker, StopRules};
 use crate::cli::ModelArgs;
 use crate::memory::{MemoryConfig, MemoryLayout};
 use crate::model::{Llama, ModelError};
-use crate::session::{model_fingerprint, MemoryStats, SessionMemory};
+use crate::session::{model_fingerprint, MemoryParts, MemoryStats, SessionMemory};
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
 
 /// Where a turn's memory comes from.
@@ -32,8 +33,8 @@ pub enum MemorySource {
     Fresh,
     /// A live memory from the hot cache.
     Live(SessionMemory),
-    /// Stored bytes ([`SessionMemory::to_bytes`]), rebuilt on the model thread.
-    Stored(Vec<u8>),
+    /// The stored core and blocks, rebuilt on the model thread (an empty core: a fresh memory).
+    Stored(MemoryParts),
 }
 
 /// One turn to run: feed `prompt` after what the memory holds and generate; a session's memory
@@ -83,18 +84,40 @@ pub struct Finished {
     pub text: String,
     /// A failure after the turn began (the memory is then not returned).
     pub error: Option<String>,
-    /// With `keep_memory`: the memory after the turn, its bytes and statistics.
+    /// With `keep_memory`: the memory after the turn, what a store writes of it, and statistics.
     pub memory: Option<KeptMemory>,
     /// Seconds from admission to the first token.
     pub time_to_first_token: Option<f64>,
 }
 
-/// A session's memory after a turn, ready to store.
+/// A session's memory after a turn, ready to store: its core and the archive blocks the turn
+/// added (the store has those the memory held before the turn).
 #[derive(Debug)]
 pub struct KeptMemory {
     pub memory: SessionMemory,
-    pub bytes: Vec<u8>,
+    pub core: Vec<u8>,
+    /// The blocks held after the turn.
+    pub blocks: Range<u64>,
+    /// The blocks held now that were not held when the turn began, numbered.
+    pub new_blocks: Vec<(u64, Vec<u8>)>,
     pub stats: MemoryStats,
+}
+
+impl KeptMemory {
+    /// What to store of `memory`, which held the blocks `before` when the turn began.
+    fn of(memory: SessionMemory, before: Range<u64>) -> Self {
+        let blocks = memory.archive_blocks();
+        let new_blocks = (before.end.max(blocks.start)..blocks.end)
+            .map(|n| (n, memory.block_bytes(n).expect("the block is held")))
+            .collect();
+        Self {
+            core: memory.core_bytes(),
+            stats: memory.stats(),
+            blocks,
+            new_blocks,
+            memory,
+        }
+    }
 }
 
 /// The two ends a handler holds for one submitted turn.
@@ -273,8 +296,9 @@ impl Worker {
     fn memory(&self, source: MemorySource) -> Result<SessionMemory, String> {
         match source {
             MemorySource::Live(memory) => Ok(memory),
-            MemorySource::Stored(bytes) if !bytes.is_empty() => {
-                SessionMemory::from_bytes(&bytes, &self.model, &self.layout)
+            MemorySource::Stored(parts) if !parts.core.is_empty() => {
+                let blocks: Vec<&[u8]> = parts.blocks.iter().map(Vec::as_slice).collect();
+                SessionMemory::from_parts(&parts.core, &blocks, &self.model, &self.layout)
                     .map_err(|e| e.to_string())
             }
             MemorySource::Fresh | MemorySource::Stored(_) => {
@@ -302,16 +326,9 @@ impl Worker {
                 return outcome;
             }
         };
+        let before = memory.archive_blocks();
         match self.generate(engine, &turn, started, &mut memory, &mut outcome) {
-            Ok(()) if turn.keep_memory => {
-                let bytes = memory.to_bytes();
-                let stats = memory.stats();
-                outcome.memory = Some(KeptMemory {
-                    memory,
-                    bytes,
-                    stats,
-                });
-            }
+            Ok(()) if turn.keep_memory => outcome.memory = Some(KeptMemory::of(memory, before)),
             Ok(()) => {}
             Err(e) => outcome.error = Some(e.to_string()),
         }

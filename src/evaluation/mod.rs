@@ -48,6 +48,10 @@ pub struct MemoryEvalArgs {
     /// Archive budget of the two readings that show what the continuous signal adds.
     #[arg(long, default_value_t = 8_192)]
     pub small_budget: usize,
+    /// Keep the numbers of an earlier run (the JSON beside `--out`) and measure only what it lacks:
+    /// readings, perplexities or pass-key lengths. The report is rewritten after every reading.
+    #[arg(long)]
+    pub resume: bool,
     /// libtorch CPU threads (1 keeps the run steady on a machine doing other work).
     #[arg(long, default_value_t = 1)]
     pub threads: i32,
@@ -129,7 +133,7 @@ fn readings(args: &MemoryEvalArgs, context: usize) -> Vec<Reading> {
 }
 
 /// The numbers of one reading.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 struct ReadingResult {
     name: String,
     ppl_4k_8k: Option<f64>,
@@ -180,6 +184,7 @@ fn run_reading(
     text: &[u32],
     reading: &Reading,
     args: &MemoryEvalArgs,
+    previous: Option<&ReadingResult>,
 ) -> Result<ReadingResult> {
     let started = Instant::now();
     let context = model.config().max_position_embeddings as usize;
@@ -188,17 +193,27 @@ fn run_reading(
         .clone()
         .map(|c| MemoryLayout::new(c, context, model.options().device))
         .transpose()?;
-    let limit = if layout.is_some() { 16_384 } else { context };
-    let text = &text[..text.len().min(limit)];
-    let losses = Past::new(model, &layout).losses(model, text, args.chunk)?;
-    let ppl_4k_8k = perplexity::perplexity(&losses, 4_096..8_192);
-    let ppl_12k_16k = perplexity::perplexity(&losses, 12_288..16_384);
+    let (ppl_4k_8k, ppl_12k_16k) = match previous {
+        Some(p) => (p.ppl_4k_8k, p.ppl_12k_16k),
+        None => {
+            let limit = if layout.is_some() { 16_384 } else { context };
+            let text = &text[..text.len().min(limit)];
+            let losses = Past::new(model, &layout).losses(model, text, args.chunk)?;
+            (
+                perplexity::perplexity(&losses, 4_096..8_192),
+                perplexity::perplexity(&losses, 12_288..16_384),
+            )
+        }
+    };
     eprintln!(
         "{}: ppl 4k–8k {ppl_4k_8k:?}, 12k–16k {ppl_12k_16k:?}",
         reading.name
     );
-    let mut passkey = Vec::new();
+    let mut passkey = previous.map_or_else(Vec::new, |p| p.passkey.clone());
     for &length in args.lengths.iter().filter(|&&l| l <= reading.max_passkey) {
+        if passkey.iter().any(|p| p.0 == length) {
+            continue;
+        }
         let mut passed = 0;
         for (key, depth) in passkey::keys_and_depths(args.keys, length) {
             let trial = passkey::trial(tokenizer, length, key, depth)?;
@@ -211,13 +226,24 @@ fn run_reading(
         );
         passkey.push((length, passed, args.keys));
     }
+    passkey.sort_unstable();
     Ok(ReadingResult {
         name: reading.name.clone(),
         ppl_4k_8k,
         ppl_12k_16k,
         passkey,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: previous.map_or(0.0, |p| p.seconds) + started.elapsed().as_secs_f64(),
     })
+}
+
+fn write_report(args: &MemoryEvalArgs, results: &[ReadingResult]) -> Result<()> {
+    std::fs::write(&args.out, report::markdown(args, results))
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    std::fs::write(
+        args.out.with_extension("json"),
+        serde_json::to_string_pretty(results)?,
+    )?;
+    Ok(())
 }
 
 /// Runs every reading and writes the report.
@@ -240,17 +266,33 @@ pub fn run_memory_eval(args: &MemoryEvalArgs) -> Result<()> {
         );
     }
     let context = model.config().max_position_embeddings as usize;
-    let results = readings(args, context)
-        .iter()
-        .map(|r| run_reading(&model, &tokenizer, &tokens, r, args))
-        .collect::<Result<Vec<_>>>()?;
-    let markdown = report::markdown(args, &results);
-    std::fs::write(&args.out, markdown)
-        .with_context(|| format!("writing {}", args.out.display()))?;
-    std::fs::write(
-        args.out.with_extension("json"),
-        serde_json::to_string_pretty(&results)?,
-    )?;
+    let mut results: Vec<ReadingResult> = if args.resume {
+        let json = args.out.with_extension("json");
+        match std::fs::read_to_string(&json) {
+            Ok(text) => serde_json::from_str(&text)
+                .with_context(|| format!("{} is not an earlier run's results", json.display()))?,
+            Err(_) => Vec::new(),
+        }
+    } else {
+        Vec::new()
+    };
+    for reading in readings(args, context) {
+        let index = results.iter().position(|r| r.name == reading.name);
+        let previous = index.map(|i| results[i].clone());
+        let result = run_reading(
+            &model,
+            &tokenizer,
+            &tokens,
+            &reading,
+            args,
+            previous.as_ref(),
+        )?;
+        match index {
+            Some(i) => results[i] = result,
+            None => results.push(result),
+        }
+        write_report(args, &results)?;
+    }
     eprintln!("wrote {}", args.out.display());
     Ok(())
 }

@@ -87,7 +87,13 @@ pub fn markdown(args: &MemoryEvalArgs, results: &[ReadingResult]) -> String {
                 }
             }
         }
-        let _ = writeln!(out, " {:.1} |", r.seconds / 60.0);
+        // An earlier run recorded without its time (see --resume) shows a dash.
+        let minutes = if r.seconds > 0.0 {
+            format!("{:.1}", r.seconds / 60.0)
+        } else {
+            "—".into()
+        };
+        let _ = writeln!(out, " {minutes} |");
     }
     let _ = writeln!(
         out,

@@ -21,6 +21,9 @@ use crate::memory::{LayerMemory, LayerShape, MemoryLayout, TierStats};
 use crate::model::Llama;
 
 pub use crate::memory::SessionFormatError;
+pub use parts::{CoreHeader, MemoryParts};
+
+pub mod parts;
 
 /// The version of the byte layout this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -38,24 +41,14 @@ pub struct SessionMemory {
     fingerprint: String,
 }
 
-/// What a session remembers, summed over layers (tokens are per layer: every layer holds the same).
+/// What a session remembers: tokens per tier (every layer holds the same) and bytes summed over
+/// layers. Serialises flat: `tokens_seen`, the [`TierStats`] fields, `total_bytes`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct MemoryStats {
-    /// Every token the session has taken in.
+    /// Every token the session has taken in (prompts and replies).
     pub tokens_seen: u64,
-    pub sink_tokens: i64,
-    pub stm_tokens: i64,
-    pub archive_tokens: i64,
-    /// Tokens absorbed into the continuous signal.
-    pub ltm_tokens: u64,
-    /// Updates of the continuous signal (per layer).
-    pub ltm_updates: u64,
-    /// Tokens that left the memory with no tier to take them.
-    pub dropped_tokens: u64,
-    pub sink_bytes: usize,
-    pub stm_bytes: usize,
-    pub archive_bytes: usize,
-    pub ltm_bytes: usize,
+    #[serde(flatten)]
+    pub tiers: TierStats,
     pub total_bytes: usize,
 }
 
@@ -83,27 +76,19 @@ impl SessionMemory {
         let per_layer: Vec<TierStats> = self.layers.iter().map(LayerMemory::stats).collect();
         let first = per_layer.first().copied().unwrap_or_default();
         let sum = |f: fn(&TierStats) -> usize| per_layer.iter().map(f).sum::<usize>();
-        let (sink_bytes, stm_bytes, archive_bytes, ltm_bytes) = (
-            sum(|s| s.sink_bytes),
-            sum(|s| s.stm_bytes),
-            sum(|s| s.archive_bytes),
-            sum(|s| s.ltm_bytes),
-        );
+        let tiers = TierStats {
+            sink_bytes: sum(|s| s.sink_bytes),
+            stm_bytes: sum(|s| s.stm_bytes),
+            archive_bytes: sum(|s| s.archive_bytes),
+            ltm_bytes: sum(|s| s.ltm_bytes),
+            ..first
+        };
         MemoryStats {
             tokens_seen: (first.sink_tokens + first.stm_tokens + first.archive_tokens) as u64
                 + first.ltm_tokens
                 + first.dropped_tokens,
-            sink_tokens: first.sink_tokens,
-            stm_tokens: first.stm_tokens,
-            archive_tokens: first.archive_tokens,
-            ltm_tokens: first.ltm_tokens,
-            ltm_updates: first.ltm_updates,
-            dropped_tokens: first.dropped_tokens,
-            sink_bytes,
-            stm_bytes,
-            archive_bytes,
-            ltm_bytes,
-            total_bytes: sink_bytes + stm_bytes + archive_bytes + ltm_bytes,
+            tiers,
+            total_bytes: tiers.sink_bytes + tiers.stm_bytes + tiers.archive_bytes + tiers.ltm_bytes,
         }
     }
 
@@ -146,13 +131,11 @@ impl SessionMemory {
 
     /// The whole memory as one byte string: the core, then every held block.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut w = Writer::new();
-        w.u64(u64::from_le_bytes(*MAGIC));
-        w.bytes(&self.core_bytes());
-        for block in self.archive_blocks() {
-            w.bytes(&self.block_bytes(block).expect("the block is held"));
-        }
-        w.into_bytes()
+        let blocks: Vec<Vec<u8>> = self
+            .archive_blocks()
+            .map(|block| self.block_bytes(block).expect("the block is held"))
+            .collect();
+        parts::join(&self.core_bytes(), blocks.iter().map(Vec::as_slice))
     }
 
     /// Reads a memory written by [`SessionMemory::to_bytes`], for `model` laid out as `layout`.
@@ -161,15 +144,7 @@ impl SessionMemory {
         model: &Llama,
         layout: &MemoryLayout,
     ) -> Result<Self, SessionFormatError> {
-        let mut r = Reader::new(bytes);
-        if r.u64().ok() != Some(u64::from_le_bytes(*MAGIC)) {
-            return Err(SessionFormatError::NotAMemory);
-        }
-        let core = r.bytes()?;
-        let mut blocks = Vec::new();
-        while !r.is_done() {
-            blocks.push(r.bytes()?);
-        }
+        let (core, blocks) = parts::split(bytes)?;
         Self::from_parts(core, &blocks, model, layout)
     }
 
@@ -181,41 +156,31 @@ impl SessionMemory {
         layout: &MemoryLayout,
     ) -> Result<Self, SessionFormatError> {
         let mut r = Reader::new(core);
-        if r.u64().ok() != Some(u64::from_le_bytes(*MAGIC)) {
-            return Err(SessionFormatError::NotAMemory);
-        }
-        let version = r.u32()?;
-        if version != FORMAT_VERSION {
-            return Err(SessionFormatError::Version {
-                found: version,
-                supported: FORMAT_VERSION,
-            });
-        }
+        let header = CoreHeader::read(&mut r)?;
         let expected = model_fingerprint(model);
-        let found = r.str()?;
-        if found != expected {
+        if header.fingerprint != expected {
             return Err(SessionFormatError::OtherModel {
-                found: found.to_string(),
+                found: header.fingerprint,
                 expected,
             });
         }
         let config = layout.config();
-        let (found, expected) = (r.str()?, layout_text(Some(config)));
-        if found != expected {
+        let expected = layout_text(Some(config));
+        if header.layout != expected {
             return Err(SessionFormatError::OtherLayout {
-                found: found.to_string(),
+                found: header.layout,
                 expected,
             });
         }
         let cfg = model.config();
-        let layers = r.u32()? as i64;
+        let layers = i64::from(header.layers);
         if layers != cfg.num_layers {
             return Err(SessionFormatError::Corrupt(format!(
                 "{layers} layers for a model of {}",
                 cfg.num_layers
             )));
         }
-        let (first_block, held) = (r.u64()?, r.u64()?);
+        let (first_block, held) = (header.blocks.start, header.blocks.end - header.blocks.start);
         if held != blocks.len() as u64 {
             return Err(SessionFormatError::Corrupt(format!(
                 "the core names {held} archive blocks, {} were given",

@@ -57,18 +57,24 @@ fn every_tier_fills_and_the_counts_add_up() {
     let (model, layout) = (tiny(Precision::F32), layout());
     let stats = filled(&model, &layout, 100).stats();
     assert_eq!(stats.tokens_seen, 100);
-    assert_eq!((stats.sink_tokens, stats.dropped_tokens), (2, 0));
+    assert_eq!(
+        (stats.tiers.sink_tokens, stats.tiers.dropped_tokens),
+        (2, 0)
+    );
     assert!(
-        stats.stm_tokens <= 16 && stats.archive_tokens <= 16,
+        stats.tiers.stm_tokens <= 16 && stats.tiers.archive_tokens <= 16,
         "{stats:?}"
     );
     assert!(
-        stats.ltm_tokens >= 64 && stats.ltm_updates >= 8,
+        stats.tiers.ltm_tokens >= 64 && stats.tiers.ltm_updates >= 8,
         "{stats:?}"
     );
     assert_eq!(
         stats.total_bytes,
-        stats.sink_bytes + stats.stm_bytes + stats.archive_bytes + stats.ltm_bytes
+        stats.tiers.sink_bytes
+            + stats.tiers.stm_bytes
+            + stats.tiers.archive_bytes
+            + stats.tiers.ltm_bytes
     );
 }
 
@@ -171,6 +177,22 @@ fn archive_blocks_can_be_written_incrementally() {
         SessionMemory::from_parts(&memory.core_bytes(), &blocks, &model, &layout).unwrap();
     assert_eq!(rebuilt.to_bytes(), memory.to_bytes());
     assert!(memory.block_bytes(after.end).is_none());
+
+    // The one-file form splits, without the model, into exactly the core and the held blocks.
+    let whole = memory.to_bytes();
+    let parts = MemoryParts::split(&whole).unwrap();
+    assert_eq!(parts.core, memory.core_bytes());
+    assert_eq!(parts.blocks, stored.into_values().collect::<Vec<_>>());
+    assert_eq!(parts.block_numbers().unwrap(), after);
+    assert_eq!(parts.join(), whole);
+    assert_eq!(MemoryParts::split(&[]).unwrap(), MemoryParts::default());
+    // A file missing its last block is refused.
+    let (core, blocks) = parts::split(&whole).unwrap();
+    let short = parts::join(core, blocks[..blocks.len() - 1].iter().copied());
+    assert!(matches!(
+        MemoryParts::split(&short),
+        Err(SessionFormatError::Corrupt(_))
+    ));
 }
 
 #[test]
