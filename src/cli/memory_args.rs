@@ -1,6 +1,8 @@
 //! The session-memory flags shared by every command that runs the model (`infinity-former.md` §9.7):
 //! each tier's size, each switchable, every flag also an `INFINI_*` environment variable.
 
+use std::path::PathBuf;
+
 use clap::Args;
 
 use crate::ltm::LtmConfig;
@@ -25,6 +27,13 @@ pub struct MemoryArgs {
     /// Most tokens the exact archive keeps; older blocks go to the continuous signal (0: off).
     #[arg(long, env = "INFINI_ARCHIVE_BUDGET", default_value_t = MemoryConfig::default().archive_budget)]
     pub archive_budget: usize,
+    /// Keep the archive's keys and values as int8 (per token and head; half the bytes of bf16).
+    #[arg(long, env = "INFINI_ARCHIVE_INT8")]
+    pub archive_int8: bool,
+    /// Keep the archive's buffers in memory-mapped (already unlinked) files in this directory, so
+    /// the OS pages them out to disk under memory pressure (default: RAM). Needs the CPU.
+    #[arg(long, env = "INFINI_SPILL_DIR")]
+    pub spill_dir: Option<PathBuf>,
     /// Switch the ∞-former continuous signal off (what leaves the archive is then dropped).
     #[arg(long, env = "INFINI_NO_LTM")]
     pub no_ltm: bool,
@@ -42,6 +51,8 @@ impl MemoryArgs {
             top_k_blocks: self.top_k_blocks,
             archive_budget: self.archive_budget,
             ltm: (!self.no_ltm).then(LtmConfig::default),
+            archive_int8: self.archive_int8,
+            spill_dir: self.spill_dir.clone(),
             ..MemoryConfig::default()
         }
     }

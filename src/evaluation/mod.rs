@@ -103,6 +103,17 @@ fn readings(args: &MemoryEvalArgs, context: usize) -> Vec<Reading> {
             max_passkey: usize::MAX,
         },
         Reading {
+            name: format!(
+                "+ exact archive, int8 K/V, top-{} blocks of {} (budget {})",
+                default.top_k_blocks, default.block_len, default.archive_budget
+            ),
+            memory: Some(MemoryConfig {
+                archive_int8: true,
+                ..default.clone()
+            }),
+            max_passkey: usize::MAX,
+        },
+        Reading {
             name: format!("archive budget {}, overflow dropped", args.small_budget),
             memory: Some(small(None)),
             max_passkey: 16_000,

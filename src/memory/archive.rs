@@ -2,26 +2,33 @@
 //! with a representative key; every query segment reads only its top-k blocks (InfLLM's way), so the
 //! compute per token stays fixed while storage grows up to the budget.
 
+mod rows;
+pub use rows::{quantise, StoredRows};
+
+use super::spill::{SpillError, Storage};
 use super::window::Window;
+use rows::Rows;
 use tch::{Kind, Tensor};
 
-/// Blocks of `block_len` tokens, keys already rotated to the memory position.
+/// Blocks of `block_len` tokens, keys already rotated to the memory position; keys and values
+/// exact or int8 ([`Rows`]), in RAM or spilled ([`Storage`]); representatives always exact.
 #[derive(Debug)]
 pub struct Archive {
     block_len: i64,
-    keys: Window,            // [B, H_kv, blocks·block_len, D]
-    values: Window,          // [B, H_kv, blocks·block_len, D]
+    keys: Rows,              // [B, H_kv, blocks·block_len, D]
+    values: Rows,            // [B, H_kv, blocks·block_len, D]
     representatives: Window, // [B, H_kv, blocks, D]: the mean key of each block
     /// Blocks ever pushed: the oldest held block is number `pushed − blocks` of the session, so a
     /// store can append new blocks and forget popped ones without rewriting the rest.
     pushed: u64,
 }
 
-/// One block as it is stored: keys and values `[B, H_kv, block_len, D]`, representative `[B, H_kv, 1, D]`.
+/// One block as it is stored: keys and values `[B, H_kv, block_len, D]` (with their scales when
+/// int8), representative `[B, H_kv, 1, D]`.
 #[derive(Debug)]
 pub struct Block {
-    pub keys: Tensor,
-    pub values: Tensor,
+    pub keys: StoredRows,
+    pub values: StoredRows,
     pub representative: Tensor,
 }
 
@@ -33,11 +40,13 @@ pub struct Selection {
 }
 
 impl Archive {
-    pub fn new(block_len: usize) -> Self {
+    /// An empty archive of blocks of `block_len` tokens; keys and values int8 when `int8`, their
+    /// buffers in `storage`.
+    pub fn new(block_len: usize, int8: bool, storage: &Storage) -> Self {
         Self {
             block_len: block_len as i64,
-            keys: Window::new(),
-            values: Window::new(),
+            keys: Rows::new(int8, storage),
+            values: Rows::new(int8, storage),
             representatives: Window::new(),
             pushed: 0,
         }
@@ -48,31 +57,28 @@ impl Archive {
         self.pushed - self.blocks() as u64
     }
 
-    /// Held block `index` (0 is the oldest held), copied out exactly.
+    /// Held block `index` (0 is the oldest held), copied out exactly as stored.
     pub fn block(&self, index: i64) -> Option<Block> {
         if !(0..self.blocks()).contains(&index) {
             return None;
         }
         let n = self.block_len;
-        let part =
-            |w: &Window, start: i64, len: i64| w.view().map(|t| t.narrow(2, start, len).copy());
         Some(Block {
-            keys: part(&self.keys, index * n, n)?,
-            values: part(&self.values, index * n, n)?,
-            representative: part(&self.representatives, index, 1)?,
+            keys: self.keys.stored(index * n, n)?,
+            values: self.values.stored(index * n, n)?,
+            representative: self.representatives.view()?.narrow(2, index, 1).copy(),
         })
     }
 
-    /// An archive restored from its blocks, the oldest numbered `first_block`.
-    pub fn restore(block_len: usize, first_block: u64, blocks: &[Block]) -> Self {
-        let mut archive = Self::new(block_len);
+    /// Appends blocks as stored (a restore), the oldest numbered `first_block`.
+    pub fn restore(&mut self, first_block: u64, blocks: &[Block]) -> Result<(), SpillError> {
         for block in blocks {
-            archive.representatives.append(&block.representative);
-            archive.keys.append(&block.keys);
-            archive.values.append(&block.values);
+            self.representatives.append(&block.representative);
+            self.keys.append_stored(&block.keys)?;
+            self.values.append_stored(&block.values)?;
         }
-        archive.pushed = first_block + blocks.len() as u64;
-        archive
+        self.pushed = first_block + blocks.len() as u64;
+        Ok(())
     }
 
     /// Tokens held.
@@ -85,22 +91,33 @@ impl Archive {
         self.representatives.len()
     }
 
-    /// Bytes of keys, values and representatives held.
+    /// Bytes of keys, values (with their scales) and representatives held.
     pub fn bytes(&self) -> usize {
         self.keys.bytes() + self.values.bytes() + self.representatives.bytes()
     }
 
     /// Appends one block: keys (rotated to the memory position) and values `[B, H_kv, block_len, D]`.
-    pub fn push(&mut self, keys: &Tensor, values: &Tensor) {
+    /// A block that cannot be stored (a spill file that cannot be made) leaves the archive as it was.
+    pub fn push(&mut self, keys: &Tensor, values: &Tensor) -> Result<(), SpillError> {
         debug_assert_eq!(keys.size()[2], self.block_len);
+        let tokens = self.tokens();
+        let stored = self
+            .keys
+            .append(keys)
+            .and_then(|()| self.values.append(values));
+        if let Err(e) = stored {
+            self.keys.truncate(tokens);
+            self.values.truncate(tokens);
+            return Err(e);
+        }
         self.representatives
             .append(&keys.mean_dim(2, true, keys.kind()));
-        self.keys.append(keys);
-        self.values.append(values);
         self.pushed += 1;
+        Ok(())
     }
 
-    /// Removes the oldest `blocks` blocks, returning their keys and values `[B, H_kv, blocks·block_len, D]`.
+    /// Removes the oldest `blocks` blocks, returning their keys and values `[B, H_kv, blocks·block_len, D]`
+    /// in the model's dtype.
     pub fn pop_oldest(&mut self, blocks: i64) -> (Tensor, Tensor) {
         let _ = self.representatives.take_front(blocks);
         (
@@ -111,32 +128,18 @@ impl Archive {
 
     /// The `k` blocks most relevant to a query segment, per key/value head: a block's score is the
     /// sum over the segment's queries (grouped `[B, H_kv, G·T, D]`, rotated) of q·r, r its
-    /// representative key. Returns `None` when the archive is empty.
+    /// representative key. Only the chosen blocks are dequantised. `None` when the archive is empty.
     pub fn select(&self, grouped_queries: &Tensor, k: usize) -> Option<Selection> {
-        let (keys, values, reps) = (
-            self.keys.view()?,
-            self.values.view()?,
-            self.representatives.view()?,
-        );
-        let blocks = self.blocks();
-        let k = (k as i64).min(blocks);
+        let reps = self.representatives.view()?;
+        let k = (k as i64).min(self.blocks());
         let scores = grouped_queries
             .matmul(&reps.transpose(-1, -2))
             .sum_dim_intlist(2, false, Kind::Float); // [B, H_kv, blocks]
         let (_, chosen) = scores.topk(k, -1, true, true);
         let (chosen, _) = chosen.sort(-1, false); // keep the archive's order
-        let (b, h, _, d) = keys.size4().expect("keys are [B, H_kv, L, D]");
-        let index = chosen
-            .view([b, h, k, 1, 1])
-            .expand([b, h, k, self.block_len, d], false);
-        let gather = |t: &Tensor| {
-            t.reshape([b, h, blocks, self.block_len, d])
-                .gather(2, &index, false)
-                .reshape([b, h, k * self.block_len, d])
-        };
         Some(Selection {
-            keys: gather(&keys),
-            values: gather(&values),
+            keys: self.keys.gather_blocks(&chosen, self.block_len)?,
+            values: self.values.gather_blocks(&chosen, self.block_len)?,
         })
     }
 }
@@ -149,12 +152,14 @@ mod tests {
     #[test]
     fn selects_the_blocks_whose_representatives_match_the_queries() {
         let options = (Kind::Float, Device::Cpu);
-        let mut archive = Archive::new(4);
+        let mut archive = Archive::new(4, false, &Storage::Ram);
         // Block j's keys all point along basis vector j (of 6), value = j.
         for j in 0..6 {
             let key = Tensor::zeros([1, 1, 4, 6], options);
             let _ = key.narrow(3, j, 1).fill_(1.0);
-            archive.push(&key, &Tensor::full([1, 1, 4, 6], j as f64, options));
+            archive
+                .push(&key, &Tensor::full([1, 1, 4, 6], j as f64, options))
+                .unwrap();
         }
         let query = Tensor::zeros([1, 1, 2, 6], options);
         let _ = query.narrow(3, 4, 1).fill_(1.0);

@@ -9,6 +9,8 @@ use tch::{Device, Kind, Tensor};
 pub enum SessionFormatError {
     #[error("the session memory ends early (at byte {offset}); the file is truncated")]
     Truncated { offset: usize },
+    #[error("the session memory cannot be restored: {0}")]
+    Spill(String),
     #[error("the session memory is corrupt: {0}")]
     Corrupt(String),
     #[error("this is not an infini session memory (bad magic bytes)")]

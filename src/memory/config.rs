@@ -2,6 +2,7 @@
 
 use crate::ltm::LtmConfig;
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
 /// How one session's memory is laid out, per layer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -24,6 +25,20 @@ pub struct MemoryConfig {
     pub ltm: Option<LtmConfig>,
     /// Tokens absorbed into the signal per update (C of §9.1, 512).
     pub ltm_chunk_len: usize,
+    /// Keep the archive's keys and values as int8 (per token and head, absmax scale): half the
+    /// bytes of bf16, dequantised only for the k blocks a segment reads. Written to a session's
+    /// layout only when on, so layouts saved before it existed still match.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub archive_int8: bool,
+    /// A directory for the archive's buffers as memory-mapped, already unlinked files (the OS
+    /// pages them out instead of holding them in RAM); `None` keeps them in RAM. Where the bytes
+    /// live changes no number, so it is no part of a session's stored layout.
+    #[serde(skip)]
+    pub spill_dir: Option<PathBuf>,
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 impl Default for MemoryConfig {
@@ -36,6 +51,8 @@ impl Default for MemoryConfig {
             archive_budget: 131_072,
             ltm: Some(LtmConfig::default()),
             ltm_chunk_len: 512,
+            archive_int8: false,
+            spill_dir: None,
         }
     }
 }
@@ -49,6 +66,8 @@ pub enum MemoryConfigError {
         value: usize,
         expected: String,
     },
+    #[error("memory.spill_dir = {dir}: {reason}")]
+    SpillDir { dir: String, reason: String },
     #[error("memory.ltm: {0}")]
     Ltm(#[from] crate::ltm::LtmConfigError),
 }
@@ -69,6 +88,27 @@ impl MemoryConfig {
     /// Whether the exact archive is on.
     pub fn archive_enabled(&self) -> bool {
         self.top_k_blocks > 0 && self.archive_budget > 0
+    }
+
+    /// Checks the spill directory (when one is set): an existing directory, and a model on the CPU
+    /// (a mapped file is host memory).
+    pub fn validate_spill(&self, device: tch::Device) -> Result<(), MemoryConfigError> {
+        let Some(dir) = &self.spill_dir else {
+            return Ok(());
+        };
+        let error = |reason: &str| {
+            Err(MemoryConfigError::SpillDir {
+                dir: dir.display().to_string(),
+                reason: reason.into(),
+            })
+        };
+        if device != tch::Device::Cpu {
+            return error("spilling the archive to disk needs the model on the CPU");
+        }
+        if !dir.is_dir() {
+            return error("not an existing directory");
+        }
+        Ok(())
     }
 
     /// Checks the layout against the model's trained context.

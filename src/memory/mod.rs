@@ -8,6 +8,7 @@ pub mod codec;
 pub mod config;
 pub mod continuous;
 pub mod layer;
+pub mod spill;
 pub mod window;
 
 pub use codec::SessionFormatError;
@@ -32,6 +33,7 @@ impl MemoryLayout {
         device: Device,
     ) -> Result<Self, MemoryConfigError> {
         config.validate(context_len)?;
+        config.validate_spill(device)?;
         let operators = config
             .ltm
             .as_ref()

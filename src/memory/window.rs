@@ -1,7 +1,9 @@
 //! A fixed-capacity run of per-token rows `[B, H, len, D]` in one preallocated buffer: appends
 //! write in place, and dropping the oldest tokens shifts the rest once. The short-term memory
-//! lives in these, so a decode step allocates nothing that grows with the conversation.
+//! lives in these, so a decode step allocates nothing that grows with the conversation. A window
+//! may keep its buffer in a memory-mapped spill file ([`Storage`]) instead of RAM.
 
+use super::spill::{SpillError, Storage};
 use tch::Tensor;
 
 /// Token rows of one kind (pre-RoPE keys, rotated keys or values) for every batch row and head.
@@ -9,13 +11,21 @@ use tch::Tensor;
 pub struct Window {
     buffer: Option<Tensor>, // [B, H, capacity, D]
     len: i64,
+    storage: Storage,
 }
 
 impl Window {
+    /// An empty window in RAM.
     pub fn new() -> Self {
+        Self::in_storage(Storage::Ram)
+    }
+
+    /// An empty window whose buffers are allocated in `storage`.
+    pub fn in_storage(storage: Storage) -> Self {
         Self {
             buffer: None,
             len: 0,
+            storage,
         }
     }
 
@@ -23,7 +33,11 @@ impl Window {
     /// [`Window::view`], used when a memory is read back from its serialised form.
     pub fn from_rows(rows: Option<Tensor>) -> Self {
         let len = rows.as_ref().map_or(0, |r| r.size()[2]);
-        Self { buffer: rows, len }
+        Self {
+            buffer: rows,
+            len,
+            storage: Storage::Ram,
+        }
     }
 
     /// Tokens held.
@@ -46,18 +60,31 @@ impl Window {
         self.buffer.as_ref().map(|b| b.narrow(2, 0, self.len))
     }
 
-    /// Appends `rows` `[B, H, T, D]`, growing the buffer (by doubling) only when it is full.
+    /// Appends `rows` `[B, H, T, D]` to a window in RAM (which cannot fail but for memory).
     pub fn append(&mut self, rows: &Tensor) {
+        debug_assert_eq!(
+            self.storage,
+            Storage::Ram,
+            "a spilled window uses try_append"
+        );
+        self.try_append(rows)
+            .expect("a window in RAM allocates without a file");
+    }
+
+    /// Appends `rows` `[B, H, T, D]`, growing the buffer (by doubling) only when it is full; the
+    /// grown buffer is allocated in the window's storage, so a spilled window can fail here.
+    pub fn try_append(&mut self, rows: &Tensor) -> Result<(), SpillError> {
         let t = rows.size()[2];
         let needed = self.len + t;
         let capacity = self.buffer.as_ref().map_or(0, |b| b.size()[2]);
         if needed > capacity {
             let size = rows.size();
             let grown_capacity = needed.max(2 * capacity).max(64);
-            let grown = Tensor::zeros(
-                [size[0], size[1], grown_capacity, size[3]],
-                (rows.kind(), rows.device()),
-            );
+            let grown = self.storage.zeros(
+                &[size[0], size[1], grown_capacity, size[3]],
+                rows.kind(),
+                rows.device(),
+            )?;
             if let Some(old) = &self.buffer {
                 grown
                     .narrow(2, 0, self.len)
@@ -68,6 +95,12 @@ impl Window {
         let buffer = self.buffer.as_ref().expect("allocated above");
         buffer.narrow(2, self.len, t).copy_(rows);
         self.len = needed;
+        Ok(())
+    }
+
+    /// Forgets every token after the first `len` (undoing a partial append).
+    pub fn truncate(&mut self, len: i64) {
+        self.len = self.len.min(len);
     }
 
     /// Removes the oldest `n` tokens and returns them as a new tensor `[B, H, n, D]`.

@@ -198,7 +198,12 @@ impl SessionMemory {
         for bytes in blocks {
             let mut br = Reader::new(bytes);
             for layer in per_layer.iter_mut() {
-                layer.push(LayerMemory::read_block(&mut br, &shape, block_len)?);
+                layer.push(LayerMemory::read_block(
+                    &mut br,
+                    &shape,
+                    block_len,
+                    config.archive_int8,
+                )?);
             }
             expect_done(&br)?;
         }

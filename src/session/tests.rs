@@ -1,6 +1,7 @@
 use super::*;
 use crate::engine::generate::prefill;
 use crate::ltm::LtmConfig;
+use crate::memory::spill::ScratchDir;
 use crate::memory::MemoryConfig;
 use crate::model::llama::tests::{tiny, tiny_with_context};
 use crate::model::Precision;
@@ -9,6 +10,11 @@ use tch::{Device, Tensor};
 /// Every tier in use on the tiny model (context 128): 2 sinks, STM 16, blocks of 4, an archive
 /// of 16 tokens and a small continuous signal behind it.
 fn layout() -> MemoryLayout {
+    layout_with(false, None)
+}
+
+/// [`layout`] with the archive int8 or exact, in RAM or spilled to `spill_dir`.
+fn layout_with(archive_int8: bool, spill_dir: Option<&std::path::Path>) -> MemoryLayout {
     let ltm = LtmConfig {
         num_basis: 16,
         widths: vec![0.05, 0.1],
@@ -24,6 +30,8 @@ fn layout() -> MemoryLayout {
         archive_budget: 16,
         ltm: Some(ltm),
         ltm_chunk_len: 8,
+        archive_int8,
+        spill_dir: spill_dir.map(std::path::Path::to_path_buf),
     };
     MemoryLayout::new(config, 128, Device::Cpu).unwrap()
 }
@@ -71,21 +79,72 @@ fn every_tier_fills_and_the_counts_add_up() {
 }
 
 /// The round trip is exact: the bytes read back write the same bytes, and the restored memory
-/// computes bit-identical logits for the next tokens (so a restart changes nothing).
+/// computes bit-identical logits for the next tokens (so a restart changes nothing); with the
+/// archive exact and int8, in RAM and spilled.
 #[test]
 fn a_round_trip_is_bit_identical_and_continues_identically() {
-    let (model, layout) = (tiny(Precision::F32), layout());
-    let mut original = filled(&model, &layout, 100);
-    let bytes = original.to_bytes();
-    let mut restored = SessionMemory::from_bytes(&bytes, &model, &layout).unwrap();
-    assert_eq!(restored.to_bytes(), bytes);
-    assert_eq!(restored.stats(), original.stats());
-    for part in tokens(30, 2).chunks(5) {
-        let a = prefill(&model, original.caches(), part, 5).unwrap();
-        let b = prefill(&model, restored.caches(), part, 5).unwrap();
-        assert!(a.equal(&b), "the restored memory computes differently");
+    let model = tiny(Precision::F32);
+    let dir = ScratchDir::new("session-round-trip");
+    for (int8, spill) in [(false, None), (true, None), (true, Some(dir.path()))] {
+        let layout = layout_with(int8, spill);
+        let mut original = filled(&model, &layout, 100);
+        let bytes = original.to_bytes();
+        let mut restored = SessionMemory::from_bytes(&bytes, &model, &layout).unwrap();
+        assert_eq!(restored.to_bytes(), bytes, "int8 {int8}, spill {spill:?}");
+        assert_eq!(restored.stats(), original.stats());
+        for part in tokens(30, 2).chunks(5) {
+            let a = prefill(&model, original.caches(), part, 5).unwrap();
+            let b = prefill(&model, restored.caches(), part, 5).unwrap();
+            assert!(a.equal(&b), "the restored memory computes differently");
+        }
+        assert_eq!(restored.to_bytes(), original.to_bytes());
     }
-    assert_eq!(restored.to_bytes(), original.to_bytes());
+}
+
+/// With a spill directory the archive lives in mapped files there (seen in /proc/self/maps, already
+/// unlinked), the memory computes bit-identical logits to the one in RAM, and once it is dropped
+/// neither a file nor a mapping is left.
+#[test]
+fn a_spilled_memory_computes_identically_and_leaves_nothing_behind() {
+    let model = tiny(Precision::F32);
+    let dir = ScratchDir::new("session-spill");
+    let mapped = || {
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(dir.path().to_str().unwrap()))
+            .count()
+    };
+    for int8 in [false, true] {
+        let mut ram = filled(&model, &layout_with(int8, None), 60);
+        let mut spilled = filled(&model, &layout_with(int8, Some(dir.path())), 60);
+        assert!(
+            mapped() > 0,
+            "no archive buffer is mapped from the spill directory"
+        );
+        assert_eq!(dir.files(), 0, "a spill file is still linked");
+        assert_eq!(spilled.to_bytes(), ram.to_bytes());
+        for part in tokens(40, 4).chunks(3) {
+            let a = prefill(&model, ram.caches(), part, 3).unwrap();
+            let b = prefill(&model, spilled.caches(), part, 3).unwrap();
+            assert!(
+                a.equal(&b),
+                "the spilled memory computes differently (int8 {int8})"
+            );
+        }
+        drop(spilled);
+        assert_eq!(
+            (mapped(), dir.files()),
+            (0, 0),
+            "the spill outlived its memory"
+        );
+    }
+    let missing = MemoryConfig {
+        spill_dir: Some(dir.path().join("absent")),
+        ..layout().config().clone()
+    };
+    let err = MemoryLayout::new(missing, 128, Device::Cpu).unwrap_err();
+    assert!(err.to_string().contains("memory.spill_dir"), "{err}");
 }
 
 /// A store that kept the core and the blocks it had, and appends only new blocks, rebuilds the
@@ -191,6 +250,7 @@ fn the_same_window_gives_the_same_logits_at_token_one_million() {
         archive_budget: 32,
         ltm: None,
         ltm_chunk_len: 16,
+        ..MemoryConfig::default()
     };
     let layout = MemoryLayout::new(config, 256 + 128, Device::Cpu).unwrap();
     let period = tokens(32, 4);

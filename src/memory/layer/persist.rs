@@ -4,7 +4,7 @@
 
 use super::LayerMemory;
 use crate::ltm::{LongTermMemory, MemoryOperators};
-use crate::memory::archive::{Archive, Block};
+use crate::memory::archive::{Block, StoredRows};
 use crate::memory::codec::{Reader, SessionFormatError, Writer};
 use crate::memory::continuous::{ContinuousTier, MemoryPoints};
 use crate::memory::window::Window;
@@ -21,25 +21,57 @@ pub struct LayerShape {
 }
 
 impl LayerShape {
-    /// Checks a token-row tensor `[1, H_kv, T, D]`, T ≤ `max_tokens`.
+    /// Checks a token-row tensor `[1, H_kv, T, D]` in the model's dtype, T ≤ `max_tokens`.
     fn rows(&self, t: Tensor, what: &str, max_tokens: i64) -> Result<Tensor, SessionFormatError> {
+        self.rows_of(t, what, max_tokens, self.head_dim, self.kind)
+    }
+
+    /// Checks a tensor `[1, H_kv, T, width]` of `kind`, T ≤ `max_tokens`.
+    fn rows_of(
+        &self,
+        t: Tensor,
+        what: &str,
+        max_tokens: i64,
+        width: i64,
+        kind: Kind,
+    ) -> Result<Tensor, SessionFormatError> {
         let size = t.size();
         let fits = size.len() == 4
             && size[0] == 1
             && size[1] == self.kv_heads
             && size[2] <= max_tokens
-            && size[3] == self.head_dim
-            && t.kind() == self.kind;
+            && size[3] == width
+            && t.kind() == kind;
         if !fits {
             return Err(SessionFormatError::Corrupt(format!(
-                "{what} has shape {size:?} of {:?}; expected [1, {}, ≤{max_tokens}, {}] of {:?}",
+                "{what} has shape {size:?} of {:?}; expected [1, {}, ≤{max_tokens}, {width}] of {kind:?}",
                 t.kind(),
                 self.kv_heads,
-                self.head_dim,
-                self.kind
             )));
         }
         Ok(t)
+    }
+
+    /// One block's keys or values as stored: rows in the model's dtype, or int8 codes and then
+    /// (read by [`LayerMemory::read_block`] after the representative) their scales.
+    fn block_codes(
+        &self,
+        r: &mut Reader,
+        what: &str,
+        block_len: i64,
+        int8: bool,
+    ) -> Result<Tensor, SessionFormatError> {
+        let kind = if int8 { Kind::Int8 } else { self.kind };
+        self.rows_of(r.tensor(self.device)?, what, block_len, self.head_dim, kind)
+    }
+
+    fn block_scales(
+        &self,
+        r: &mut Reader,
+        what: &str,
+        block_len: i64,
+    ) -> Result<Tensor, SessionFormatError> {
+        self.rows_of(r.tensor(self.device)?, what, block_len, 1, self.kind)
     }
 
     fn window(
@@ -94,12 +126,19 @@ impl LayerMemory {
         }
     }
 
-    /// Held archive block `index` (0 the oldest held), exactly.
+    /// Held archive block `index` (0 the oldest held), exactly as stored: keys, values and the
+    /// representative, then, when the archive is int8, the keys' and the values' scales.
     pub(crate) fn write_block(&self, w: &mut Writer, index: i64) {
         let block = self.archive.block(index).expect("the block is held");
-        w.tensor(&block.keys);
-        w.tensor(&block.values);
+        w.tensor(&block.keys.codes);
+        w.tensor(&block.values.codes);
         w.tensor(&block.representative);
+        for scales in [&block.keys.scales, &block.values.scales]
+            .into_iter()
+            .flatten()
+        {
+            w.tensor(scales);
+        }
     }
 
     /// The session-wide number of the oldest held archive block, and how many are held.
@@ -107,36 +146,48 @@ impl LayerMemory {
         (self.archive.first_block(), self.archive.blocks())
     }
 
-    /// Reads one block written by [`LayerMemory::write_block`].
+    /// Reads one block written by [`LayerMemory::write_block`] (int8 when `int8`).
     pub(crate) fn read_block(
         r: &mut Reader,
         shape: &LayerShape,
         block_len: i64,
+        int8: bool,
     ) -> Result<Block, SessionFormatError> {
-        let keys = shape.rows(
-            r.tensor(shape.device)?,
-            "an archive block's keys",
-            block_len,
-        )?;
-        let values = shape.rows(
-            r.tensor(shape.device)?,
-            "an archive block's values",
-            block_len,
-        )?;
+        let keys = shape.block_codes(r, "an archive block's keys", block_len, int8)?;
+        let values = shape.block_codes(r, "an archive block's values", block_len, int8)?;
         let representative = shape.rows(
             r.tensor(shape.device)?,
             "an archive block's representative key",
             1,
         )?;
-        if keys.size()[2] != block_len || values.size()[2] != block_len {
+        let (key_scales, value_scales) = if int8 {
+            (
+                Some(shape.block_scales(r, "an archive block's key scales", block_len)?),
+                Some(shape.block_scales(r, "an archive block's value scales", block_len)?),
+            )
+        } else {
+            (None, None)
+        };
+        let full = |t: &Option<Tensor>| t.as_ref().is_none_or(|t| t.size()[2] == block_len);
+        if keys.size()[2] != block_len
+            || values.size()[2] != block_len
+            || !full(&key_scales)
+            || !full(&value_scales)
+        {
             return Err(SessionFormatError::Corrupt(format!(
                 "an archive block holds {} tokens, expected {block_len}",
                 keys.size()[2]
             )));
         }
         Ok(Block {
-            keys,
-            values,
+            keys: StoredRows {
+                codes: keys,
+                scales: key_scales,
+            },
+            values: StoredRows {
+                codes: values,
+                scales: value_scales,
+            },
             representative,
         })
     }
@@ -217,8 +268,12 @@ impl LayerMemory {
             None
         };
         let continuous = operators.map(|ops| ContinuousTier::restore(ops, memory, points));
+        let mut archive = super::new_archive(config);
+        archive
+            .restore(first_block, blocks)
+            .map_err(|e| SessionFormatError::Spill(e.to_string()))?;
         Ok(Self {
-            archive: Archive::restore(config.block_len, first_block, blocks),
+            archive,
             config: config.clone(),
             sink_keys,
             sink_values,
