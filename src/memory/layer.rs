@@ -20,6 +20,7 @@ use super::continuous::ContinuousTier;
 use super::spill::{SpillError, Storage};
 use super::window::Window;
 use crate::ltm::{joint_attention, KeyGroup, MemoryOperators};
+use crate::model::cache::causal_mask;
 use crate::model::{LayerCache, ModelError};
 use crate::rope::RopeTable;
 use tch::{Device, Kind, Tensor};
@@ -181,8 +182,8 @@ fn new_archive(config: &MemoryConfig) -> Archive {
 /// which sees everything.
 fn causal_bias(t: i64, l: i64, kind: Kind, device: Device) -> Option<Tensor> {
     (t > 1).then(|| {
-        let future = Tensor::ones([t, l], (Kind::Bool, device)).triu(l - t + 1);
-        Tensor::zeros([t, l], (kind, device)).masked_fill(&future, f64::NEG_INFINITY)
+        let hidden = causal_mask(t, l, device).logical_not();
+        Tensor::zeros([t, l], (kind, device)).masked_fill(&hidden, f64::NEG_INFINITY)
     })
 }
 

@@ -96,7 +96,7 @@ pub fn grouped_attention(queries: &Tensor, keys: &Tensor, values: &Tensor) -> Te
 }
 
 /// `[T, L]` true where new token i (at L − T + i) may read key j: j ≤ L − T + i.
-fn causal_mask(t: i64, l: i64, device: Device) -> Tensor {
+pub(crate) fn causal_mask(t: i64, l: i64, device: Device) -> Tensor {
     let rows = Tensor::arange(t, (Kind::Int64, device)).unsqueeze(1) + (l - t); // [T, 1]
     let cols = Tensor::arange(l, (Kind::Int64, device)).unsqueeze(0); // [1, L]
     cols.le_tensor(&rows)
