@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 CARGO ?= cargo
 
-.PHONY: setup build demo demo-memory demo-client test lint bench bench-model bench-memory evaluate
+.PHONY: setup build demo demo-memory demo-client test lint bench bench-model bench-memory bench-load evaluate
 setup:
 	./scripts/setup.sh
 
@@ -47,6 +47,13 @@ bench-model: setup
 # and decode tokens/s at 100 and 7,800 tokens of history against llama-cpp-python.
 bench-memory: setup
 	$(CARGO) bench --bench memory
+
+# N = 1, 4, 16 concurrent streaming chats (and 4 with 7,800 tokens of history each) against our
+# server and llama.cpp's llama-server (-np 16, built once from the llama-cpp-python 0.3.36 sdist into
+# the git-ignored .cache/), one server at a time: tokens/s, TTFT and inter-token latency, the ratio.
+bench-load: build
+	./scripts/fetch_eval_text.sh
+	.venv/bin/python scripts/bench_load.py --llama-server "$$(./scripts/build_llama_server.sh)" $(LOAD_FLAGS)
 
 # docs/EVALUATION.md: perplexity and pass keys, tier by tier, on the King James Bible (about an hour
 # on 2 cores; EVAL_FLAGS narrows it, e.g. EVAL_FLAGS="--lengths 1200,4800 --keys 2").

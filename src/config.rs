@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use crate::cli::{MemoryArgs, ModelArgs};
+use crate::engine::scheduler::BatchLimits;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -60,7 +61,15 @@ pub struct ServeConfig {
     /// Most tokens one request may generate, and the default when it names none.
     #[arg(long, env = "INFINI_MAX_TOKENS", default_value_t = 512)]
     pub max_tokens: usize,
-    /// Requests that may wait while the engine runs another; past it, 429 at once.
+    /// Sequences decoded together in one batch (continuous batching); each holds its session
+    /// memory in RAM while it runs.
+    #[arg(long, env = "INFINI_MAX_RUNNING", default_value_t = 16)]
+    pub max_running: usize,
+    /// Tokens one engine step feeds: one per running sequence plus prompt chunks (a long prompt
+    /// is spread over steps so it cannot stall the others). Must exceed --max-running.
+    #[arg(long, env = "INFINI_MAX_BATCH_TOKENS", default_value_t = 512)]
+    pub max_batch_tokens: usize,
+    /// Requests that may wait for a place in the batch; past running + waiting, 429 at once.
     #[arg(long, env = "INFINI_MAX_WAITING", default_value_t = 64)]
     pub max_waiting: usize,
     /// Seconds an idle session stays in RAM before only the database holds it.
@@ -100,6 +109,14 @@ impl ServeConfig {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "infini".into())
         })
+    }
+
+    /// The engine's batching limits.
+    pub fn batch(&self) -> BatchLimits {
+        BatchLimits {
+            max_running: self.max_running,
+            max_batch_tokens: self.max_batch_tokens,
+        }
     }
 
     pub fn session_idle(&self) -> Duration {

@@ -21,6 +21,7 @@ fn start(dir: &TempDir) -> Server {
             ("INFINI_MAX_TOKENS", "64".into()),
             ("INFINI_MAX_BODY_BYTES", "16384".into()),
             ("INFINI_MODEL_NAME", "smollm2".into()),
+            ("INFINI_MAX_RUNNING", "1".into()),
             ("INFINI_MAX_WAITING", "0".into()),
         ],
         &dir.0,
@@ -321,7 +322,8 @@ fn sigterm_drains_in_flight_turns_then_exits_zero() {
                       "stream_options": {"include_usage": true}});
     let mut stream = server.open_stream("/v1/completions", KEY, &body);
     let mut seen = read_events(&mut stream, 2);
-    // One turn runs and none may wait (INFINI_MAX_WAITING=0): a second is refused at once.
+    // One turn runs (INFINI_MAX_RUNNING=1) and none may wait (INFINI_MAX_WAITING=0): a second is
+    // refused at once.
     let busy = server.post(
         "/v1/completions",
         Some(KEY),

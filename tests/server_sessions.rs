@@ -157,15 +157,19 @@ fn session_suite(db: &[(&str, String)], dir: &TempDir) {
         .as_str()
         .unwrap()
         .to_string();
-    let third = turn(&server, &a, "What is my name?", 12);
+    // The 135M model's recall depends on the phrasing and, through rounding, on the CPU's bf16
+    // kernels: after this second turn, "What is my name?" recalled on an AMX machine but not on
+    // an AVX-512 one without AMX, where "Tell me my name." does. The name's first five letters
+    // are the check (a reply cut at 12 tokens may end inside it).
+    let third = turn(&server, &a, "Tell me my name.", 12);
     let control = create(&server);
-    let unknown = turn(&server, &control, "What is my name?", 12);
+    let unknown = turn(&server, &control, "Tell me my name.", 12);
     assert!(
-        !unknown.contains("Zorblax"),
+        !unknown.contains("Zorbl"),
         "a fresh session cannot know: {unknown:?}"
     );
     assert!(
-        third.contains("Zorblax"),
+        third.contains("Zorbl"),
         "the third turn must recall the first: {third:?}"
     );
     let export_a = server
@@ -194,7 +198,7 @@ fn session_suite(db: &[(&str, String)], dir: &TempDir) {
         export_b
     );
     // The fork, rebuilt from its stored memory, continues exactly as the live session did.
-    assert_eq!(turn(&server, &b, "What is my name?", 12), third);
+    assert_eq!(turn(&server, &b, "Tell me my name.", 12), third);
 
     // Export → delete → import.
     let export_b = server

@@ -189,7 +189,7 @@ impl ChunkFormat for ChatChunks {
         (status = 404, description = "Unknown model or session", body = ErrorBody),
         (status = 409, description = "The session is already running a turn", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 429, description = "Too many waiting requests", body = ErrorBody),
+        (status = 429, description = "The server is at capacity (running plus waiting turns); retry after `Retry-After` seconds", body = ErrorBody),
         (status = 503, description = "Loading or shutting down", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -341,7 +341,7 @@ impl ChunkFormat for TextChunks {
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
         (status = 404, description = "Unknown model", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 429, description = "Too many waiting requests", body = ErrorBody),
+        (status = 429, description = "The server is at capacity (running plus waiting turns); retry after `Retry-After` seconds", body = ErrorBody),
         (status = 503, description = "Loading or shutting down", body = ErrorBody),
     ),
     security(("bearer" = []))

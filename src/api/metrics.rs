@@ -6,6 +6,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use crate::engine::stats::EngineStats;
+
 /// A sum and count (Prometheus summary without quantiles).
 #[derive(Debug, Default)]
 pub struct Summary {
@@ -34,7 +36,6 @@ pub struct Metrics {
     pub block_writes: AtomicU64,
     pub block_deletes: AtomicU64,
     pub sessions_evicted: AtomicU64,
-    pub time_to_first_token: Summary,
     pub request_duration: Summary,
 }
 
@@ -53,8 +54,8 @@ impl Metrics {
         *requests.entry((route.to_string(), status)).or_default() += 1;
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self, gauges: Gauges) -> String {
+    /// The Prometheus text exposition of these metrics, the gauges and the engine's figures.
+    pub fn render(&self, gauges: Gauges, engine: &EngineStats) -> String {
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, lines: Vec<(String, f64)>| {
             let _ = writeln!(
@@ -148,27 +149,59 @@ impl Metrics {
             "1 while shutting down.",
             plain(f64::from(u8::from(gauges.draining))),
         );
-        for (name, help, summary) in [
+        metric(
+            "request_duration_seconds",
+            "summary",
+            "Seconds per completion request, admission to the last token.",
+            vec![
+                ("_sum".into(), load(&self.request_duration.micros) / 1e6),
+                ("_count".into(), load(&self.request_duration.count)),
+            ],
+        );
+        let relaxed = |a: &std::sync::atomic::AtomicUsize| a.load(Ordering::Relaxed) as f64;
+        metric(
+            "requests_waiting",
+            "gauge",
+            "Requests queued for a place in the batch (queue depth).",
+            plain(relaxed(&engine.waiting)),
+        );
+        metric(
+            "requests_running",
+            "gauge",
+            "Sequences in the batch (taking in their prompt or decoding).",
+            plain(relaxed(&engine.running)),
+        );
+        metric(
+            "prefill_tokens_total",
+            "counter",
+            "Prompt tokens taken in by the engine, chunk by chunk.",
+            plain(load(&engine.prefill_tokens)),
+        );
+        for (name, help, histogram) in [
             (
                 "time_to_first_token_seconds",
                 "Seconds from admission to the first generated token.",
-                &self.time_to_first_token,
+                &engine.time_to_first_token,
             ),
             (
-                "request_duration_seconds",
-                "Seconds per completion request, admission to the last token.",
-                &self.request_duration,
+                "inter_token_latency_seconds",
+                "Seconds between consecutive generated tokens of one sequence.",
+                &engine.inter_token,
+            ),
+            (
+                "batch_size",
+                "Sequences decoded together per engine step.",
+                &engine.decode_rows,
             ),
         ] {
-            metric(
-                name,
-                "summary",
-                help,
-                vec![
-                    ("_sum".into(), load(&summary.micros) / 1e6),
-                    ("_count".into(), load(&summary.count)),
-                ],
-            );
+            let (buckets, sum, count) = histogram.snapshot();
+            let mut lines: Vec<(String, f64)> = buckets
+                .into_iter()
+                .map(|(le, n)| (format!("_bucket{{le=\"{le}\"}}"), n as f64))
+                .collect();
+            lines.push(("_sum".into(), sum));
+            lines.push(("_count".into(), count as f64));
+            metric(name, "histogram", help, lines);
         }
         out
     }

@@ -195,9 +195,6 @@ async fn finish(
     metrics
         .completion_tokens
         .fetch_add(finished.completion_tokens as u64, Ordering::Relaxed);
-    if let Some(seconds) = finished.time_to_first_token {
-        metrics.time_to_first_token.observe(seconds);
-    }
     metrics
         .request_duration
         .observe(started.elapsed().as_secs_f64());

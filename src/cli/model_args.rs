@@ -18,9 +18,9 @@ pub struct ModelArgs {
     /// GGUF file or Hugging Face model folder.
     #[arg(long, env = "INFINI_MODEL", default_value = DEFAULT_MODEL)]
     pub model: PathBuf,
-    /// f32, bf16 or int4 (int4: CPU only).
-    #[arg(long, env = "INFINI_PRECISION", default_value = "int4")]
-    pub precision: Precision,
+    /// f32, bf16 or int4 (default: int4 on the CPU, bf16 on a GPU, where int4 does not run).
+    #[arg(long, env = "INFINI_PRECISION")]
+    pub precision: Option<Precision>,
     /// cpu, cuda or cuda:N.
     #[arg(long, env = "INFINI_DEVICE", default_value = "cpu", value_parser = parse_device)]
     pub device: Device,
@@ -30,6 +30,14 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The precision asked for, else the device's default.
+    pub fn precision(&self) -> Precision {
+        self.precision.unwrap_or(match self.device {
+            Device::Cpu => Precision::Int4,
+            _ => Precision::Bf16,
+        })
+    }
+
     /// Sets libtorch's thread count, checks the device, and loads the decoder and its tokenizer.
     pub fn load(&self) -> Result<(Llama, Tokenizer)> {
         if let Device::Cuda(n) = self.device {
@@ -46,7 +54,7 @@ impl ModelArgs {
             .with_context(|| format!("tokenizer of {}", self.model.display()))?;
         let model = checkpoint.load(ModelOptions {
             device: self.device,
-            precision: self.precision,
+            precision: self.precision(),
         })?;
         Ok((model, tokenizer))
     }

@@ -2,7 +2,11 @@
 //! decode with the cache), the per-token rules, sampling and stopping, and the model thread that
 //! the server submits turns to.
 
+pub mod batch;
 pub mod generate;
 pub mod sampler;
+pub mod scheduler;
+pub mod sequence;
+pub mod stats;
 pub mod stop;
 pub mod worker;

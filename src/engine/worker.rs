@@ -1,30 +1,27 @@
-//! The model thread (`architecture.md`, "Engine"): one OS thread owns the model and every live
-//! memory while it runs a turn; async handlers talk to it only through [`Engine::submit`], which
-//! returns a stream of [`Event`]s and, separately, the turn's [`Finished`] outcome.
+//! The model thread's handle (`architecture.md`, "Engine"): one OS thread owns the model and every
+//! live memory while it runs turns, many at once by continuous batching (`scheduler.rs`); async
+//! handlers talk to it only through [`Engine::submit`], which returns a stream of [`Event`]s and,
+//! separately, the turn's [`Finished`] outcome. Past capacity (running plus waiting), `submit`
+//! refuses at once ([`SubmitError::Busy`], a 429 with `Retry-After`).
 //!
-//! A dropped event receiver is the cancellation signal: the engine checks it before each decode
-//! step and ends that sequence (the outcome is still delivered, so a session's memory is kept).
-//! Issue #6 turns the one-at-a-time loop of [`run`] into continuous batching behind the same
-//! `submit` boundary.
+//! A dropped event receiver is the cancellation signal: the engine checks it after each token and
+//! ends that sequence (the outcome is still delivered, so a session's memory is kept).
 
-use std::cell::RefCell;
 use std::ops::Range;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::Instant;
 
-use tch::{Kind, Tensor};
 use tokio::sync::{mpsc, oneshot};
 
-use super::generate::{generate, prefill, FinishReason as LoopFinish, GenerateOptions, NextToken};
-use super::sampler::{Sampler, ValidSampling};
-use super::stop::{FinishReason, StopChecker, StopRules};
+use super::sampler::ValidSampling;
+use super::scheduler::{BatchLimits, Scheduler};
+use super::stats::EngineStats;
+use super::stop::StopRules;
 use crate::cli::ModelArgs;
-use crate::memory::{MemoryConfig, MemoryLayout};
-use crate::model::{Llama, ModelError};
+use crate::memory::MemoryConfig;
 use crate::session::{model_fingerprint, MemoryParts, MemoryStats, SessionMemory};
-use crate::tokenizer::{IncrementalDecoder, Tokenizer};
+use crate::tokenizer::Tokenizer;
 
 /// Where a turn's memory comes from.
 #[derive(Debug)]
@@ -90,6 +87,22 @@ pub struct Finished {
     pub time_to_first_token: Option<f64>,
 }
 
+impl Finished {
+    /// A turn of `prompt_tokens` that has generated nothing yet.
+    pub(super) fn empty(prompt_tokens: usize) -> Self {
+        Self {
+            finish_reason: "stop",
+            prompt_tokens,
+            completion_tokens: 0,
+            cancelled: false,
+            text: String::new(),
+            error: None,
+            memory: None,
+            time_to_first_token: None,
+        }
+    }
+}
+
 /// A session's memory after a turn, ready to store: its core and the archive blocks the turn
 /// added (the store has those the memory held before the turn).
 #[derive(Debug)]
@@ -105,7 +118,7 @@ pub struct KeptMemory {
 
 impl KeptMemory {
     /// What to store of `memory`, which held the blocks `before` when the turn began.
-    fn of(memory: SessionMemory, before: Range<u64>) -> Self {
+    pub(super) fn of(memory: SessionMemory, before: Range<u64>) -> Self {
         let blocks = memory.archive_blocks();
         let new_blocks = (before.end.max(blocks.start)..blocks.end)
             .map(|n| (n, memory.block_bytes(n).expect("the block is held")))
@@ -144,6 +157,9 @@ pub struct EngineOptions {
     pub load: ModelArgs,
     /// The layout of every session's memory.
     pub memory: MemoryConfig,
+    /// How many sequences run together and how many tokens one step may take in.
+    pub batch: BatchLimits,
+    /// Turns that may wait for a place in the batch; past running + waiting, `submit` refuses.
     pub max_waiting: usize,
 }
 
@@ -154,23 +170,28 @@ pub struct ModelInfo {
     pub tokenizer: Arc<Tokenizer>,
 }
 
-struct Job {
-    turn: Turn,
-    events: mpsc::UnboundedSender<Event>,
-    finished: oneshot::Sender<Finished>,
-    admitted: Instant,
+/// A submitted turn on its way to the model thread.
+pub(super) struct Job {
+    pub turn: Turn,
+    pub events: mpsc::UnboundedSender<Event>,
+    pub finished: oneshot::Sender<Finished>,
+    pub admitted: Instant,
 }
 
 /// The handle handlers share.
 #[derive(Clone)]
 pub struct Engine {
     jobs: std_mpsc::Sender<Job>,
-    waiting: Arc<AtomicUsize>,
-    cut_all: Arc<AtomicBool>,
-    max_waiting: usize,
+    /// Turns submitted and not yet finished (waiting or running).
+    pub(super) in_system: Arc<AtomicUsize>,
+    pub(super) cut_all: Arc<AtomicBool>,
+    /// Most turns in the system: running plus waiting.
+    capacity: usize,
     info: Arc<std::sync::OnceLock<ModelInfo>>,
     /// Turns ended early because their client left.
     pub cancelled: Arc<AtomicUsize>,
+    /// Queue depth, batch sizes and latencies, kept by the model thread.
+    pub stats: Arc<EngineStats>,
 }
 
 impl Engine {
@@ -181,24 +202,25 @@ impl Engine {
         let (loaded_tx, loaded_rx) = oneshot::channel();
         let engine = Self {
             jobs,
-            waiting: Arc::new(AtomicUsize::new(0)),
+            in_system: Arc::new(AtomicUsize::new(0)),
             cut_all: Arc::new(AtomicBool::new(false)),
-            max_waiting: options.max_waiting,
+            capacity: options.batch.max_running + options.max_waiting,
             info: Arc::new(std::sync::OnceLock::new()),
             cancelled: Arc::new(AtomicUsize::new(0)),
+            stats: Arc::new(EngineStats::default()),
         };
         let worker = engine.clone();
         std::thread::Builder::new()
             .name("infini-engine".into())
-            .spawn(move || match Worker::load(&options) {
-                Ok(model) => {
+            .spawn(move || match Scheduler::load(&options) {
+                Ok(scheduler) => {
                     let info = ModelInfo {
-                        fingerprint: model_fingerprint(&model.model),
-                        tokenizer: model.tokenizer.clone(),
+                        fingerprint: model_fingerprint(scheduler.model()),
+                        tokenizer: scheduler.tokenizer().clone(),
                     };
                     let _ = worker.info.set(info.clone());
                     let _ = loaded_tx.send(Ok(info));
-                    model.run(&worker, queue);
+                    scheduler.run(&worker, queue);
                 }
                 Err(e) => {
                     let _ = loaded_tx.send(Err(format!("{e:#}")));
@@ -218,10 +240,9 @@ impl Engine {
         if self.info.get().is_none() {
             return Err(SubmitError::NotReady);
         }
-        // Queued or running: one runs, up to `max_waiting` wait behind it.
-        let ahead = self.waiting.fetch_add(1, Ordering::SeqCst);
-        if ahead > self.max_waiting {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        let ahead = self.in_system.fetch_add(1, Ordering::SeqCst);
+        if ahead >= self.capacity {
+            self.in_system.fetch_sub(1, Ordering::SeqCst);
             return Err(SubmitError::Busy(ahead));
         }
         let (events_tx, events) = mpsc::unbounded_channel();
@@ -233,7 +254,7 @@ impl Engine {
             admitted: Instant::now(),
         };
         self.jobs.send(job).map_err(|_| {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            self.in_system.fetch_sub(1, Ordering::SeqCst);
             SubmitError::Stopped
         })?;
         Ok(Submission { events, finished })
@@ -241,235 +262,11 @@ impl Engine {
 
     /// Turns queued or running.
     pub fn load(&self) -> usize {
-        self.waiting.load(Ordering::SeqCst)
+        self.in_system.load(Ordering::SeqCst)
     }
 
     /// Ends every running and queued turn at its next token (graceful shutdown's deadline).
     pub fn cut_all(&self) {
         self.cut_all.store(true, Ordering::SeqCst);
-    }
-}
-
-/// The model thread's state.
-struct Worker {
-    model: Llama,
-    tokenizer: Arc<Tokenizer>,
-    layout: MemoryLayout,
-}
-
-impl Worker {
-    fn load(options: &EngineOptions) -> anyhow::Result<Self> {
-        let (model, tokenizer) = options.load.load()?;
-        let tokenizer = Arc::new(tokenizer);
-        let layout = MemoryLayout::new(
-            options.memory.clone(),
-            model.config().max_position_embeddings as usize,
-            options.load.device,
-        )?;
-        Ok(Self {
-            model,
-            tokenizer,
-            layout,
-        })
-    }
-
-    fn run(self, engine: &Engine, queue: std_mpsc::Receiver<Job>) {
-        let _guard = tch::no_grad_guard();
-        for job in queue {
-            let Job {
-                turn,
-                events,
-                finished,
-                admitted,
-            } = job;
-            let started = Started { events, admitted };
-            let outcome = self.turn(engine, turn, &started);
-            engine.waiting.fetch_sub(1, Ordering::SeqCst);
-            if outcome.cancelled && !engine.cut_all.load(Ordering::SeqCst) {
-                engine.cancelled.fetch_add(1, Ordering::SeqCst);
-            }
-            let _ = finished.send(outcome);
-        }
-    }
-
-    /// The memory a turn starts from.
-    fn memory(&self, source: MemorySource) -> Result<SessionMemory, String> {
-        match source {
-            MemorySource::Live(memory) => Ok(memory),
-            MemorySource::Stored(parts) if !parts.core.is_empty() => {
-                let blocks: Vec<&[u8]> = parts.blocks.iter().map(Vec::as_slice).collect();
-                SessionMemory::from_parts(&parts.core, &blocks, &self.model, &self.layout)
-                    .map_err(|e| e.to_string())
-            }
-            MemorySource::Fresh | MemorySource::Stored(_) => {
-                Ok(SessionMemory::new(&self.model, &self.layout))
-            }
-        }
-    }
-
-    fn turn(&self, engine: &Engine, mut turn: Turn, started: &Started) -> Finished {
-        let mut outcome = Finished {
-            finish_reason: "stop",
-            prompt_tokens: turn.prompt.len(),
-            completion_tokens: 0,
-            cancelled: false,
-            text: String::new(),
-            error: None,
-            memory: None,
-            time_to_first_token: None,
-        };
-        let source = std::mem::replace(&mut turn.memory, MemorySource::Fresh);
-        let mut memory = match self.memory(source) {
-            Ok(memory) => memory,
-            Err(e) => {
-                outcome.error = Some(e);
-                return outcome;
-            }
-        };
-        let before = memory.archive_blocks();
-        match self.generate(engine, &turn, started, &mut memory, &mut outcome) {
-            Ok(()) if turn.keep_memory => outcome.memory = Some(KeptMemory::of(memory, before)),
-            Ok(()) => {}
-            Err(e) => outcome.error = Some(e.to_string()),
-        }
-        outcome
-    }
-
-    fn generate(
-        &self,
-        engine: &Engine,
-        turn: &Turn,
-        job: &Started,
-        memory: &mut SessionMemory,
-        outcome: &mut Finished,
-    ) -> Result<(), ModelError> {
-        let logged = Rc::new(RefCell::new(Vec::new()));
-        let mut sampler = LoggingSampler {
-            inner: Sampler::new(turn.sampling.clone()),
-            top: turn.logprobs,
-            tokenizer: &self.tokenizer,
-            log: logged.clone(),
-        };
-        let mut stops = StopChecker::new(turn.stop.clone());
-        let mut decoder = IncrementalDecoder::new(true);
-        let mut stopped: Option<FinishReason> = None;
-        let mut failure = None;
-        let mut reply = Vec::new();
-        let generation = generate(
-            &self.model,
-            memory.caches(),
-            &turn.prompt,
-            &mut sampler,
-            &GenerateOptions {
-                max_tokens: turn.max_tokens,
-                stop_tokens: self.tokenizer.special_tokens().eos.into_iter().collect(),
-                prefill_chunk: 512,
-            },
-            |token| {
-                outcome
-                    .time_to_first_token
-                    .get_or_insert_with(|| job.admitted.elapsed().as_secs_f64());
-                reply.push(token);
-                let piece = match decoder.push(&self.tokenizer, token) {
-                    Ok(piece) => piece,
-                    Err(e) => {
-                        failure = Some(e.to_string());
-                        return false;
-                    }
-                };
-                let step = stops.push(token, &piece);
-                outcome.text.push_str(&step.text);
-                let logprobs = std::mem::take(&mut *logged.borrow_mut());
-                if (!step.text.is_empty() || !logprobs.is_empty())
-                    && job
-                        .events
-                        .send(Event::Text {
-                            text: step.text,
-                            logprobs,
-                        })
-                        .is_err()
-                {
-                    return false;
-                }
-                if step.finish.is_some() {
-                    stopped = step.finish;
-                    return false;
-                }
-                !(job.events.is_closed() || engine.cut_all.load(Ordering::SeqCst))
-            },
-        )?;
-        if let Some(e) = failure {
-            return Err(ModelError::BadInput(e));
-        }
-        outcome.completion_tokens = generation.tokens.len();
-        outcome.finish_reason = match (&generation.finish, &stopped) {
-            (LoopFinish::Length, _) | (_, Some(FinishReason::Length)) => "length",
-            _ => "stop",
-        };
-        outcome.cancelled = generation.finish == LoopFinish::Cancelled && stopped.is_none();
-        if stopped.is_none() && generation.finish != LoopFinish::Cancelled {
-            let rest = stops.flush();
-            if !rest.is_empty() {
-                outcome.text.push_str(&rest);
-                let _ = job.events.send(Event::Text {
-                    text: rest,
-                    logprobs: Vec::new(),
-                });
-            }
-        }
-        // The loop feeds every token but the last it was handed (none is left over after a stop
-        // token); the memory must hold the whole reply.
-        if let (true, Some(&last), false) = (
-            turn.keep_memory,
-            reply.last(),
-            generation.finish == LoopFinish::Stop,
-        ) {
-            let _ = prefill(&self.model, memory.caches(), &[last], 1)?;
-        }
-        Ok(())
-    }
-}
-
-/// A running turn's way back to its handler.
-struct Started {
-    events: mpsc::UnboundedSender<Event>,
-    admitted: Instant,
-}
-
-/// The request's sampler, noting each chosen token's log-probability (and the top alternatives)
-/// from the model's raw distribution when the request asked for them.
-struct LoggingSampler<'a> {
-    inner: Sampler,
-    top: Option<usize>,
-    tokenizer: &'a Tokenizer,
-    log: Rc<RefCell<Vec<TokenLogprob>>>,
-}
-
-impl NextToken for LoggingSampler<'_> {
-    fn next(&mut self, logits: &Tensor, history: &[u32]) -> Result<u32, ModelError> {
-        let token = self.inner.next(logits, history)?;
-        if let Some(k) = self.top {
-            let logprobs = logits.to_kind(Kind::Float).log_softmax(-1, Kind::Float);
-            let text = |id: i64| {
-                self.tokenizer
-                    .decode(&[id as u32], false)
-                    .unwrap_or_default()
-            };
-            let (values, ids) = logprobs.topk(k.max(1) as i64, -1, true, true);
-            let top = (0..k as i64)
-                .map(|i| {
-                    (
-                        text(ids.int64_value(&[i])),
-                        values.double_value(&[i]) as f32,
-                    )
-                })
-                .collect();
-            self.log.borrow_mut().push(TokenLogprob {
-                token: text(i64::from(token)),
-                logprob: logprobs.double_value(&[i64::from(token)]) as f32,
-                top,
-            });
-        }
-        Ok(token)
     }
 }

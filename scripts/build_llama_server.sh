@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Builds llama.cpp's own `llama-server` (the load benchmark's peer, issue #6) from the llama.cpp
+# sources vendored in the PyPI sdist llama-cpp-python==0.3.36, into the git-ignored .cache/ folder.
+# Neither its code nor its binary is committed. Idempotent: prints the binary's path when built.
+#   LLAMA_CMAKE_FLAGS  extra CMake flags (e.g. -DGGML_AMX_INT8=OFF)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VERSION=0.3.36
+SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+OUT=.cache/llama-server
+BIN=$OUT/build/bin/llama-server
+log() { printf 'build_llama_server: %s\n' "$*" >&2; }
+
+if [ -x "$BIN" ]; then
+  echo "$BIN"
+  exit 0
+fi
+mkdir -p "$OUT"
+SDIST=$OUT/llama_cpp_python-$VERSION.tar.gz
+if ! echo "$SHA256  $SDIST" | sha256sum --check --status 2>/dev/null; then
+  url=$(curl -fsS -H 'Accept: application/vnd.pypi.simple.v1+json' https://pypi.org/simple/llama-cpp-python/ |
+    python3 -c "import json,sys; print(next(f['url'] for f in json.load(sys.stdin)['files'] if f['filename'] == 'llama_cpp_python-$VERSION.tar.gz'))")
+  log "downloading $url"
+  curl -fsSL -o "$SDIST.part" "$url"
+  mv "$SDIST.part" "$SDIST"
+  echo "$SHA256  $SDIST" | sha256sum --check --status || { log "sha256 of $SDIST does not match"; exit 1; }
+fi
+rm -rf "$OUT/src"
+mkdir -p "$OUT/src"
+tar -xzf "$SDIST" -C "$OUT/src" --strip-components=3 "llama_cpp_python-$VERSION/vendor/llama.cpp"
+
+CMAKE=$(command -v cmake || true)
+if [ -z "$CMAKE" ]; then
+  [ -x .venv/bin/cmake ] || .venv/bin/python -m pip install --quiet cmake
+  CMAKE=.venv/bin/cmake
+fi
+log "configuring and building llama-server (several minutes on 2 cores)"
+# shellcheck disable=SC2086
+"$CMAKE" -S "$OUT/src" -B "$OUT/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
+  -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_NATIVE=ON \
+  ${LLAMA_CMAKE_FLAGS:-} >&2
+"$CMAKE" --build "$OUT/build" --target llama-server -j "$(nproc)" >&2
+echo "$BIN"

@@ -1,0 +1,213 @@
+//! Continuous batching on the model thread. Each step:
+//! 1. takes the turns submitted since the last step into the waiting queue, and admits them (in
+//!    order) while fewer than `max_running` sequences run; a session's stored memory is rebuilt here;
+//! 2. takes in prompt tokens, oldest sequence first, up to the step's token budget
+//!    (`max_batch_tokens` less one token per decoding row) and at most [`PREFILL_CHUNK`] per forward
+//!    pass, so a long prompt is spread over steps instead of stalling everyone;
+//! 3. decodes one token for every sequence that has one pending, in a single forward pass over the
+//!    batch (`batch.rs`: shared matmuls, each row reading its own memory);
+//! 4. hands finished turns back; their places go to the queue at the next step.
+//!
+//! A memory update (a chunk leaving the STM for the archive or the ∞-former signal) happens inside
+//! the row's own attention in the step that causes it, so it delays the others by at most that step.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc as std_mpsc, Arc};
+
+use super::batch::decode_rows;
+use super::sequence::{Phase, Sequence, StepContext};
+use super::worker::{Engine, EngineOptions, Job, MemorySource};
+use crate::memory::MemoryLayout;
+use crate::model::Llama;
+use crate::session::SessionMemory;
+use crate::tokenizer::Tokenizer;
+
+/// Prompt tokens per forward pass: the memory's layouts are checked against this chunk.
+pub const PREFILL_CHUNK: usize = 512;
+
+/// How much one step may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Sequences in the batch at once (each holds its memory in RAM while it runs).
+    pub max_running: usize,
+    /// Tokens one step feeds: one per decoding sequence plus prompt chunks.
+    pub max_batch_tokens: usize,
+}
+
+impl BatchLimits {
+    /// Both positive, and room for at least one prompt token beside a full decode batch (so a
+    /// waiting prompt always progresses).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_running == 0 {
+            return Err("max_running must be at least 1".into());
+        }
+        if self.max_batch_tokens <= self.max_running {
+            return Err(format!(
+                "max_batch_tokens ({}) must exceed max_running ({}): each step feeds one token per \
+                 running sequence and needs room for prompt tokens",
+                self.max_batch_tokens, self.max_running
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The model thread's state.
+pub struct Scheduler {
+    model: Llama,
+    tokenizer: Arc<Tokenizer>,
+    layout: MemoryLayout,
+    limits: BatchLimits,
+    stop_tokens: Vec<u32>,
+}
+
+impl Scheduler {
+    pub fn load(options: &EngineOptions) -> anyhow::Result<Self> {
+        options.batch.validate().map_err(anyhow::Error::msg)?;
+        let (model, tokenizer) = options.load.load()?;
+        let layout = MemoryLayout::new(
+            options.memory.clone(),
+            model.config().max_position_embeddings as usize,
+            options.load.device,
+        )?;
+        let stop_tokens = tokenizer.special_tokens().eos.into_iter().collect();
+        Ok(Self {
+            model,
+            tokenizer: Arc::new(tokenizer),
+            layout,
+            limits: options.batch,
+            stop_tokens,
+        })
+    }
+
+    pub fn model(&self) -> &Llama {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    /// Serves turns until every handle is gone.
+    pub(super) fn run(self, engine: &Engine, queue: std_mpsc::Receiver<Job>) {
+        let _guard = tch::no_grad_guard();
+        let mut waiting: VecDeque<Job> = VecDeque::new();
+        let mut running: Vec<Sequence> = Vec::new();
+        loop {
+            if running.is_empty() && waiting.is_empty() {
+                match queue.recv() {
+                    Ok(job) => waiting.push_back(job),
+                    Err(_) => return,
+                }
+            }
+            waiting.extend(queue.try_iter());
+            while running.len() < self.limits.max_running {
+                let Some(job) = waiting.pop_front() else {
+                    break;
+                };
+                running.push(self.admit(job));
+            }
+            engine.stats.waiting.store(waiting.len(), Ordering::Relaxed);
+            engine.stats.running.store(running.len(), Ordering::Relaxed);
+            self.step(engine, &mut running);
+            let (done, live): (Vec<_>, Vec<_>) = running
+                .into_iter()
+                .partition(|sequence| sequence.phase() == Phase::Done);
+            running = live;
+            for sequence in done {
+                // Out of the count before the handler hears of it, so its client's next request
+                // finds the place free.
+                engine.in_system.fetch_sub(1, Ordering::SeqCst);
+                let client_left = sequence.deliver();
+                if client_left && !engine.cut_all.load(Ordering::SeqCst) {
+                    engine.cancelled.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
+    /// A waiting turn joins the batch with its memory (a failed rebuild ends it at once).
+    fn admit(&self, job: Job) -> Sequence {
+        let Job {
+            mut turn,
+            events,
+            finished,
+            admitted,
+        } = job;
+        let source = std::mem::replace(&mut turn.memory, MemorySource::Fresh);
+        let (memory, failure) = match self.memory(source) {
+            Ok(memory) => (memory, None),
+            Err(e) => (SessionMemory::new(&self.model, &self.layout), Some(e)),
+        };
+        let mut sequence = Sequence::new(turn, memory, events, finished, admitted);
+        if let Some(error) = failure {
+            sequence.fail(error);
+        }
+        sequence
+    }
+
+    /// The memory a turn starts from.
+    fn memory(&self, source: MemorySource) -> Result<SessionMemory, String> {
+        match source {
+            MemorySource::Live(memory) => Ok(memory),
+            MemorySource::Stored(parts) if !parts.core.is_empty() => {
+                let blocks: Vec<&[u8]> = parts.blocks.iter().map(Vec::as_slice).collect();
+                SessionMemory::from_parts(&parts.core, &blocks, &self.model, &self.layout)
+                    .map_err(|e| e.to_string())
+            }
+            MemorySource::Fresh | MemorySource::Stored(_) => {
+                Ok(SessionMemory::new(&self.model, &self.layout))
+            }
+        }
+    }
+
+    /// One step: prompt chunks within the token budget, then one batched decode.
+    fn step(&self, engine: &Engine, running: &mut [Sequence]) {
+        let context = StepContext {
+            tokenizer: &self.tokenizer,
+            stop_tokens: &self.stop_tokens,
+            cut_all: engine.cut_all.load(Ordering::SeqCst),
+            stats: &engine.stats,
+        };
+        let decoding = running.iter().filter(|s| s.pending().is_some()).count();
+        let mut budget = self.limits.max_batch_tokens.saturating_sub(decoding);
+        for sequence in running.iter_mut() {
+            let take = sequence.prompt_left().min(budget).min(PREFILL_CHUNK);
+            if take > 0 {
+                sequence.prefill(&self.model, take, &context);
+                budget -= take;
+                engine
+                    .stats
+                    .prefill_tokens
+                    .fetch_add(take as u64, Ordering::Relaxed);
+            }
+        }
+        let mut rows: Vec<&mut Sequence> = running
+            .iter_mut()
+            .filter(|s| s.pending().is_some())
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        let tokens: Vec<u32> = rows.iter().filter_map(|s| s.pending()).collect();
+        engine.stats.decode_rows.observe(rows.len() as f64);
+        let result = decode_rows(
+            &self.model,
+            rows.iter_mut().map(|s| s.memory.caches()),
+            &tokens,
+        );
+        match result {
+            Ok(logits) => {
+                for (b, sequence) in rows.into_iter().enumerate() {
+                    sequence.decoded(&logits.get(b as i64), &context);
+                }
+            }
+            Err(e) => {
+                for sequence in rows {
+                    sequence.fail(e.to_string());
+                }
+            }
+        }
+    }
+}

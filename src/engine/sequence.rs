@@ -1,0 +1,296 @@
+//! One turn inside the continuous batch (`scheduler.rs`): its memory, the prompt still to take in,
+//! its sampler and stop rules, and what it has streamed. The scheduler moves it through
+//! [`Phase`]s; every rule of a single generation (`generate.rs`) holds here token for token: the
+//! same sampling history, stop tokens never shown nor fed, stop strings held back, and a session's
+//! memory left holding the prompt and the whole reply.
+
+use std::ops::Range;
+use std::time::Instant;
+
+use tch::{Kind, Tensor};
+use tokio::sync::{mpsc, oneshot};
+
+use super::generate::NextToken;
+use super::sampler::Sampler;
+use super::stats::EngineStats;
+use super::stop::{FinishReason, StopChecker};
+use super::worker::{Event, Finished, KeptMemory, TokenLogprob, Turn};
+use crate::model::{Llama, LogitsAt, ModelError};
+use crate::session::SessionMemory;
+use crate::tokenizer::{IncrementalDecoder, Tokenizer};
+
+/// Where a sequence stands between two steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Prompt tokens from `fed` on are still to be taken in (in chunks).
+    Prefill {
+        fed: usize,
+    },
+    /// `pending` was chosen and shown; the next decode step feeds it and chooses after it.
+    Decode {
+        pending: u32,
+    },
+    /// The turn is over, but a session's memory must still take in the reply's last token
+    /// (`pending`); the step's logits are not used.
+    Flush {
+        pending: u32,
+    },
+    Done,
+}
+
+/// How the token loop ended (before stop strings are considered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// A stop token came (it is neither shown nor fed).
+    StopToken,
+    /// `max_tokens` were generated.
+    Length,
+    /// The client left, the server cut the turn, or a stop string matched.
+    Cut,
+}
+
+/// What every sequence's choices depend on besides itself.
+pub struct StepContext<'a> {
+    pub tokenizer: &'a Tokenizer,
+    pub stop_tokens: &'a [u32],
+    /// The server's shutdown deadline passed: end every turn at its next token.
+    pub cut_all: bool,
+    pub stats: &'a EngineStats,
+}
+
+/// A turn in the batch.
+pub struct Sequence {
+    pub memory: SessionMemory,
+    phase: Phase,
+    turn: Turn,
+    sampler: Sampler,
+    stops: StopChecker,
+    decoder: IncrementalDecoder,
+    /// Prompt and generated tokens (repetition penalties read them).
+    history: Vec<u32>,
+    generated: usize,
+    /// What the stop rules said, when they ended the turn.
+    stopped: Option<FinishReason>,
+    outcome: Finished,
+    events: mpsc::UnboundedSender<Event>,
+    finished: oneshot::Sender<Finished>,
+    admitted: Instant,
+    last_token_at: Option<Instant>,
+    /// The archive blocks the memory held when the turn began (a store has them already).
+    blocks_before: Range<u64>,
+}
+
+impl Sequence {
+    /// A turn ready to take in its prompt after what `memory` holds.
+    pub fn new(
+        mut turn: Turn,
+        memory: SessionMemory,
+        events: mpsc::UnboundedSender<Event>,
+        finished: oneshot::Sender<Finished>,
+        admitted: Instant,
+    ) -> Self {
+        let mut outcome = Finished::empty(turn.prompt.len());
+        let history = std::mem::take(&mut turn.prompt);
+        let phase = if history.is_empty() {
+            outcome.error = Some("the prompt has no tokens".into());
+            Phase::Done
+        } else {
+            Phase::Prefill { fed: 0 }
+        };
+        Self {
+            blocks_before: memory.archive_blocks(),
+            memory,
+            phase,
+            sampler: Sampler::new(turn.sampling.clone()),
+            stops: StopChecker::new(turn.stop.clone()),
+            decoder: IncrementalDecoder::new(true),
+            history,
+            generated: 0,
+            stopped: None,
+            outcome,
+            events,
+            finished,
+            admitted,
+            last_token_at: None,
+            turn,
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Prompt tokens not yet taken in.
+    pub fn prompt_left(&self) -> usize {
+        match self.phase {
+            Phase::Prefill { fed } => self.outcome.prompt_tokens - fed,
+            _ => 0,
+        }
+    }
+
+    /// The token the next decode step feeds, if this sequence takes part in it.
+    pub fn pending(&self) -> Option<u32> {
+        match self.phase {
+            Phase::Decode { pending } | Phase::Flush { pending } => Some(pending),
+            Phase::Prefill { .. } | Phase::Done => None,
+        }
+    }
+
+    /// Takes in the next `count` prompt tokens in one forward pass; after the last of them,
+    /// chooses the first token.
+    pub fn prefill(&mut self, model: &Llama, count: usize, context: &StepContext) {
+        let Phase::Prefill { fed } = self.phase else {
+            return;
+        };
+        let end = (fed + count).min(self.outcome.prompt_tokens);
+        let ids: Vec<i64> = self.history[fed..end]
+            .iter()
+            .map(|&t| i64::from(t))
+            .collect();
+        let row = Tensor::from_slice(&ids).to_kind(Kind::Int64).unsqueeze(0); // [1, T]
+        match model.forward(&row, self.memory.caches(), LogitsAt::Last) {
+            Ok(logits) if end == self.outcome.prompt_tokens => self.choose(&logits.get(0), context),
+            Ok(_) => self.phase = Phase::Prefill { fed: end },
+            Err(e) => self.fail(e.to_string()),
+        }
+    }
+
+    /// After a decode step fed [`Self::pending`]: its logits `[V]` choose the next token.
+    pub fn decoded(&mut self, logits: &Tensor, context: &StepContext) {
+        match self.phase {
+            Phase::Decode { .. } => self.choose(logits, context),
+            Phase::Flush { .. } => self.phase = Phase::Done,
+            Phase::Prefill { .. } | Phase::Done => {}
+        }
+    }
+
+    /// Ends the turn with an error (its memory is not returned: it may hold half a step).
+    pub fn fail(&mut self, error: String) {
+        self.outcome.error = Some(error);
+        self.phase = Phase::Done;
+    }
+
+    /// Chooses, shows and checks one token, as `generate`'s loop does.
+    fn choose(&mut self, logits: &Tensor, context: &StepContext) {
+        let (token, logprob) = match self.sample(logits, context.tokenizer) {
+            Ok(chosen) => chosen,
+            Err(e) => return self.fail(e.to_string()),
+        };
+        let now = Instant::now();
+        if self.outcome.time_to_first_token.is_none() {
+            let seconds = (now - self.admitted).as_secs_f64();
+            self.outcome.time_to_first_token = Some(seconds);
+            context.stats.time_to_first_token.observe(seconds);
+        }
+        if let Some(previous) = self.last_token_at.replace(now) {
+            context
+                .stats
+                .inter_token
+                .observe((now - previous).as_secs_f64());
+        }
+        if context.stop_tokens.contains(&token) {
+            return self.end(End::StopToken);
+        }
+        self.generated += 1;
+        self.history.push(token);
+        let piece = match self.decoder.push(context.tokenizer, token) {
+            Ok(piece) => piece,
+            Err(e) => return self.fail(e.to_string()),
+        };
+        let step = self.stops.push(token, &piece);
+        self.outcome.text.push_str(&step.text);
+        let logprobs: Vec<TokenLogprob> = logprob.into_iter().collect();
+        let client_gone = (!step.text.is_empty() || !logprobs.is_empty())
+            && self
+                .events
+                .send(Event::Text {
+                    text: step.text,
+                    logprobs,
+                })
+                .is_err();
+        if client_gone {
+            return self.end(End::Cut);
+        }
+        if step.finish.is_some() {
+            self.stopped = step.finish;
+            return self.end(End::Cut);
+        }
+        if self.events.is_closed() || context.cut_all {
+            return self.end(End::Cut);
+        }
+        if self.generated == self.turn.max_tokens {
+            return self.end(End::Length);
+        }
+        self.phase = Phase::Decode { pending: token };
+    }
+
+    /// Settles the outcome; a session's memory then still takes in the last shown token.
+    fn end(&mut self, end: End) {
+        let outcome = &mut self.outcome;
+        outcome.completion_tokens = self.generated;
+        outcome.finish_reason = match (end, &self.stopped) {
+            (End::Length, _) | (_, Some(FinishReason::Length)) => "length",
+            _ => "stop",
+        };
+        outcome.cancelled = end == End::Cut && self.stopped.is_none();
+        if self.stopped.is_none() && end != End::Cut {
+            let rest = self.stops.flush();
+            if !rest.is_empty() {
+                outcome.text.push_str(&rest);
+                let _ = self.events.send(Event::Text {
+                    text: rest,
+                    logprobs: Vec::new(),
+                });
+            }
+        }
+        // A stop token is never fed; any other last token was shown but not yet fed.
+        self.phase = match (self.turn.keep_memory, self.generated, end) {
+            (true, 1.., End::Length | End::Cut) => Phase::Flush {
+                pending: *self.history.last().expect("a generated token"),
+            },
+            _ => Phase::Done,
+        };
+    }
+
+    /// The request's sampler, noting the chosen token's log-probability (and the top
+    /// alternatives) under the model's raw distribution when the request asked for them.
+    fn sample(
+        &mut self,
+        logits: &Tensor,
+        tokenizer: &Tokenizer,
+    ) -> Result<(u32, Option<TokenLogprob>), ModelError> {
+        let token = self.sampler.next(logits, &self.history)?;
+        let Some(k) = self.turn.logprobs else {
+            return Ok((token, None));
+        };
+        let logprobs = logits.to_kind(Kind::Float).log_softmax(-1, Kind::Float);
+        let text = |id: i64| tokenizer.decode(&[id as u32], false).unwrap_or_default();
+        let (values, ids) = logprobs.topk(k.max(1) as i64, -1, true, true);
+        let top = (0..k as i64)
+            .map(|i| {
+                (
+                    text(ids.int64_value(&[i])),
+                    values.double_value(&[i]) as f32,
+                )
+            })
+            .collect();
+        let logprob = TokenLogprob {
+            token: text(i64::from(token)),
+            logprob: logprobs.double_value(&[i64::from(token)]) as f32,
+            top,
+        };
+        Ok((token, Some(logprob)))
+    }
+
+    /// Hands the outcome (and a session's memory) back to the turn's handler. Returns whether
+    /// the client left (not counting the server's own cut).
+    pub fn deliver(self) -> bool {
+        let mut outcome = self.outcome;
+        if outcome.error.is_none() && self.turn.keep_memory {
+            outcome.memory = Some(KeptMemory::of(self.memory, self.blocks_before));
+        }
+        let left = outcome.cancelled;
+        let _ = self.finished.send(outcome);
+        left
+    }
+}
