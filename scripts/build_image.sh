@@ -12,6 +12,8 @@
 #   rust:1.95-slim-bookworm     that Debian + gcc/g++/make/pkg-config + this machine's toolchain,
 #                               laid out like the official image (RUSTUP_HOME=/usr/local/rustup,
 #                               CARGO_HOME=/usr/local/cargo).
+# Certificate authorities this machine adds (/usr/local/share/ca-certificates, e.g. a TLS-intercepting
+# proxy's) go into the builder base image so that pip and cargo reach PyPI and crates.io through it.
 # Existing base images are reused; REBUILD_BASE=1 remakes them.
 #
 # Slow (the Rust release build inside runs on the machine's cores: 15-25 min on 2 cores, more under
@@ -117,6 +119,17 @@ if [ "${REBUILD_BASE:-0}" = 1 ] || ! have_image "$RUST_IMAGE"; then
   ctr=$(bah from --pull=never "$DEBIAN_IMAGE")
   bah run --isolation chroot "$ctr" -- sh -c \
     'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ca-certificates gcc g++ libc6-dev make pkg-config >/dev/null && rm -rf /var/lib/apt/lists/*'
+  # Certificate authorities this machine adds to the system's (e.g. a TLS-intercepting proxy's):
+  # the build's pip and cargo must trust them too to reach PyPI and crates.io.
+  extra_cas=(/usr/local/share/ca-certificates/*.crt)
+  if [ -e "${extra_cas[0]}" ]; then
+    echo "adding this machine's ${#extra_cas[@]} local CA certificate(s) to $RUST_IMAGE"
+    for ca in "${extra_cas[@]}"; do bah copy --quiet "$ctr" "$ca" /usr/local/share/ca-certificates/; done
+    bah run --isolation chroot "$ctr" -- update-ca-certificates >/dev/null
+    bundle=/etc/ssl/certs/ca-certificates.crt
+    bah config --env "SSL_CERT_FILE=$bundle" --env "PIP_CERT=$bundle" \
+      --env "REQUESTS_CA_BUNDLE=$bundle" --env "CARGO_HTTP_CAINFO=$bundle" "$ctr"
+  fi
   # The official image's layout: the toolchain under RUSTUP_HOME, rustup and its proxies in CARGO_HOME/bin.
   tar -C "$toolchain_dir" --exclude=./share/doc --transform "s,^\.,toolchains/$have-$arch," -cf "$WORK/toolchain.tar" .
   printf 'version = "12"\ndefault_toolchain = "%s"\nprofile = "minimal"\n' "$have-$arch" >"$WORK/settings.toml"
