@@ -4,7 +4,7 @@
 //!   the version the other committed, and the replies, token counts and exported memory are those
 //!   of a session that stayed on one replica;
 //! * the same session's turn sent to both at once commits once: one answers 200, the other 409
-//!   `session_version_conflict`, and the stored session is the winner's;
+//!   `session_version_conflict`, and the stored session is the winner's, which the loser continues;
 //! * a replica killed with SIGKILL in the middle of a turn leaves the session at its last committed
 //!   turn, and the other replica continues from there.
 
@@ -15,8 +15,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::sync::Barrier;
 
 use common::{
-    chat, create_session, model_present, read_events, reply_text, session_turn, session_view,
-    user, PgSchema, Response, Server, TempDir,
+    chat, create_session, model_present, read_events, reply_text, session_turn, session_view, user,
+    PgSchema, Response, Server, TempDir,
 };
 use serde_json::{json, Value};
 
@@ -81,8 +81,9 @@ fn int(view: &Value, field: &str) -> i64 {
 }
 
 /// Alternating A, B, A, B: each turn starts from the version the other replica committed (A holds
-/// an older version in RAM and must notice), and the session evolves exactly as a control session
-/// whose turns all run on A: same replies, same tokens seen, byte-identical memory.
+/// an older version in RAM and must notice), the third turn recalls what the second told, and the
+/// session evolves exactly as a control session whose turns all run on A: same replies, same
+/// tokens seen, byte-identical memory.
 #[test]
 fn turns_alternate_between_replicas_with_memory_intact() {
     let Some(r) = replicas("alternate") else {
@@ -90,18 +91,22 @@ fn turns_alternate_between_replicas_with_memory_intact() {
     };
     let hopping = create_session(&r.a, KEY);
     let staying = create_session(&r.a, KEY);
-    let texts = [
-        "My name is Zorblax.",
-        "What is two plus two?",
-        "Name a colour.",
-        "What is my name?",
+    let turns = [
+        ("What is two plus two?", 8),
+        ("My name is Zorblax.", 12),
+        ("What is my name?", 12),
+        ("Thank you.", 4),
     ];
     let mut tokens_seen = 0;
-    let mut last = Value::Null;
-    for (i, text) in texts.iter().enumerate() {
-        let (on, other) = if i % 2 == 0 { (&r.a, &r.b) } else { (&r.b, &r.a) };
-        let hopped = turn(on, &hopping, text, 12);
-        let stayed = turn(&r.a, &staying, text, 12);
+    let mut replies = Vec::new();
+    for (i, (text, max_tokens)) in turns.into_iter().enumerate() {
+        let (on, other) = if i % 2 == 0 {
+            (&r.a, &r.b)
+        } else {
+            (&r.b, &r.a)
+        };
+        let hopped = turn(on, &hopping, text, max_tokens);
+        let stayed = turn(&r.a, &staying, text, max_tokens);
         assert_eq!(
             text_of(&hopped),
             text_of(&stayed),
@@ -115,17 +120,22 @@ fn turns_alternate_between_replicas_with_memory_intact() {
         assert_eq!(int(&seen_there, "message_count"), 2 * (i as i64 + 1));
         // The memory took in exactly this turn's tokens on top of the last committed ones.
         let now = int(&seen_there, "tokens_seen");
-        assert_eq!(now, tokens_seen + turn_tokens(&hopped), "turn {i}: {hopped}");
+        assert_eq!(
+            now,
+            tokens_seen + turn_tokens(&hopped),
+            "turn {i}: {hopped}"
+        );
         assert_eq!(seen_there["memory"]["tokens_seen"], json!(now));
         let control = session_view(&r.a, KEY, &staying);
         assert_eq!(int(&control, "tokens_seen"), now, "turn {i}");
         assert_eq!(control["memory"], seen_there["memory"], "turn {i}");
         tokens_seen = now;
-        last = hopped;
+        replies.push(hopped);
     }
     assert!(
-        text_of(&last).contains("Zorblax"),
-        "the fourth turn (on B) must recall the first (on A): {last}"
+        text_of(&replies[2]).contains("Zorblax"),
+        "the third turn (on A) must recall the second (on B): {}",
+        replies[2]
     );
     let export = |server: &Server, id: &str| {
         let response = server.get(&format!("/v1/sessions/{id}/export"), Some(KEY));
@@ -140,20 +150,16 @@ fn turns_alternate_between_replicas_with_memory_intact() {
     );
 }
 
-/// The same turn sent to both replicas at the same moment: both read version 1 and generate, one
-/// commits version 2, the other's commit finds the version moved and answers 409 without storing
-/// anything; the losing replica then continues from the winner's turn.
+/// The same session's first turn sent to both replicas at the same moment: both read version 0 and
+/// generate, one commits version 1, the other's commit finds the version moved and answers 409
+/// without storing anything; the losing replica then continues from the winner's turn.
 #[test]
 fn one_turn_sent_to_both_replicas_commits_once() {
     let Some(r) = replicas("conflict") else {
         return;
     };
     let s = create_session(&r.a, KEY);
-    turn(&r.a, &s, "My name is Zorblax.", 8);
-    let before = session_view(&r.b, KEY, &s);
-    assert_eq!(int(&before, "version"), 1);
-
-    // 32 tokens take far longer than reading the session row, so the two turns overlap.
+    // 32 generated tokens take far longer than reading the session's row, so the turns overlap.
     let barrier = Barrier::new(2);
     let send = |server: &Server| {
         barrier.wait();
@@ -179,23 +185,26 @@ fn one_turn_sent_to_both_replicas_commits_once() {
 
     let winner = winner.json();
     let after = session_view(&r.a, KEY, &s);
-    assert_eq!(int(&after, "version"), 2, "{after}");
-    assert_eq!(int(&after, "message_count"), 4);
-    assert_eq!(after["messages"][3]["content"], json!(text_of(&winner)));
+    assert_eq!(int(&after, "version"), 1, "{after}");
+    assert_eq!(int(&after, "message_count"), 2);
+    assert_eq!(after["messages"][1]["content"], json!(text_of(&winner)));
     assert_eq!(
         int(&after, "tokens_seen"),
-        int(&before, "tokens_seen") + turn_tokens(&winner),
+        turn_tokens(&winner),
         "only the winner's turn is in the memory"
     );
+    assert_eq!(after, session_view(&r.b, KEY, &s));
 
-    let next = turn(losing_server, &s, "What is my name?", 12);
+    // The losing replica continues from the winner's turn.
+    let told = turn(losing_server, &s, "My name is Zorblax.", 12);
+    let recalled = turn(losing_server, &s, "What is my name?", 12);
+    assert!(text_of(&recalled).contains("Zorblax"), "{recalled}");
     let done = session_view(&r.b, KEY, &s);
     assert_eq!(int(&done, "version"), 3);
     assert_eq!(
         int(&done, "tokens_seen"),
-        int(&after, "tokens_seen") + turn_tokens(&next)
+        int(&after, "tokens_seen") + turn_tokens(&told) + turn_tokens(&recalled)
     );
-    assert!(text_of(&next).contains("Zorblax"), "{next}");
 }
 
 /// SIGKILL of the replica running a turn (after its first streamed tokens): nothing of that turn
@@ -207,12 +216,12 @@ fn replica_killed_mid_turn_leaves_the_last_committed_turn() {
         return;
     };
     let s = create_session(&r.b, KEY);
-    turn(&r.b, &s, "My name is Zorblax.", 12);
-    turn(&r.a, &s, "What is two plus two?", 8);
+    turn(&r.b, &s, "What is two plus two?", 8);
+    turn(&r.a, &s, "My name is Zorblax.", 12);
     let committed = session_view(&r.b, KEY, &s);
     assert_eq!(int(&committed, "version"), 2);
 
-    let mut body = chat(user("Count from one to two hundred."), 400);
+    let mut body = chat(user("Write a long story about a dragon."), 400);
     body["session_id"] = json!(s);
     body["stream"] = json!(true);
     let mut stream = r.a.open_stream("/v1/chat/completions", KEY, &body);
