@@ -38,7 +38,7 @@ lint: lint-deploy
 lint-deploy: setup
 	./scripts/lint_deploy.sh
 
-# The container image, built and run without Docker (buildah; root; 20-40 minutes, ~25 GB of disk):
+# The container image, built and run without Docker (buildah; root; ~18 minutes on 2 cores, ~20 GB of disk):
 # not part of `make test` or CI. See docs/OPERATIONS.md, "The image".
 image:
 	./scripts/build_image.sh

@@ -16,8 +16,8 @@
 # proxy's) go into the builder base image so that pip and cargo reach PyPI and crates.io through it.
 # Existing base images are reused; REBUILD_BASE=1 remakes them.
 #
-# Slow (the Rust release build inside runs on the machine's cores: 15-25 min on 2 cores, more under
-# load) and needs about 25 GB of disk with the vfs driver, so it is not part of `make test` or CI.
+# Slow (18 min measured on 2 busy cores with BUILD_JOBS=1, 11.5 of them the Rust release build) and
+# needs about 20 GB of disk with the vfs driver, so it is not part of `make test` or CI.
 # Run it as `nice -n 19 scripts/build_image.sh` on a shared machine.
 #
 # Environment:
