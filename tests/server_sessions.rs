@@ -3,6 +3,7 @@
 //! whose third turn needs the first while the client sends only new messages; a restart in
 //! between with identical exported memory and identical greedy replies; export → delete → import;
 //! 409 for a concurrent turn, 404 for another key; idle sessions leaving RAM and coming back.
+//! Two replicas on one PostgreSQL: `tests/replicas.rs`.
 
 mod common;
 
@@ -278,37 +279,4 @@ fn sessions_on_postgres() {
     };
     let dir = TempDir::new("postgres");
     session_suite(&[("DATABASE_URL", schema.url())], &dir);
-}
-
-/// Two replicas on one PostgreSQL: each turn starts from the latest stored version, so a
-/// session moves between servers without losing a turn (and `tests/store_version.rs` shows that
-/// two turns over the same version cannot both commit).
-#[test]
-fn two_servers_share_sessions_on_postgres() {
-    if !model_present() {
-        return;
-    }
-    let Some(schema) = PgSchema::create() else {
-        eprintln!("SKIPPED: no PostgreSQL at 127.0.0.1:5432 (database test, user postgres)");
-        return;
-    };
-    let dir = TempDir::new("replicas");
-    let env = [
-        ("INFINI_API_KEYS", "alice:key-a".to_string()),
-        ("DATABASE_URL", schema.url()),
-    ];
-    let one = Server::start(&env, &dir.0);
-    let two = Server::start(&env, &dir.0);
-    let s = create(&one);
-    turn(&one, &s, "What is two plus two?", 8);
-    let told = turn(&two, &s, "My name is Zorblax.", 12);
-    assert!(!told.is_empty());
-    // Server one still holds version 1 in RAM; it must notice version 2 and reload.
-    let recalled = turn(&one, &s, "What is my name?", 12);
-    assert!(recalled.contains("Zorblax"), "{recalled:?}");
-    let got = two.get(&format!("/v1/sessions/{s}"), Some(ALICE)).json();
-    assert_eq!(
-        (got["version"].as_i64(), got["message_count"].as_i64()),
-        (Some(3), Some(6))
-    );
 }

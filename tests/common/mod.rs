@@ -139,6 +139,13 @@ impl Server {
         assert!(status.success());
     }
 
+    /// SIGKILL: no drain, nothing stored; waits for the process to be gone.
+    pub fn kill(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("the server is running");
+        child.kill().unwrap();
+        child.wait().unwrap()
+    }
+
     /// SIGTERM, then waits for the exit (at most 60 s).
     pub fn stop(mut self) -> ExitStatus {
         self.terminate();
@@ -384,6 +391,38 @@ pub fn read_events(stream: &mut TcpStream, events: usize) -> Vec<u8> {
 /// A chat request body: greedy, short.
 pub fn chat(messages: Value, max_tokens: u32) -> Value {
     serde_json::json!({"messages": messages, "max_tokens": max_tokens, "temperature": 0})
+}
+
+/// One user message.
+pub fn user(text: &str) -> Value {
+    serde_json::json!([{"role": "user", "content": text}])
+}
+
+/// A new session of `key`'s (asserting 201); its id.
+pub fn create_session(server: &Server, key: &str) -> String {
+    let response = server.request("POST", "/v1/sessions", &[("Authorization", key)], None);
+    assert_eq!(response.status, 201, "{}", response.text());
+    response.json()["id"].as_str().unwrap().to_string()
+}
+
+/// A greedy, non-streaming turn of `session` (whatever the status).
+pub fn session_turn(
+    server: &Server,
+    key: &str,
+    session: &str,
+    text: &str,
+    max_tokens: u32,
+) -> Response {
+    let mut body = chat(user(text), max_tokens);
+    body["session_id"] = serde_json::json!(session);
+    server.post("/v1/chat/completions", Some(key), &body)
+}
+
+/// `GET /v1/sessions/{id}` (asserting 200).
+pub fn session_view(server: &Server, key: &str, id: &str) -> Value {
+    let response = server.get(&format!("/v1/sessions/{id}"), Some(key));
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json()
 }
 
 /// The assistant's text of a non-streaming chat reply (asserting 200).
