@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::engine::stats::EngineStats;
@@ -82,73 +82,97 @@ impl Metrics {
                 .collect(),
         );
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
-        let plain = |v: f64| vec![(String::new(), v)];
-        metric(
-            "prompt_tokens_total",
-            "counter",
-            "Prompt tokens fed to the model.",
-            plain(load(&self.prompt_tokens)),
-        );
-        metric(
-            "generated_tokens_total",
-            "counter",
-            "Tokens generated.",
-            plain(load(&self.completion_tokens)),
-        );
-        metric(
-            "turns_committed_total",
-            "counter",
-            "Session turns written through to the store.",
-            plain(load(&self.turns_committed)),
-        );
-        metric(
-            "turn_conflicts_total",
-            "counter",
-            "Session turns refused because another writer moved the session's version.",
-            plain(load(&self.turn_conflicts)),
-        );
-        metric(
-            "store_block_writes_total",
-            "counter",
-            "Archive blocks of session memories written to the store by committed turns.",
-            plain(load(&self.block_writes)),
-        );
-        metric(
-            "store_block_deletes_total",
-            "counter",
-            "Archive blocks deleted from the store because a committed turn's memory let them go.",
-            plain(load(&self.block_deletes)),
-        );
-        metric(
-            "sessions_evicted_total",
-            "counter",
-            "Idle sessions whose memory left RAM.",
-            plain(load(&self.sessions_evicted)),
-        );
-        metric(
-            "generations_cancelled_total",
-            "counter",
-            "Generations stopped early because the client disconnected.",
-            plain(gauges.cancelled as f64),
-        );
-        metric(
-            "requests_in_flight",
-            "gauge",
-            "Generations queued or running.",
-            plain(gauges.in_flight as f64),
-        );
-        metric(
-            "sessions_hot",
-            "gauge",
-            "Sessions whose memory is in RAM.",
-            plain(gauges.hot_sessions as f64),
-        );
-        metric(
-            "draining",
-            "gauge",
-            "1 while shutting down.",
-            plain(f64::from(u8::from(gauges.draining))),
-        );
+        let relaxed = |a: &AtomicUsize| a.load(Ordering::Relaxed) as f64;
+        // (name, type, help, value) of every single-valued counter and gauge.
+        let single: [(&str, &str, &str, f64); 14] = [
+            (
+                "prompt_tokens_total",
+                "counter",
+                "Prompt tokens fed to the model.",
+                load(&self.prompt_tokens),
+            ),
+            (
+                "generated_tokens_total",
+                "counter",
+                "Tokens generated.",
+                load(&self.completion_tokens),
+            ),
+            (
+                "turns_committed_total",
+                "counter",
+                "Session turns written through to the store.",
+                load(&self.turns_committed),
+            ),
+            (
+                "turn_conflicts_total",
+                "counter",
+                "Session turns refused because another writer moved the session's version.",
+                load(&self.turn_conflicts),
+            ),
+            (
+                "store_block_writes_total",
+                "counter",
+                "Archive blocks of session memories written to the store by committed turns.",
+                load(&self.block_writes),
+            ),
+            (
+                "store_block_deletes_total",
+                "counter",
+                "Archive blocks deleted from the store because a committed turn's memory let them go.",
+                load(&self.block_deletes),
+            ),
+            (
+                "sessions_evicted_total",
+                "counter",
+                "Idle sessions whose memory left RAM.",
+                load(&self.sessions_evicted),
+            ),
+            (
+                "generations_cancelled_total",
+                "counter",
+                "Generations stopped early because the client disconnected.",
+                gauges.cancelled as f64,
+            ),
+            (
+                "requests_in_flight",
+                "gauge",
+                "Generations queued or running.",
+                gauges.in_flight as f64,
+            ),
+            (
+                "sessions_hot",
+                "gauge",
+                "Sessions whose memory is in RAM.",
+                gauges.hot_sessions as f64,
+            ),
+            (
+                "draining",
+                "gauge",
+                "1 while shutting down.",
+                f64::from(u8::from(gauges.draining)),
+            ),
+            (
+                "requests_waiting",
+                "gauge",
+                "Requests queued for a place in the batch (queue depth).",
+                relaxed(&engine.waiting),
+            ),
+            (
+                "requests_running",
+                "gauge",
+                "Sequences in the batch (taking in their prompt or decoding).",
+                relaxed(&engine.running),
+            ),
+            (
+                "prefill_tokens_total",
+                "counter",
+                "Prompt tokens taken in by the engine, chunk by chunk.",
+                load(&engine.prefill_tokens),
+            ),
+        ];
+        for (name, kind, help, value) in single {
+            metric(name, kind, help, vec![(String::new(), value)]);
+        }
         metric(
             "request_duration_seconds",
             "summary",
@@ -157,25 +181,6 @@ impl Metrics {
                 ("_sum".into(), load(&self.request_duration.micros) / 1e6),
                 ("_count".into(), load(&self.request_duration.count)),
             ],
-        );
-        let relaxed = |a: &std::sync::atomic::AtomicUsize| a.load(Ordering::Relaxed) as f64;
-        metric(
-            "requests_waiting",
-            "gauge",
-            "Requests queued for a place in the batch (queue depth).",
-            plain(relaxed(&engine.waiting)),
-        );
-        metric(
-            "requests_running",
-            "gauge",
-            "Sequences in the batch (taking in their prompt or decoding).",
-            plain(relaxed(&engine.running)),
-        );
-        metric(
-            "prefill_tokens_total",
-            "counter",
-            "Prompt tokens taken in by the engine, chunk by chunk.",
-            plain(load(&engine.prefill_tokens)),
         );
         for (name, help, histogram) in [
             (
