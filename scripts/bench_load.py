@@ -223,6 +223,7 @@ def bench_server(server, kind, args, long_texts):
                     session = json.loads(data)["id"]
                     setup = chat_body(first, 1, {"session_id": session})
                     setup["stream"] = False
+                    del setup["stream_options"]
                     status, data = server.request("POST", "/v1/chat/completions", setup)
                     if status != 200:
                         sys.exit(f"infini: history turn failed: {status} {data[:300]!r}")
@@ -231,6 +232,7 @@ def bench_server(server, kind, args, long_texts):
                 else:
                     setup = chat_body(first, 1, extra)
                     setup["stream"] = False
+                    del setup["stream_options"]
                     setup["cache_prompt"] = True
                     status, data = server.request("POST", "/v1/chat/completions", setup)
                     if status != 200:
@@ -286,7 +288,7 @@ def main():
     env.update({
         "INFINI_ADDR": "127.0.0.1:0", "INFINI_DATA_DIR": data_dir, "INFINI_MODEL": args.model,
         "INFINI_THREADS": str(args.threads), "INFINI_MAX_RUNNING": str(slots),
-        "INFINI_LOG": "warn",
+        "INFINI_LOG": "warn", "INFINI_MODEL_NAME": "default",
     })
     ours = Server("infini", [args.infini, "serve"], env, "/ready", port_from_stdout=True)
     try:
