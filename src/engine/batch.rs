@@ -4,7 +4,9 @@
 //! each row takes in its own new keys and reads its own memory (sinks, STM, archive, LTM at its own
 //! positions, `infinity-former.md` §9.7), so [`Rows`] hands every row to its own cache.
 
-use tch::{Kind, Tensor};
+use tch::Tensor;
+
+use super::generate::token_row;
 
 use crate::model::{LayerCache, Llama, LogitsAt, ModelError};
 use crate::rope::RopeTable;
@@ -79,8 +81,7 @@ pub fn decode_rows<'a, C: LayerCache + 'a>(
             layer.rows.push(cache);
         }
     }
-    let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
-    let column = Tensor::from_slice(&ids).to_kind(Kind::Int64).unsqueeze(1); // [B, 1]
+    let column = token_row(tokens).view([-1, 1]); // [B, 1]
     model.forward(&column, &mut per_layer, LogitsAt::Last)
 }
 

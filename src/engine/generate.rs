@@ -135,7 +135,7 @@ pub fn prefill<C: LayerCache>(
 }
 
 /// `[1, T]` int64 from token ids.
-fn token_row(tokens: &[u32]) -> Tensor {
+pub(crate) fn token_row(tokens: &[u32]) -> Tensor {
     let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
     Tensor::from_slice(&ids).to_kind(Kind::Int64).unsqueeze(0)
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 use tch::{Kind, Tensor};
 use tokio::sync::{mpsc, oneshot};
 
-use super::generate::NextToken;
+use super::generate::{token_row, NextToken};
 use super::sampler::Sampler;
 use super::stats::EngineStats;
 use super::stop::{FinishReason, StopChecker};
@@ -143,11 +143,7 @@ impl Sequence {
             return;
         };
         let end = (fed + count).min(self.outcome.prompt_tokens);
-        let ids: Vec<i64> = self.history[fed..end]
-            .iter()
-            .map(|&t| i64::from(t))
-            .collect();
-        let row = Tensor::from_slice(&ids).to_kind(Kind::Int64).unsqueeze(0); // [1, T]
+        let row = token_row(&self.history[fed..end]); // [1, T]
         match model.forward(&row, self.memory.caches(), LogitsAt::Last) {
             Ok(logits) if end == self.outcome.prompt_tokens => self.choose(&logits.get(0), context),
             Ok(_) => self.phase = Phase::Prefill { fed: end },
