@@ -3,20 +3,27 @@
 //! bytes per tier at each point, and decode tokens/s at 100 and 7,800 tokens of history against
 //! llama.cpp (llama-cpp-python, same GGUF, same threads, same token ids) in the same run.
 //!
+//! One session (and, where it fits the context, one plain KV cache) is prefilled to each point;
+//! then every one of them decodes a few tokens in turn, round after round, so that a drift of the
+//! machine's speed (a shared VM's is ±30% over minutes) falls on every point alike. The figure is
+//! the median time per decoded token (steps that evict a block are the slow tail).
+//!
 //! Run: `make bench-memory` (or `cargo bench --bench memory`). Environment: `INFINI_BENCH_THREADS`
-//! (default: libtorch's, the core count), `INFINI_BENCH_DECODE` (tokens decoded at each point,
-//! default 32), `INFINI_BENCH_HISTORY` (points, default `100,1000,7800,8000,32000,100000`),
+//! (decode threads, default: libtorch's, the core count; prefill uses every core),
+//! `INFINI_BENCH_DECODE` (tokens decoded per point per round, default 24), `INFINI_BENCH_ROUNDS`
+//! (default 4), `INFINI_BENCH_HISTORY` (points, default `100,1000,7800,8000,32000,100000`),
 //! `INFINI_BENCH_PEER=0` to skip the peer.
 
 mod common;
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use common::{peer, prompt, GGUF};
 use infini::engine::generate::{generate, prefill, GenerateOptions, Greedy};
 use infini::memory::{MemoryConfig, MemoryLayout};
-use infini::model::{Checkpoint, LayerCache, Llama, ModelOptions};
+use infini::model::{Checkpoint, KvCache, LayerCache, Llama, ModelOptions};
 use infini::session::SessionMemory;
 
 fn env_list(name: &str, default: &str) -> Result<Vec<usize>> {
@@ -27,90 +34,146 @@ fn env_list(name: &str, default: &str) -> Result<Vec<usize>> {
         .collect()
 }
 
-/// Decode tokens/s over `n` greedy steps after whatever `caches` hold, starting from `last`.
-fn decode_speed<C: LayerCache>(
+/// Seconds of each of `n` greedy decode steps after whatever `caches` hold (the first feeds
+/// `last`, each later one the token chosen before), and the last token chosen (not yet fed).
+fn decode_steps<C: LayerCache>(
     model: &Llama,
     caches: &mut [C],
     last: u32,
     n: usize,
-) -> Result<f64> {
+) -> Result<(Vec<f64>, u32)> {
     let options = GenerateOptions {
         max_tokens: n,
         stop_tokens: vec![],
         prefill_chunk: 1,
     };
-    let out = generate(model, caches, &[last], &mut Greedy, &options, |_| true)?;
-    Ok((n - 1) as f64 / out.decode.as_secs_f64())
+    let mut times = Vec::with_capacity(n);
+    let mut previous = Instant::now();
+    let out = generate(model, caches, &[last], &mut Greedy, &options, |_| {
+        times.push(previous.elapsed().as_secs_f64());
+        previous = Instant::now();
+        true
+    })?;
+    Ok((times, out.tokens.last().copied().unwrap_or(last)))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// One point's past: a session memory, and the plain KV cache when the point fits the context.
+struct Point {
+    history: usize,
+    memory: SessionMemory,
+    plain: Option<Vec<KvCache>>,
+    /// The next token each of the two feeds (decoded tokens join the history).
+    last: (u32, u32),
+    /// Seconds per decoded token, ours and the plain cache's.
+    times: (Vec<f64>, Vec<f64>),
 }
 
 fn main() -> Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    if let Ok(threads) = std::env::var("INFINI_BENCH_THREADS") {
-        tch::set_num_threads(threads.parse()?);
-    }
-    let threads = tch::get_num_threads();
-    let decode = env_list("INFINI_BENCH_DECODE", "32")?[0].max(2);
+    let all_cores = tch::get_num_threads();
+    let threads = match std::env::var("INFINI_BENCH_THREADS") {
+        Ok(threads) => threads.parse()?,
+        Err(_) => all_cores,
+    };
+    let _guard = tch::no_grad_guard();
+    let decode = env_list("INFINI_BENCH_DECODE", "24")?[0].max(2);
+    let rounds = env_list("INFINI_BENCH_ROUNDS", "4")?[0].max(1);
     let points = env_list("INFINI_BENCH_HISTORY", "100,1000,7800,8000,32000,100000")?;
     let checkpoint = Checkpoint::open(root.join(GGUF)).context("run ./scripts/setup.sh first")?;
     let model = checkpoint.load(ModelOptions::default())?;
     let context = model.config().max_position_embeddings as usize;
-    let layout = MemoryLayout::new(MemoryConfig::default(), context, model.options().device)?;
+    let config = MemoryConfig::default();
+    let layout = MemoryLayout::new(config.clone(), context, model.options().device)?;
     let text = prompt(*points.iter().max().unwrap_or(&100));
+    let decoded = decode * rounds;
     println!(
-        "batch 1, {threads} threads, int4, default memory layout, {decode} tokens decoded at each point"
+        "batch 1, {threads} decode threads, int4, default memory layout (L_stm {}, top-{} blocks of {}), \
+         {rounds} interleaved rounds of {decode} tokens at each point, median time per token",
+        config.stm_len, config.top_k_blocks, config.block_len
     );
 
     // The peer at the points that fit its context.
     let peer_points: Vec<usize> = points
         .iter()
         .copied()
-        .filter(|&p| p + decode < context)
+        .filter(|&p| p + decoded < context)
         .collect();
     let peer_speeds = if std::env::var("INFINI_BENCH_PEER").as_deref() == Ok("0") {
         vec![]
     } else {
         let prompts: Vec<Vec<u32>> = peer_points.iter().map(|&p| text[..p].to_vec()).collect();
-        peer(&root, &prompts, decode, threads)?
+        peer(&root, &prompts, decoded, threads)?
     };
 
-    // Ours: one session that grows through every point (decoded tokens join the history too).
-    let mut memory = SessionMemory::new(&model, &layout);
-    let mut fed = 0;
-    let mut first_point = None;
+    // Every point's past, prefilled with every core.
+    tch::set_num_threads(all_cores);
+    let mut pasts = Vec::new();
+    for &history in &points {
+        let target = history.saturating_sub(1);
+        let mut memory = SessionMemory::new(&model, &layout);
+        let _ = prefill(&model, memory.caches(), &text[..target], 512)?;
+        let plain = (history + decoded < context)
+            .then(|| -> Result<Vec<KvCache>> {
+                let mut cache = model.new_cache();
+                let _ = prefill(&model, &mut cache, &text[..target], 512)?;
+                Ok(cache)
+            })
+            .transpose()?;
+        let last = (text[target], text[target]);
+        pasts.push(Point {
+            history,
+            memory,
+            plain,
+            last,
+            times: (Vec::new(), Vec::new()),
+        });
+    }
+
+    // A warm-up, then the rounds.
+    tch::set_num_threads(threads);
+    let _ = decode_steps(&model, &mut model.new_cache(), text[0], 16)?;
+    for _ in 0..rounds {
+        for point in pasts.iter_mut() {
+            let (ours, last) = decode_steps(&model, point.memory.caches(), point.last.0, decode)?;
+            point.times.0.extend(ours);
+            point.last.0 = last;
+            if let Some(cache) = point.plain.as_mut() {
+                let (plain, last) = decode_steps(&model, cache, point.last.1, decode)?;
+                point.times.1.extend(plain);
+                point.last.1 = last;
+            }
+        }
+    }
+
     println!("| history | ours tok/s | ms/token | vs 1k | plain KV cache tok/s | llama.cpp tok/s | ours/peer | sinks | STM | archive | LTM tokens | bytes: STM | archive | LTM | total |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for &point in &points {
-        let target = point.saturating_sub(1);
-        if target > fed {
-            let _ = prefill(&model, memory.caches(), &text[fed..target], 512)?;
-            fed = target;
-        }
-        let speed = decode_speed(&model, memory.caches(), text[fed], decode)?;
-        fed += decode; // the decoded tokens are history now (their ids differ from `text`)
-        if point >= 1000 && first_point.is_none() {
-            first_point = Some(speed);
-        }
-        let plain = if point + decode < context {
-            let mut cache = model.new_cache();
-            let _ = prefill(&model, &mut cache, &text[..target], 512)?;
-            format!(
-                "{:.1}",
-                decode_speed(&model, &mut cache, text[target], decode)?
-            )
-        } else {
+    let seconds = |p: &Point| median(p.times.0.clone());
+    let first = pasts.iter().find(|p| p.history >= 1000).map(seconds);
+    for point in &pasts {
+        let ours = seconds(point);
+        let plain = if point.times.1.is_empty() {
             "— (context full)".into()
+        } else {
+            format!("{:.1}", 1.0 / median(point.times.1.clone()))
         };
         let peer = peer_points
             .iter()
-            .position(|&p| p == point)
+            .position(|&p| p == point.history)
             .and_then(|i| peer_speeds.get(i));
-        let s = memory.stats();
+        let s = point.memory.stats();
         println!(
-            "| {point} | {speed:.1} | {:.2} | {} | {plain} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            1000.0 / speed,
-            first_point.map_or("—".into(), |f| format!("{:+.1}%", (f / speed - 1.0) * 100.0)),
+            "| {} | {:.1} | {:.2} | {} | {plain} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            point.history,
+            1.0 / ours,
+            1000.0 * ours,
+            first.map_or("—".into(), |f| format!("{:+.1}%", (ours / f - 1.0) * 100.0)),
             peer.map_or("—".into(), |p| format!("{:.1}", p.decode)),
-            peer.map_or("—".into(), |p| format!("{:.2}", speed / p.decode)),
+            peer.map_or("—".into(), |p| format!("{:.2}", 1.0 / ours / p.decode)),
             s.tiers.sink_tokens,
             s.tiers.stm_tokens,
             s.tiers.archive_tokens,

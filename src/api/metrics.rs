@@ -166,7 +166,7 @@ impl Metrics {
             (
                 "prefill_tokens_total",
                 "counter",
-                "Prompt tokens taken in by the engine, chunk by chunk.",
+                "Prompt tokens taken in by prefill passes (a prompt's last token is fed by its first decode step).",
                 load(&engine.prefill_tokens),
             ),
         ];

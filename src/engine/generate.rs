@@ -1,6 +1,6 @@
-//! Generation for one sequence: prefill the prompt into the layer caches (in chunks, so that
-//! attention's scratch stays bounded), then decode one token per step until a stop token or the
-//! token budget. Choosing each token is the sampler's job ([`NextToken`]).
+//! Generation for one sequence: prefill the prompt but its last token into the layer caches (in
+//! chunks, so that attention's scratch stays bounded), then decode one token per step, starting
+//! with that last prompt token, until a stop token or the token budget. Choosing each token is the sampler's job ([`NextToken`]).
 
 use std::time::{Duration, Instant};
 
@@ -87,7 +87,14 @@ pub fn generate<C: LayerCache>(
     }
     let mut history = prompt.to_vec();
     let started = Instant::now();
-    let mut logits = prefill(model, caches, prompt, options.prefill_chunk)?;
+    // The prompt's last token goes alone, as a decode step does: the query whose logits choose the
+    // first token then selects its own archive blocks (§9.7) instead of sharing one selection with
+    // a chunk of earlier prompt tokens. That is what recalls a detail the prompt asks for.
+    let (body, last) = prompt.split_at(prompt.len() - 1);
+    if !body.is_empty() {
+        let _ = prefill(model, caches, body, options.prefill_chunk)?;
+    }
+    let mut logits = model.forward(&token_row(last), caches, LogitsAt::Last)?;
     let mut tokens = Vec::new();
     let mut finish = FinishReason::Length;
     let mut prefill = None;

@@ -175,7 +175,7 @@ impl Scheduler {
         for sequence in running.iter_mut() {
             let take = sequence.prompt_left().min(budget).min(PREFILL_CHUNK);
             if take > 0 {
-                sequence.prefill(&self.model, take, &context);
+                sequence.prefill(&self.model, take);
                 budget -= take;
                 engine
                     .stats

@@ -22,11 +22,13 @@ use crate::tokenizer::{IncrementalDecoder, Tokenizer};
 /// Where a sequence stands between two steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Prompt tokens from `fed` on are still to be taken in (in chunks).
+    /// Prompt tokens from `fed` on, but the last, are still to be taken in (in chunks); the last
+    /// is fed by a decode step, as `generate` does.
     Prefill {
         fed: usize,
     },
-    /// `pending` was chosen and shown; the next decode step feeds it and chooses after it.
+    /// The next decode step feeds `pending` (the prompt's last token, or the token last chosen
+    /// and shown) and chooses after it.
     Decode {
         pending: u32,
     },
@@ -91,11 +93,13 @@ impl Sequence {
     ) -> Self {
         let mut outcome = Finished::empty(turn.prompt.len());
         let history = std::mem::take(&mut turn.prompt);
-        let phase = if history.is_empty() {
-            outcome.error = Some("the prompt has no tokens".into());
-            Phase::Done
-        } else {
-            Phase::Prefill { fed: 0 }
+        let phase = match history.as_slice() {
+            [] => {
+                outcome.error = Some("the prompt has no tokens".into());
+                Phase::Done
+            }
+            [only] => Phase::Decode { pending: *only },
+            _ => Phase::Prefill { fed: 0 },
         };
         Self {
             blocks_before: memory.archive_blocks(),
@@ -123,7 +127,7 @@ impl Sequence {
     /// Prompt tokens not yet taken in.
     pub fn prompt_left(&self) -> usize {
         match self.phase {
-            Phase::Prefill { fed } => self.outcome.prompt_tokens - fed,
+            Phase::Prefill { fed } => self.outcome.prompt_tokens - 1 - fed,
             _ => 0,
         }
     }
@@ -136,16 +140,21 @@ impl Sequence {
         }
     }
 
-    /// Takes in the next `count` prompt tokens in one forward pass; after the last of them,
-    /// chooses the first token.
-    pub fn prefill(&mut self, model: &Llama, count: usize, context: &StepContext) {
+    /// Takes in the next `count` prompt tokens in one forward pass; after them all but the last,
+    /// the sequence joins the decode steps with that last token.
+    pub fn prefill(&mut self, model: &Llama, count: usize) {
         let Phase::Prefill { fed } = self.phase else {
             return;
         };
-        let end = (fed + count).min(self.outcome.prompt_tokens);
+        let body = self.outcome.prompt_tokens - 1;
+        let end = (fed + count).min(body);
         let row = token_row(&self.history[fed..end]); // [1, T]
         match model.forward(&row, self.memory.caches(), LogitsAt::Last) {
-            Ok(logits) if end == self.outcome.prompt_tokens => self.choose(&logits.get(0), context),
+            Ok(_) if end == body => {
+                self.phase = Phase::Decode {
+                    pending: self.history[body],
+                }
+            }
             Ok(_) => self.phase = Phase::Prefill { fed: end },
             Err(e) => self.fail(e.to_string()),
         }

@@ -70,7 +70,7 @@ pub struct EngineStats {
     pub inter_token: Histogram,
     /// Sequences decoded together in one forward pass.
     pub decode_rows: Histogram,
-    /// Prompt tokens taken in per step (chunked prefill).
+    /// Prompt tokens taken in by prefill passes (all but each prompt's last, which a decode step feeds).
     pub prefill_tokens: AtomicU64,
 }
 

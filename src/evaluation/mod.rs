@@ -15,8 +15,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 
+use crate::cli::ModelArgs;
 use crate::memory::{MemoryConfig, MemoryLayout};
-use crate::model::{Checkpoint, Llama, ModelOptions, Precision, DEFAULT_MODEL};
+use crate::model::Llama;
 use crate::session::SessionMemory;
 use crate::tokenizer::Tokenizer;
 
@@ -29,10 +30,9 @@ pub struct MemoryEvalArgs {
     /// Where the Markdown report goes (a JSON copy of the numbers goes beside it).
     #[arg(long, default_value = "docs/EVALUATION.md")]
     pub out: PathBuf,
-    #[arg(long, default_value = DEFAULT_MODEL)]
-    pub model: PathBuf,
-    #[arg(long, default_value = "int4")]
-    pub precision: Precision,
+    /// The model, its precision and device, and libtorch's CPU threads.
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Pass-key prompt lengths in tokens.
     #[arg(long, value_delimiter = ',', default_values_t = [1_200, 4_800, 16_000, 32_000, 100_000])]
     pub lengths: Vec<usize>,
@@ -45,6 +45,9 @@ pub struct MemoryEvalArgs {
     /// Tokens per forward pass while reading a prompt.
     #[arg(long, default_value_t = 512)]
     pub chunk: usize,
+    /// L_stm of every memory reading (default: the memory's default).
+    #[arg(long)]
+    pub stm_len: Option<usize>,
     /// Archive budget of the two readings that show what the continuous signal adds.
     #[arg(long, default_value_t = 8_192)]
     pub small_budget: usize,
@@ -52,9 +55,6 @@ pub struct MemoryEvalArgs {
     /// readings, perplexities or pass-key lengths. The report is rewritten after every reading.
     #[arg(long)]
     pub resume: bool,
-    /// libtorch CPU threads (1 keeps the run steady on a machine doing other work).
-    #[arg(long, default_value_t = 1)]
-    pub threads: i32,
 }
 
 /// One way of reading the past: the plain KV cache (full attention) or a memory layout.
@@ -67,7 +67,10 @@ struct Reading {
 }
 
 fn readings(args: &MemoryEvalArgs, context: usize) -> Vec<Reading> {
-    let default = MemoryConfig::default();
+    let default = MemoryConfig {
+        stm_len: args.stm_len.unwrap_or(MemoryConfig::default().stm_len),
+        ..MemoryConfig::default()
+    };
     let stm = default.stm_len;
     let sinks_stm = MemoryConfig {
         sinks: default.sinks,
@@ -76,7 +79,7 @@ fn readings(args: &MemoryEvalArgs, context: usize) -> Vec<Reading> {
     let small = |ltm| MemoryConfig {
         archive_budget: args.small_budget,
         ltm,
-        ..MemoryConfig::default()
+        ..default.clone()
     };
     let all = vec![
         Reading {
@@ -248,15 +251,10 @@ fn write_report(args: &MemoryEvalArgs, results: &[ReadingResult]) -> Result<()> 
 
 /// Runs every reading and writes the report.
 pub fn run_memory_eval(args: &MemoryEvalArgs) -> Result<()> {
-    tch::set_num_threads(args.threads.max(1));
+    let _inference = tch::no_grad_guard();
     let text = std::fs::read_to_string(&args.text)
         .with_context(|| format!("reading the evaluation text {}", args.text.display()))?;
-    let checkpoint = Checkpoint::open(&args.model)?;
-    let tokenizer = checkpoint.tokenizer()?;
-    let model = checkpoint.load(ModelOptions {
-        precision: args.precision,
-        ..ModelOptions::default()
-    })?;
+    let (model, tokenizer) = args.model.load()?;
     let tokens = tokenizer.encode(&text)?;
     if tokens.len() <= 16_384 {
         bail!(

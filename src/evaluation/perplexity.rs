@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::model::{LayerCache, Llama, LogitsAt, ModelError};
 
@@ -36,10 +36,16 @@ pub fn token_losses<C: LayerCache>(
             .narrow(0, 0, scored)
             .log_softmax(-1, Kind::Float);
         let picked = log_probs
-            .gather(-1, &Tensor::from_slice(&targets).unsqueeze(-1), false)
+            .gather(
+                -1,
+                &Tensor::from_slice(&targets)
+                    .to_device(log_probs.device())
+                    .unsqueeze(-1),
+                false,
+            )
             .view([-1]);
         losses.extend(
-            Vec::<f64>::try_from(-picked.to_kind(Kind::Double))
+            Vec::<f64>::try_from(-picked.to_kind(Kind::Double).to_device(Device::Cpu))
                 .map_err(|e| ModelError::BadInput(format!("reading losses back: {e}")))?,
         );
     }

@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use super::{MemoryEvalArgs, ReadingResult};
+use tch::Device;
 
 fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
@@ -16,6 +17,42 @@ fn cpu_name() -> String {
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
+/// The GPU's model as the NVIDIA driver names it (`/proc/driver/nvidia/gpus/*/information`).
+fn gpu_name() -> String {
+    std::fs::read_dir("/proc/driver/nvidia/gpus")
+        .ok()
+        .and_then(|mut gpus| gpus.next())
+        .and_then(|gpu| std::fs::read_to_string(gpu.ok()?.path().join("information")).ok())
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("Model:"))
+                .map(|l| l["Model:".len()..].trim().to_string())
+        })
+        .unwrap_or_else(|| "an unnamed GPU".into())
+}
+
+/// `cpu`, `cuda` or `cuda:N`, as `--device` takes it.
+fn device_name(device: Device) -> String {
+    match device {
+        Device::Cuda(0) => "cuda".into(),
+        Device::Cuda(n) => format!("cuda:{n}"),
+        _ => "cpu".into(),
+    }
+}
+
+/// What the run ran on: the GPU, or the CPU with its cores and libtorch's threads.
+fn machine(device: Device) -> String {
+    match device {
+        Device::Cuda(_) => gpu_name(),
+        _ => format!(
+            "{} ({} cores, {} libtorch thread(s))",
+            cpu_name(),
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            tch::get_num_threads()
+        ),
+    }
+}
+
 fn cell(value: Option<f64>) -> String {
     value.map_or_else(|| "—".into(), |v| format!("{v:.2}"))
 }
@@ -23,20 +60,21 @@ fn cell(value: Option<f64>) -> String {
 /// The report, numbers first.
 pub fn markdown(args: &MemoryEvalArgs, results: &[ReadingResult]) -> String {
     let mut out = String::new();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let _ = writeln!(
         out,
         "# What each memory tier buys: perplexity and pass-key retrieval\n\n\
-         Produced by `make evaluate` (`infini eval memory --text {} --precision {}`), on {} ({} cores, \
-         {} libtorch thread(s)), SmolLM2-135M-Instruct from the default GGUF, prompts read in chunks \
-         of {} tokens. Rerun it to refresh every number here; `EVALUATION.json` beside this file holds \
-         the same numbers.\n",
+         Produced by `infini eval memory --text {} --device {} --precision {}`, on {}, \
+         SmolLM2-135M-Instruct from the default GGUF, prompts read in chunks of {} tokens, every \
+         memory reading with an STM of {} tokens. Rerun it \
+         (`make evaluate` runs it on the CPU) to refresh every number here; `EVALUATION.json` beside \
+         this file holds the same numbers.\n",
         args.text.display(),
-        args.precision.name(),
-        cpu_name(),
-        cores,
-        args.threads,
-        args.chunk
+        device_name(args.model.device),
+        args.model.precision().name(),
+        machine(args.model.device),
+        args.chunk,
+        args.stm_len
+            .unwrap_or(crate::memory::MemoryConfig::default().stm_len)
     );
     let _ = writeln!(
         out,

@@ -15,12 +15,16 @@ use tch::{Kind, Tensor};
 #[derive(Debug)]
 pub struct Archive {
     block_len: i64,
-    keys: Rows,              // [B, H_kv, blocks·block_len, D]
-    values: Rows,            // [B, H_kv, blocks·block_len, D]
-    representatives: Window, // [B, H_kv, blocks, D]: the mean key of each block
+    keys: Rows,   // [B, H_kv, blocks·block_len, D]
+    values: Rows, // [B, H_kv, blocks·block_len, D]
+    /// `[B, H_kv, blocks, D]`: the mean key of each block (in the model's dtype), kept in f32 so
+    /// that scoring them is one f32 matrix-vector product per step.
+    representatives: Window,
     /// Blocks ever pushed: the oldest held block is number `pushed − blocks` of the session, so a
     /// store can append new blocks and forget popped ones without rewriting the rest.
     pushed: u64,
+    /// The model's dtype, once a block is held: representatives are stored in it.
+    kind: Option<Kind>,
 }
 
 /// One block as it is stored: keys and values `[B, H_kv, block_len, D]` (with their scales when
@@ -45,10 +49,11 @@ impl Archive {
     pub fn new(block_len: usize, int8: bool, storage: &Storage) -> Self {
         Self {
             block_len: block_len as i64,
-            keys: Rows::new(int8, storage),
-            values: Rows::new(int8, storage),
+            keys: Rows::new(int8, storage, block_len as i64),
+            values: Rows::new(int8, storage, block_len as i64),
             representatives: Window::new(),
             pushed: 0,
+            kind: None,
         }
     }
 
@@ -66,14 +71,20 @@ impl Archive {
         Some(Block {
             keys: self.keys.stored(index * n, n)?,
             values: self.values.stored(index * n, n)?,
-            representative: self.representatives.view()?.narrow(2, index, 1).copy(),
+            representative: self
+                .representatives
+                .view()?
+                .narrow(2, index, 1)
+                .to_dtype(self.kind?, false, true),
         })
     }
 
     /// Appends blocks as stored (a restore), the oldest numbered `first_block`.
     pub fn restore(&mut self, first_block: u64, blocks: &[Block]) -> Result<(), SpillError> {
         for block in blocks {
-            self.representatives.append(&block.representative);
+            self.kind = Some(block.representative.kind());
+            self.representatives
+                .append(&block.representative.to_kind(Kind::Float));
             self.keys.append_stored(&block.keys)?;
             self.values.append_stored(&block.values)?;
         }
@@ -111,7 +122,8 @@ impl Archive {
             return Err(e);
         }
         self.representatives
-            .append(&keys.mean_dim(2, true, keys.kind()));
+            .append(&keys.mean_dim(2, true, keys.kind()).to_kind(Kind::Float));
+        self.kind = Some(keys.kind());
         self.pushed += 1;
         Ok(())
     }
@@ -126,17 +138,19 @@ impl Archive {
         )
     }
 
-    /// The `k` blocks most relevant to a query segment, per key/value head: a block's score is the
-    /// sum over the segment's queries (grouped `[B, H_kv, G·T, D]`, rotated) of q·r, r its
-    /// representative key. Only the chosen blocks are dequantised. `None` when the archive is empty.
+    /// The `k` blocks most relevant to a query segment, per key/value head, most relevant first:
+    /// a block's score is the sum over the segment's queries (grouped `[B, H_kv, G·T, D]`,
+    /// rotated) of q·r, r its representative key, computed as (Σ q)·r in f32. Only the chosen
+    /// blocks are dequantised. `None` when the archive is empty.
     pub fn select(&self, grouped_queries: &Tensor, k: usize) -> Option<Selection> {
         let reps = self.representatives.view()?;
         let k = (k as i64).min(self.blocks());
-        let scores = grouped_queries
-            .matmul(&reps.transpose(-1, -2))
-            .sum_dim_intlist(2, false, Kind::Float); // [B, H_kv, blocks]
+        // Σ q `[B, H_kv, 1, D]`, then one f32 matrix-vector product per head: it reads the
+        // representatives once and writes only the scores (a broadcast product would write all of
+        // them again, 1.2 MB a layer at 100k tokens).
+        let query = grouped_queries.sum_dim_intlist(2, true, Kind::Float);
+        let scores = reps.matmul(&query.transpose(-1, -2)).squeeze_dim(-1); // [B, H_kv, blocks]
         let (_, chosen) = scores.topk(k, -1, true, true);
-        let (chosen, _) = chosen.sort(-1, false); // keep the archive's order
         Some(Selection {
             keys: self.keys.gather_blocks(&chosen, self.block_len)?,
             values: self.values.gather_blocks(&chosen, self.block_len)?,
@@ -166,7 +180,7 @@ mod tests {
         let _ = query.narrow(3, 1, 1).fill_(0.5);
         let picked = archive.select(&query, 2).unwrap();
         let values: Vec<f32> = Vec::try_from(picked.values.select(3, 0).view([-1])).unwrap();
-        assert_eq!(values, vec![1.0, 1.0, 1.0, 1.0, 4.0, 4.0, 4.0, 4.0]);
+        assert_eq!(values, vec![4.0, 4.0, 4.0, 4.0, 1.0, 1.0, 1.0, 1.0]); // best first
         let (old_keys, _) = archive.pop_oldest(2);
         assert_eq!(old_keys.size(), vec![1, 1, 8, 6]);
         assert_eq!((archive.blocks(), archive.tokens()), (4, 16));

@@ -11,6 +11,10 @@ pub struct MemoryConfig {
     /// perplexity past the window falls from 29.1 to 15.6). 0 switches the tier off.
     pub sinks: usize,
     /// L_stm: the most recent tokens, exact (§9.1). Never more than the model's trained context.
+    /// 512 by default: a step then reads the same 4 + 512 + 8·64 = 1,028 keys from the 600th token
+    /// on, so its cost is flat from 1k to 100k tokens (`benches/memory.rs`); 1,024 reads 1,540 keys
+    /// once the archive fills, 21% more per token than at 1k, for 2.5–3% lower perplexity and the
+    /// same pass keys (`docs/EVALUATION.md`).
     pub stm_len: usize,
     /// Tokens per archive block; the STM evicts whole blocks (§9.7: 64).
     pub block_len: usize,
@@ -45,7 +49,7 @@ impl Default for MemoryConfig {
     fn default() -> Self {
         Self {
             sinks: 4,
-            stm_len: 1024,
+            stm_len: 512,
             block_len: 64,
             top_k_blocks: 8,
             archive_budget: 131_072,

@@ -6,12 +6,18 @@
 use super::spill::{SpillError, Storage};
 use tch::Tensor;
 
+/// Rows a buffer grown for scratch gets beyond what is needed, so that a run that grows by one
+/// token per step reallocates once every this many steps, not every step.
+const SCRATCH_SLACK: i64 = 256;
+
 /// Token rows of one kind (pre-RoPE keys, rotated keys or values) for every batch row and head.
 #[derive(Debug)]
 pub struct Window {
     buffer: Option<Tensor>, // [B, H, capacity, D]
     len: i64,
     storage: Storage,
+    /// The buffer's capacity is a multiple of this (1, or an archive's block length).
+    granule: i64,
 }
 
 impl Window {
@@ -26,6 +32,16 @@ impl Window {
             buffer: None,
             len: 0,
             storage,
+            granule: 1,
+        }
+    }
+
+    /// The same window with its capacity kept a multiple of `block_len`, so that whole blocks can
+    /// be gathered from the buffer in one index ([`Window::gather_blocks`]).
+    pub fn in_blocks(self, block_len: i64) -> Self {
+        Self {
+            granule: block_len.max(1),
+            ..self
         }
     }
 
@@ -34,9 +50,10 @@ impl Window {
     pub fn from_rows(rows: Option<Tensor>) -> Self {
         let len = rows.as_ref().map_or(0, |r| r.size()[2]);
         Self {
-            buffer: rows,
+            buffer: rows.map(|r| r.contiguous()),
             len,
             storage: Storage::Ram,
+            granule: 1,
         }
     }
 
@@ -75,15 +92,54 @@ impl Window {
     /// grown buffer is allocated in the window's storage, so a spilled window can fail here.
     pub fn try_append(&mut self, rows: &Tensor) -> Result<(), SpillError> {
         let t = rows.size()[2];
-        let needed = self.len + t;
+        let buffer = self.reserve(self.len + t, rows, false)?;
+        buffer.narrow(2, self.len, t).copy_(rows);
+        self.len += t;
+        Ok(())
+    }
+
+    /// The held tokens followed by `extra` rows (each `[B, H, T_i, D]`) written just past them:
+    /// one contiguous run to read, without holding the extra rows (the next append overwrites
+    /// them). A decode step reads every tier this way, in place. `None` when nothing is held or
+    /// given.
+    pub fn view_with(&mut self, extra: &[&Tensor]) -> Option<Tensor> {
+        let like = extra
+            .first()
+            .copied()
+            .or(self.buffer.as_ref())?
+            .shallow_clone();
+        let total = self.len + extra.iter().map(|t| t.size()[2]).sum::<i64>();
+        // Scratch needs about the same room every step: grow to that (plus slack), not to double.
+        let buffer = self
+            .reserve(total, &like, true)
+            .expect("scratch rows are only read from windows in RAM");
+        let mut at = self.len;
+        for rows in extra {
+            let t = rows.size()[2];
+            buffer.narrow(2, at, t).copy_(rows);
+            at += t;
+        }
+        Some(buffer.narrow(2, 0, total))
+    }
+
+    /// The buffer (a handle to it), grown (in the window's storage) when it holds fewer than
+    /// `needed` tokens: to `needed` rounded up to [`SCRATCH_SLACK`] when `exact`, else to at least
+    /// double; `like` gives the shape of a row and
+    /// the dtype when nothing is allocated yet.
+    fn reserve(&mut self, needed: i64, like: &Tensor, exact: bool) -> Result<Tensor, SpillError> {
         let capacity = self.buffer.as_ref().map_or(0, |b| b.size()[2]);
         if needed > capacity {
-            let size = rows.size();
-            let grown_capacity = needed.max(2 * capacity).max(64);
+            let size = like.size();
+            let grown_capacity = if exact {
+                (needed + SCRATCH_SLACK - 1) / SCRATCH_SLACK * SCRATCH_SLACK
+            } else {
+                needed.max(2 * capacity).max(64)
+            };
+            let grown_capacity = (grown_capacity + self.granule - 1) / self.granule * self.granule;
             let grown = self.storage.zeros(
                 &[size[0], size[1], grown_capacity, size[3]],
-                rows.kind(),
-                rows.device(),
+                like.kind(),
+                like.device(),
             )?;
             if let Some(old) = &self.buffer {
                 grown
@@ -92,10 +148,37 @@ impl Window {
             }
             self.buffer = Some(grown);
         }
-        let buffer = self.buffer.as_ref().expect("allocated above");
-        buffer.narrow(2, self.len, t).copy_(rows);
-        self.len = needed;
-        Ok(())
+        Ok(self
+            .buffer
+            .as_ref()
+            .expect("allocated above")
+            .shallow_clone())
+    }
+
+    /// Blocks `chosen` `[B, H, k]` of `block_len` tokens (block j holds tokens j·block_len..), per
+    /// batch row and head, as `[B, H, k·block_len, D]`: one index over the whole buffer, viewed
+    /// as rows of one block each. `None` when nothing is held; the window must be [`Window::in_blocks`].
+    pub fn gather_blocks(&self, chosen: &Tensor, block_len: i64) -> Option<Tensor> {
+        let buffer = self.buffer.as_ref()?;
+        let (b, h, capacity, d) = buffer.size4().expect("rows are [B, H, L, D]");
+        assert_eq!(
+            capacity % block_len,
+            0,
+            "a window gathered by blocks of {block_len} has a capacity of {capacity}"
+        );
+        let per_head = capacity / block_len;
+        let k = chosen.size()[2];
+        let first: Vec<i64> = (0..b * h).map(|row| row * per_head).collect();
+        let first = Tensor::from_slice(&first)
+            .to_device(chosen.device())
+            .view([b, h, 1]);
+        let index = (chosen + first).view([-1]);
+        Some(
+            buffer
+                .view([b * h * per_head, block_len * d])
+                .index_select(0, &index)
+                .view([b, h, k * block_len, d]),
+        )
     }
 
     /// Forgets every token after the first `len` (undoing a partial append).
@@ -105,14 +188,26 @@ impl Window {
 
     /// Removes the oldest `n` tokens and returns them as a new tensor `[B, H, n, D]`.
     pub fn take_front(&mut self, n: i64) -> Tensor {
-        assert!(n <= self.len, "taking {n} of {} tokens", self.len);
+        self.take(0, n)
+    }
+
+    /// Removes tokens `start..start + n` and returns them as a new tensor `[B, H, n, D]`; the
+    /// later tokens move up once.
+    pub fn take(&mut self, start: i64, n: i64) -> Tensor {
+        assert!(
+            start + n <= self.len,
+            "taking {start}..{} of {} tokens",
+            start + n,
+            self.len
+        );
         let buffer = self
             .buffer
             .as_ref()
             .expect("a window with tokens has a buffer");
-        let taken = buffer.narrow(2, 0, n).copy();
-        let rest = buffer.narrow(2, n, self.len - n).copy();
-        buffer.narrow(2, 0, self.len - n).copy_(&rest);
+        let taken = buffer.narrow(2, start, n).copy();
+        let after = self.len - start - n;
+        let rest = buffer.narrow(2, start + n, after).copy();
+        buffer.narrow(2, start, after).copy_(&rest);
         self.len -= n;
         taken
     }
@@ -151,5 +246,30 @@ mod tests {
         assert!(w.view().unwrap().equal(&rows(20, 60)));
         w.append(&rows(80, 5));
         assert!(w.view().unwrap().equal(&rows(20, 65)));
+        let middle = w.take(10, 5); // tokens 30..35
+        assert!(middle.equal(&rows(30, 5)));
+        let held = w.view().unwrap();
+        assert!(held.narrow(2, 0, 10).equal(&rows(20, 10)));
+        assert!(held.narrow(2, 10, 50).equal(&rows(35, 50)));
+    }
+
+    /// Scratch rows are read right after the held ones, and are not held: the next append
+    /// overwrites them; the buffer grows when held + scratch exceed it.
+    #[test]
+    fn reads_scratch_rows_after_the_held_ones_without_holding_them() {
+        let rows =
+            |value: f64, n: i64| Tensor::full([1, 2, n, 3], value, (Kind::Float, Device::Cpu));
+        let mut w = Window::new();
+        w.append(&rows(1.0, 60));
+        let read = w.view_with(&[&rows(2.0, 10), &rows(3.0, 4)]).unwrap();
+        assert_eq!(read.size(), vec![1, 2, 74, 3]);
+        assert!(read.narrow(2, 0, 60).equal(&rows(1.0, 60)));
+        assert!(read.narrow(2, 60, 10).equal(&rows(2.0, 10)));
+        assert!(read.narrow(2, 70, 4).equal(&rows(3.0, 4)));
+        assert_eq!(w.len(), 60);
+        w.append(&rows(4.0, 1));
+        assert!(w.view().unwrap().narrow(2, 60, 1).equal(&rows(4.0, 1)));
+        assert!(w.view_with(&[]).unwrap().equal(&w.view().unwrap()));
+        assert!(Window::new().view_with(&[]).is_none());
     }
 }

@@ -53,11 +53,12 @@ impl StoredRows {
 }
 
 impl Rows {
-    /// Empty rows, int8 or exact, allocated in `storage`.
-    pub fn new(int8: bool, storage: &Storage) -> Self {
+    /// Empty rows, int8 or exact, allocated in `storage` in whole blocks of `block_len` tokens.
+    pub fn new(int8: bool, storage: &Storage, block_len: i64) -> Self {
+        let window = || Window::in_storage(storage.clone()).in_blocks(block_len);
         Self {
-            codes: Window::in_storage(storage.clone()),
-            scales: int8.then(|| Window::in_storage(storage.clone())),
+            codes: window(),
+            scales: int8.then(window),
         }
     }
 
@@ -124,21 +125,11 @@ impl Rows {
     /// The blocks `chosen` `[B, H, k]` (of `block_len` tokens each), per head, in the model's dtype
     /// `[B, H, k·block_len, D]`: only these are dequantised. `None` when empty.
     pub fn gather_blocks(&self, chosen: &Tensor, block_len: i64) -> Option<Tensor> {
-        let gather = |t: Tensor| {
-            let (b, h, len, d) = t.size4().expect("rows are [B, H, L, D]");
-            let k = chosen.size()[2];
-            let index = chosen
-                .view([b, h, k, 1, 1])
-                .expand([b, h, k, block_len, d], false);
-            t.reshape([b, h, len / block_len, block_len, d])
-                .gather(2, &index, false)
-                .reshape([b, h, k * block_len, d])
-        };
         Some(
             StoredRows {
-                codes: gather(self.codes.view()?),
+                codes: self.codes.gather_blocks(chosen, block_len)?,
                 scales: match &self.scales {
-                    Some(w) => Some(gather(w.view()?)),
+                    Some(w) => Some(w.gather_blocks(chosen, block_len)?),
                     None => None,
                 },
             }

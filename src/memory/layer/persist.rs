@@ -92,18 +92,32 @@ fn write_window(w: &mut Writer, window: &Window) {
     w.optional_tensor(window.view().as_ref());
 }
 
+/// Tokens `start..start + len` of `window`, `None` when there are none.
+fn part(window: &Window, start: i64, len: i64) -> Option<Tensor> {
+    (len > 0).then(|| window.view().expect("held tokens").narrow(2, start, len))
+}
+
+/// `first` followed by `second` along the tokens, as one window.
+fn joined(first: &Window, second: &Window) -> Window {
+    let rows = match (first.view(), second.view()) {
+        (Some(a), Some(b)) => Some(Tensor::cat(&[a, b], 2)),
+        (a, b) => a.or(b),
+    };
+    Window::from_rows(rows)
+}
+
 impl LayerMemory {
     /// Serialises everything but the archive's blocks (see [`LayerMemory::write_block`]).
     pub(crate) fn write_core(&self, w: &mut Writer) {
-        for window in [
-            &self.sink_keys,
-            &self.sink_values,
-            &self.stm_keys,
-            &self.stm_rotated,
-            &self.stm_values,
-            &self.staged_keys,
-            &self.staged_values,
-        ] {
+        // The format keeps the tiers apart: sink keys and values, then the STM's pre-RoPE keys,
+        // rotated keys and values.
+        let (sinks, stm) = (self.sinks_held(), self.stm_keys.len());
+        w.optional_tensor(part(&self.keys, 0, sinks).as_ref());
+        w.optional_tensor(part(&self.values, 0, sinks).as_ref());
+        write_window(w, &self.stm_keys);
+        w.optional_tensor(part(&self.keys, sinks, stm).as_ref());
+        w.optional_tensor(part(&self.values, sinks, stm).as_ref());
+        for window in [&self.staged_keys, &self.staged_values] {
             write_window(w, window);
         }
         w.bool(self.evicted);
@@ -222,6 +236,12 @@ impl LayerMemory {
                 "keys and values of one tier hold different numbers of tokens".into(),
             ));
         }
+        if !stm_keys.is_empty() && sink_keys.len() < sinks {
+            return Err(SessionFormatError::Corrupt(format!(
+                "the STM holds tokens while only {} of {sinks} sinks are held",
+                sink_keys.len()
+            )));
+        }
         let evicted = r.bool()?;
         let dropped = r.u64()?;
         let memory = if r.bool()? {
@@ -275,11 +295,9 @@ impl LayerMemory {
         Ok(Self {
             archive,
             config: config.clone(),
-            sink_keys,
-            sink_values,
+            keys: joined(&sink_keys, &stm_rotated),
+            values: joined(&sink_values, &stm_values),
             stm_keys,
-            stm_rotated,
-            stm_values,
             staged_keys,
             staged_values,
             continuous,
