@@ -65,8 +65,9 @@ bench-load: build
 	./scripts/fetch_eval_text.sh
 	.venv/bin/python scripts/bench_load.py --llama-server "$$(./scripts/build_llama_server.sh)" $(LOAD_FLAGS)
 
-# docs/EVALUATION.md: perplexity and pass keys, tier by tier, on the King James Bible (about an hour
-# on 2 cores; EVAL_FLAGS narrows it, e.g. EVAL_FLAGS="--lengths 1200,4800 --keys 2").
+# docs/EVALUATION.md: perplexity and pass keys, tier by tier, on the King James Bible (hours on 2
+# cores, the 100k pass keys most of them; EVAL_FLAGS narrows it, e.g. EVAL_FLAGS="--lengths
+# 1200,4800 --keys 2"; on a GPU machine scripts/gpu/evaluate.sh runs it in about 10 minutes).
 evaluate: build
 	./scripts/fetch_eval_text.sh
 	./target/release/infini eval memory --text data/kjv.txt --out docs/EVALUATION.md $(EVAL_FLAGS)

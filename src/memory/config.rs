@@ -12,9 +12,9 @@ pub struct MemoryConfig {
     pub sinks: usize,
     /// L_stm: the most recent tokens, exact (§9.1). Never more than the model's trained context.
     /// 512 by default: a step then reads the same 4 + 512 + 8·64 = 1,028 keys from the 600th token
-    /// on, so its cost is flat from 1k to 100k tokens (`benches/memory.rs`); 1,024 reads 1,540 keys
-    /// once the archive fills, 21% more per token than at 1k, for 2.5–3% lower perplexity and the
-    /// same pass keys (`docs/EVALUATION.md`).
+    /// on, so its cost stays within a few percent from 1k to 32k tokens (`docs/MEMORY.md`); 1,024
+    /// reads 1,540 keys once the archive fills, 21% more per token than at 1k, for 2.5–3% lower
+    /// perplexity and the same pass keys (`docs/EVALUATION.md`).
     pub stm_len: usize,
     /// Tokens per archive block; the STM evicts whole blocks (§9.7: 64).
     pub block_len: usize,
