@@ -1,6 +1,7 @@
 //! Generation for one sequence: prefill the prompt but its last token into the layer caches (in
 //! chunks, so that attention's scratch stays bounded), then decode one token per step, starting
-//! with that last prompt token, until a stop token or the token budget. Choosing each token is the sampler's job ([`NextToken`]).
+//! with that last prompt token, until a stop token or the token budget. Choosing each token is the
+//! sampler's job ([`NextToken`]).
 
 use std::time::{Duration, Instant};
 

@@ -57,6 +57,13 @@ pub struct MemoryEvalArgs {
     pub resume: bool,
 }
 
+impl MemoryEvalArgs {
+    /// L_stm of every memory reading: `--stm-len`, else the memory's default.
+    pub fn stm_len(&self) -> usize {
+        self.stm_len.unwrap_or(MemoryConfig::default().stm_len)
+    }
+}
+
 /// One way of reading the past: the plain KV cache (full attention) or a memory layout.
 #[derive(Debug, Clone)]
 struct Reading {
@@ -68,7 +75,7 @@ struct Reading {
 
 fn readings(args: &MemoryEvalArgs, context: usize) -> Vec<Reading> {
     let default = MemoryConfig {
-        stm_len: args.stm_len.unwrap_or(MemoryConfig::default().stm_len),
+        stm_len: args.stm_len(),
         ..MemoryConfig::default()
     };
     let stm = default.stm_len;

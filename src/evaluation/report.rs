@@ -73,8 +73,7 @@ pub fn markdown(args: &MemoryEvalArgs, results: &[ReadingResult]) -> String {
         args.model.precision().name(),
         machine(args.model.device),
         args.chunk,
-        args.stm_len
-            .unwrap_or(crate::memory::MemoryConfig::default().stm_len)
+        args.stm_len()
     );
     let _ = writeln!(
         out,

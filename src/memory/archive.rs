@@ -23,8 +23,6 @@ pub struct Archive {
     /// Blocks ever pushed: the oldest held block is number `pushed − blocks` of the session, so a
     /// store can append new blocks and forget popped ones without rewriting the rest.
     pushed: u64,
-    /// The model's dtype, once a block is held: representatives are stored in it.
-    kind: Option<Kind>,
 }
 
 /// One block as it is stored: keys and values `[B, H_kv, block_len, D]` (with their scales when
@@ -53,7 +51,6 @@ impl Archive {
             values: Rows::new(int8, storage, block_len as i64),
             representatives: Window::new(),
             pushed: 0,
-            kind: None,
         }
     }
 
@@ -71,18 +68,17 @@ impl Archive {
         Some(Block {
             keys: self.keys.stored(index * n, n)?,
             values: self.values.stored(index * n, n)?,
-            representative: self
-                .representatives
-                .view()?
-                .narrow(2, index, 1)
-                .to_dtype(self.kind?, false, true),
+            representative: self.representatives.view()?.narrow(2, index, 1).to_dtype(
+                self.keys.kind()?,
+                false,
+                true,
+            ),
         })
     }
 
     /// Appends blocks as stored (a restore), the oldest numbered `first_block`.
     pub fn restore(&mut self, first_block: u64, blocks: &[Block]) -> Result<(), SpillError> {
         for block in blocks {
-            self.kind = Some(block.representative.kind());
             self.representatives
                 .append(&block.representative.to_kind(Kind::Float));
             self.keys.append_stored(&block.keys)?;
@@ -123,7 +119,6 @@ impl Archive {
         }
         self.representatives
             .append(&keys.mean_dim(2, true, keys.kind()).to_kind(Kind::Float));
-        self.kind = Some(keys.kind());
         self.pushed += 1;
         Ok(())
     }

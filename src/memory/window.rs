@@ -211,12 +211,6 @@ impl Window {
         self.len -= n;
         taken
     }
-
-    /// Replaces every held token with `rows` of the same shape (a re-rotation).
-    pub fn overwrite(&mut self, rows: &Tensor) {
-        let buffer = self.buffer.as_ref().expect("overwrite needs held tokens");
-        buffer.narrow(2, 0, self.len).copy_(rows);
-    }
 }
 
 impl Default for Window {
