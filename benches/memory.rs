@@ -3,7 +3,8 @@
 //! bytes per tier at each point, and decode tokens/s at 100 and 7,800 tokens of history against
 //! llama.cpp (llama-cpp-python, same GGUF, same threads, same token ids) in the same run.
 //!
-//! One session (and, where it fits the context, one plain KV cache) is prefilled to each point;
+//! One session is prefilled through the points in turn and copied at each (through its exact
+//! serialised form), and one plain KV cache is prefilled to each point that fits the context;
 //! then every one of them decodes a few tokens in turn, round after round, so that a drift of the
 //! machine's speed (a shared VM's is ±30% over minutes) falls on every point alike. The figure is
 //! the median time per decoded token (steps that evict a block are the slow tail).
@@ -83,7 +84,8 @@ fn main() -> Result<()> {
     let _guard = tch::no_grad_guard();
     let decode = env_list("INFINI_BENCH_DECODE", "24")?[0].max(2);
     let rounds = env_list("INFINI_BENCH_ROUNDS", "4")?[0].max(1);
-    let points = env_list("INFINI_BENCH_HISTORY", "100,1000,7800,8000,32000,100000")?;
+    let mut points = env_list("INFINI_BENCH_HISTORY", "100,1000,7800,8000,32000,100000")?;
+    points.sort_unstable();
     let checkpoint = Checkpoint::open(root.join(GGUF)).context("run ./scripts/setup.sh first")?;
     let model = checkpoint.load(ModelOptions::default())?;
     let context = model.config().max_position_embeddings as usize;
@@ -107,16 +109,26 @@ fn main() -> Result<()> {
         vec![]
     } else {
         let prompts: Vec<Vec<u32>> = peer_points.iter().map(|&p| text[..p].to_vec()).collect();
-        peer(&root, &prompts, decoded, threads)?
+        let speeds = peer(&root, &prompts, decoded, threads)?;
+        eprintln!("memory: the peer measured");
+        speeds
     };
 
-    // Every point's past, prefilled with every core.
+    // Every point's past, prefilled with every core: one session grows through the points in
+    // turn and each point gets a copy of it read back from its exact serialised form (as a
+    // server restores a session), so the longest history is prefilled once.
     tch::set_num_threads(all_cores);
+    let mut growing = SessionMemory::new(&model, &layout);
+    let mut seen = 0;
     let mut pasts = Vec::new();
     for &history in &points {
         let target = history.saturating_sub(1);
-        let mut memory = SessionMemory::new(&model, &layout);
-        let _ = prefill(&model, memory.caches(), &text[..target], 512)?;
+        if target > seen {
+            let _ = prefill(&model, growing.caches(), &text[seen..target], 512)?;
+            seen = target;
+        }
+        let memory = SessionMemory::from_bytes(&growing.to_bytes(), &model, &layout)?;
+        eprintln!("memory: prefilled {history} tokens of history");
         let plain = (history + decoded < context)
             .then(|| -> Result<Vec<KvCache>> {
                 let mut cache = model.new_cache();
@@ -133,6 +145,7 @@ fn main() -> Result<()> {
             times: (Vec::new(), Vec::new()),
         });
     }
+    drop(growing);
 
     // A warm-up, then the rounds.
     tch::set_num_threads(threads);

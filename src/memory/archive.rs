@@ -2,6 +2,7 @@
 //! with a representative key; every query segment reads only its top-k blocks (InfLLM's way), so the
 //! compute per token stays fixed while storage grows up to the budget.
 
+mod ranking;
 mod rows;
 pub use rows::{quantise, StoredRows};
 
@@ -17,8 +18,7 @@ pub struct Archive {
     block_len: i64,
     keys: Rows,   // [B, H_kv, blocks·block_len, D]
     values: Rows, // [B, H_kv, blocks·block_len, D]
-    /// `[B, H_kv, blocks, D]`: the mean key of each block (in the model's dtype), kept in f32 so
-    /// that scoring them is one f32 matrix-vector product per step.
+    /// `[B, H_kv, blocks, D]`: the mean key of each block, in the model's dtype.
     representatives: Window,
     /// Blocks ever pushed: the oldest held block is number `pushed − blocks` of the session, so a
     /// store can append new blocks and forget popped ones without rewriting the rest.
@@ -68,19 +68,14 @@ impl Archive {
         Some(Block {
             keys: self.keys.stored(index * n, n)?,
             values: self.values.stored(index * n, n)?,
-            representative: self.representatives.view()?.narrow(2, index, 1).to_dtype(
-                self.keys.kind()?,
-                false,
-                true,
-            ),
+            representative: self.representatives.view()?.narrow(2, index, 1).copy(),
         })
     }
 
     /// Appends blocks as stored (a restore), the oldest numbered `first_block`.
     pub fn restore(&mut self, first_block: u64, blocks: &[Block]) -> Result<(), SpillError> {
         for block in blocks {
-            self.representatives
-                .append(&block.representative.to_kind(Kind::Float));
+            self.representatives.append(&block.representative);
             self.keys.append_stored(&block.keys)?;
             self.values.append_stored(&block.values)?;
         }
@@ -118,7 +113,7 @@ impl Archive {
             return Err(e);
         }
         self.representatives
-            .append(&keys.mean_dim(2, true, keys.kind()).to_kind(Kind::Float));
+            .append(&keys.mean_dim(2, true, keys.kind()));
         self.pushed += 1;
         Ok(())
     }
@@ -135,17 +130,14 @@ impl Archive {
 
     /// The `k` blocks most relevant to a query segment, per key/value head, most relevant first:
     /// a block's score is the sum over the segment's queries (grouped `[B, H_kv, G·T, D]`,
-    /// rotated) of q·r, r its representative key, computed as (Σ q)·r in f32. Only the chosen
-    /// blocks are dequantised. `None` when the archive is empty.
+    /// rotated) of q·r, r its representative key, computed as (Σ q)·r in f32
+    /// ([`ranking::best_blocks`]). Only the chosen blocks are dequantised. `None` when the archive
+    /// is empty.
     pub fn select(&self, grouped_queries: &Tensor, k: usize) -> Option<Selection> {
-        let reps = self.representatives.view()?;
+        let representatives = self.representatives.view()?;
         let k = (k as i64).min(self.blocks());
-        // Σ q `[B, H_kv, 1, D]`, then one f32 matrix-vector product per head: it reads the
-        // representatives once and writes only the scores (a broadcast product would write all of
-        // them again, 1.2 MB a layer at 100k tokens).
-        let query = grouped_queries.sum_dim_intlist(2, true, Kind::Float);
-        let scores = reps.matmul(&query.transpose(-1, -2)).squeeze_dim(-1); // [B, H_kv, blocks]
-        let (_, chosen) = scores.topk(k, -1, true, true);
+        let query = grouped_queries.sum_dim_intlist(2, true, Kind::Float); // [B, H_kv, 1, D]
+        let chosen = ranking::best_blocks(&representatives, &query, k);
         Some(Selection {
             keys: self.keys.gather_blocks(&chosen, self.block_len)?,
             values: self.values.gather_blocks(&chosen, self.block_len)?,

@@ -571,8 +571,8 @@ mod tests {
     }
 
     /// The int8 archive reads what the exact one reads, within a stated tolerance, at about half
-    /// the bytes per archived token (bf16, head_dim 64, blocks of 32: 2·64 + 2·2 scale bytes + 8
-    /// of the f32 representative against 2·128 + 8 per token and head, a ratio of 0.53).
+    /// the bytes per archived token (bf16, head_dim 64, blocks of 32: 2·64 + 2·2 scale bytes + 4
+    /// of the bf16 representative against 2·128 + 4 per token and head, a ratio of 0.52).
     #[test]
     fn an_int8_archive_reads_like_the_exact_one_in_half_the_bytes() {
         tch::manual_seed(15);

@@ -62,15 +62,6 @@ impl Rows {
         }
     }
 
-    /// The dtype the rows were archived in (the scales' when int8), once any are held.
-    pub fn kind(&self) -> Option<tch::Kind> {
-        self.scales
-            .as_ref()
-            .unwrap_or(&self.codes)
-            .view()
-            .map(|t| t.kind())
-    }
-
     /// Tokens held.
     pub fn len(&self) -> i64 {
         self.codes.len()

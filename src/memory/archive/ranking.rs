@@ -1,0 +1,132 @@
+//! Ranking the archive's blocks for a query segment (`infinity-former.md` §9.7): block j scores
+//! (Σ q)·r_j, r_j its representative key, and the segment reads the k best.
+//!
+//! This is the one part of a decode step that grows with the archive: every representative is
+//! read once per step and layer. The read is bound by memory bandwidth, so on the CPU, when the
+//! representatives are bf16 (the activations of the `int4` and `bf16` precisions, so they are
+//! stored without rounding), a loop reads them as they are, widening each to f32 in a register,
+//! instead of keeping an f32 copy twice the size; the top k are then picked in place. Elsewhere
+//! (a GPU, or f32 representatives) libtorch computes the same f32 scores with one matrix product.
+
+use tch::{Device, Kind, Tensor};
+
+/// Indices `[B, H_kv, k]` (int64, best first) of the `k` blocks whose representatives
+/// `[B, H_kv, blocks, D]` score highest against `query` `[B, H_kv, 1, D]` (f32, the segment's
+/// queries summed per key/value head); k ≤ blocks.
+pub fn best_blocks(representatives: &Tensor, query: &Tensor, k: i64) -> Tensor {
+    if representatives.device() == Device::Cpu && representatives.kind() == Kind::BFloat16 {
+        best_blocks_bf16_cpu(representatives, query, k)
+    } else {
+        let scores = representatives
+            .to_kind(Kind::Float)
+            .matmul(&query.transpose(-1, -2))
+            .squeeze_dim(-1); // [B, H_kv, blocks]
+        scores.topk(k, -1, true, true).1
+    }
+}
+
+/// [`best_blocks`] over bf16 representatives in CPU memory, read in place.
+fn best_blocks_bf16_cpu(representatives: &Tensor, query: &Tensor, k: i64) -> Tensor {
+    let (b, h, blocks, d) = representatives
+        .size4()
+        .expect("representatives are [B, H_kv, blocks, D]");
+    let strides = representatives.stride();
+    assert!(
+        strides[3] == 1 && strides[2] == d,
+        "each head's representatives are one contiguous run"
+    );
+    let query: Vec<f32> = Vec::try_from(query.to_kind(Kind::Float).contiguous().view([-1]))
+        .expect("an f32 query converts to a vector");
+    let base = representatives.data_ptr() as *const u16;
+    let mut chosen = Vec::with_capacity((b * h * k) as usize);
+    let mut scores = Vec::with_capacity(blocks as usize);
+    for row in 0..b {
+        for head in 0..h {
+            let offset = (row * strides[0] + head * strides[1]) as usize;
+            // SAFETY: `representatives` is a live bf16 tensor (2-byte elements) whose head
+            // (row, head) holds `blocks · d` contiguous elements from `offset` (strides checked
+            // above), and nothing writes to it while this slice lives.
+            let held =
+                unsafe { std::slice::from_raw_parts(base.add(offset), (blocks * d) as usize) };
+            let q = &query[((row * h + head) * d) as usize..][..d as usize];
+            scores.clear();
+            scores.extend(held.chunks_exact(d as usize).map(|r| dot_bf16(r, q)));
+            chosen.extend(top_k(&scores, k as usize).into_iter().map(|j| j as i64));
+        }
+    }
+    Tensor::from_slice(&chosen).view([b, h, k])
+}
+
+/// r·q with r given as bf16 bit patterns (a bf16 is the high half of an f32), summed in f32 over
+/// eight lanes so that the compiler can keep them in vector registers.
+fn dot_bf16(r: &[u16], q: &[f32]) -> f32 {
+    const LANES: usize = 8;
+    let mut sums = [0f32; LANES];
+    let (r_main, r_rest) = r.split_at(r.len() / LANES * LANES);
+    for (r, q) in r_main.chunks_exact(LANES).zip(q.chunks_exact(LANES)) {
+        for lane in 0..LANES {
+            sums[lane] += f32::from_bits(u32::from(r[lane]) << 16) * q[lane];
+        }
+    }
+    let rest: f32 = r_rest
+        .iter()
+        .zip(&q[r_main.len()..])
+        .map(|(&r, &q)| f32::from_bits(u32::from(r) << 16) * q)
+        .sum();
+    sums.iter().sum::<f32>() + rest
+}
+
+/// Indices of the `k` largest `scores`, largest first (NaN ranks lowest, ties by index).
+fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
+    let order = |a: &usize, b: &usize| {
+        let key = |i: &usize| {
+            let s = scores[*i];
+            if s.is_nan() {
+                f32::NEG_INFINITY
+            } else {
+                s
+            }
+        };
+        key(b).total_cmp(&key(a)).then(a.cmp(b))
+    };
+    let mut indices: Vec<usize> = (0..scores.len()).collect();
+    if k < indices.len() {
+        indices.select_nth_unstable_by(k, order);
+        indices.truncate(k);
+    }
+    indices.sort_unstable_by(order);
+    indices
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The in-place bf16 loop picks exactly the blocks libtorch's f32 product picks, in the same
+    /// order, for several batch rows and heads read through a view of a larger buffer.
+    #[test]
+    fn the_bf16_loop_ranks_as_the_f32_product_does() {
+        tch::manual_seed(3);
+        let buffer =
+            Tensor::randn([2, 3, 300, 64], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+        let representatives = buffer.narrow(2, 0, 257); // a window's held part
+        let query = Tensor::randn([2, 3, 1, 64], (Kind::Float, Device::Cpu));
+        let ours = best_blocks(&representatives, &query, 8);
+        let reference = representatives
+            .to_kind(Kind::Float)
+            .matmul(&query.transpose(-1, -2))
+            .squeeze_dim(-1)
+            .topk(8, -1, true, true)
+            .1;
+        assert_eq!(ours.size(), vec![2, 3, 8]);
+        assert!(ours.equal(&reference), "{ours} against {reference}");
+    }
+
+    #[test]
+    fn top_k_orders_best_first_and_ranks_nan_lowest() {
+        let scores = [0.5, f32::NAN, 2.0, -1.0, 2.0, 1.0];
+        assert_eq!(top_k(&scores, 3), vec![2, 4, 5]);
+        assert_eq!(top_k(&scores, 6), vec![2, 4, 5, 0, 3, 1]);
+        assert_eq!(top_k(&scores, 0), Vec::<usize>::new());
+    }
+}
