@@ -124,18 +124,18 @@ impl Window {
 
     /// The buffer (a handle to it), grown (in the window's storage) when it holds fewer than
     /// `needed` tokens: to `needed` rounded up to [`SCRATCH_SLACK`] when `exact`, else to at least
-    /// double; `like` gives the shape of a row and
-    /// the dtype when nothing is allocated yet.
+    /// double, and always to whole granules; `like` gives the shape of a row and the dtype when
+    /// nothing is allocated yet.
     fn reserve(&mut self, needed: i64, like: &Tensor, exact: bool) -> Result<Tensor, SpillError> {
         let capacity = self.buffer.as_ref().map_or(0, |b| b.size()[2]);
         if needed > capacity {
             let size = like.size();
             let grown_capacity = if exact {
-                (needed + SCRATCH_SLACK - 1) / SCRATCH_SLACK * SCRATCH_SLACK
+                round_up(needed, SCRATCH_SLACK)
             } else {
                 needed.max(2 * capacity).max(64)
             };
-            let grown_capacity = (grown_capacity + self.granule - 1) / self.granule * self.granule;
+            let grown_capacity = round_up(grown_capacity, self.granule);
             let grown = self.storage.zeros(
                 &[size[0], size[1], grown_capacity, size[3]],
                 like.kind(),
@@ -211,6 +211,11 @@ impl Window {
         self.len -= n;
         taken
     }
+}
+
+/// `n` rounded up to a multiple of `step` (both positive).
+fn round_up(n: i64, step: i64) -> i64 {
+    (n + step - 1) / step * step
 }
 
 impl Default for Window {

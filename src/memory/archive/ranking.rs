@@ -57,21 +57,26 @@ fn best_blocks_bf16_cpu(representatives: &Tensor, query: &Tensor, k: i64) -> Ten
     Tensor::from_slice(&chosen).view([b, h, k])
 }
 
-/// r·q with r given as bf16 bit patterns (a bf16 is the high half of an f32), summed in f32 over
-/// eight lanes so that the compiler can keep them in vector registers.
+/// A bf16 bit pattern as the f32 it is the high half of (exact).
+fn widen(bits: u16) -> f32 {
+    f32::from_bits(u32::from(bits) << 16)
+}
+
+/// r·q with r given as bf16 bit patterns ([`widen`]), summed in f32 over eight lanes so that the
+/// compiler can keep them in vector registers.
 fn dot_bf16(r: &[u16], q: &[f32]) -> f32 {
     const LANES: usize = 8;
     let mut sums = [0f32; LANES];
     let (r_main, r_rest) = r.split_at(r.len() / LANES * LANES);
     for (r, q) in r_main.chunks_exact(LANES).zip(q.chunks_exact(LANES)) {
         for lane in 0..LANES {
-            sums[lane] += f32::from_bits(u32::from(r[lane]) << 16) * q[lane];
+            sums[lane] += widen(r[lane]) * q[lane];
         }
     }
     let rest: f32 = r_rest
         .iter()
         .zip(&q[r_main.len()..])
-        .map(|(&r, &q)| f32::from_bits(u32::from(r) << 16) * q)
+        .map(|(&r, &q)| widen(r) * q)
         .sum();
     sums.iter().sum::<f32>() + rest
 }
