@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 CARGO ?= cargo
 
-.PHONY: setup build demo demo-memory demo-client test lint lint-deploy image bench bench-model bench-memory bench-load evaluate
+.PHONY: setup build demo demo-memory demo-client test lint lint-deploy fuzz-tools fuzz image bench bench-model bench-memory bench-load evaluate
 setup:
 	./scripts/setup.sh
 
@@ -43,8 +43,18 @@ lint-deploy: setup
 image:
 	./scripts/build_image.sh
 
-test: lint
+test: lint fuzz-tools
 	$(CARGO) test
+
+# schemathesis (pinned) into .venv, for tests/api_fuzz.rs.
+fuzz-tools: setup
+	./scripts/fuzz_tools.sh
+
+# The API fuzzers with a larger budget than `make test` gives them (25 cases per operation and
+# phase there): schemathesis against an open server and one with keys, and the property tests.
+fuzz: fuzz-tools
+	INFINI_FUZZ_EXAMPLES=$${INFINI_FUZZ_EXAMPLES:-200} PROPTEST_CASES=$${PROPTEST_CASES:-1000} \
+		$(CARGO) test --test api_fuzz --test api_properties -- --nocapture
 
 bench: setup
 	$(CARGO) bench --bench ltm

@@ -15,7 +15,10 @@ use super::json::ApiJson;
 use super::stream::{sse, ChunkFormat};
 use super::turn::{begin, TurnEvent, TurnInput};
 use super::types::*;
-use super::validate::{chat_budget, chat_logprobs, completion_logprobs, gen_params, messages};
+use super::validate::{
+    chat_budget, chat_logprobs, completion_extras, completion_logprobs, gen_params, messages,
+    session_id,
+};
 use super::AppState;
 use crate::engine::worker::TokenLogprob;
 
@@ -210,7 +213,7 @@ pub async fn chat_completions(
         .map(|v| v.to_str().map(str::to_string))
         .transpose()
         .map_err(|_| ApiError::invalid("X-Session-Id", "the X-Session-Id header is not text"))?;
-    let session = request.session_id.or(header);
+    let session = session_id(request.session_id, header)?;
     let (stream, include_usage) = (params.stream, params.include_usage);
     let events = begin(
         &state,
@@ -353,6 +356,7 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     check_model(&state, request.model.as_deref())?;
     let logprobs = completion_logprobs(request.logprobs)?;
+    completion_extras(request.echo, request.best_of, request.suffix.as_deref())?;
     let budget = request.sampling.max_tokens.map(|n| (n, "max_tokens"));
     let params = gen_params(request.sampling, budget, logprobs, state.limits)?;
     let mut prompts = request.prompt.into_vec();

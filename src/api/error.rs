@@ -24,6 +24,10 @@ pub struct ErrorDetail {
 
 /// OpenAI's error body.
 #[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({"error": {
+    "message": "temperature must be between 0 and 2, got 3", "type": "invalid_request_error",
+    "param": "temperature", "code": null
+}}))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
@@ -74,6 +78,44 @@ impl ApiError {
         .with_code("request_too_large")
     }
 
+    /// 415: the body is not declared as JSON (`found`: the `Content-Type` given, if any).
+    pub fn unsupported_media_type(found: Option<String>) -> Self {
+        let message = match found {
+            Some(found) => format!(
+                "the request body must be JSON, sent with `Content-Type: application/json`; got `{found}`"
+            ),
+            None => "the request body must be JSON, sent with `Content-Type: application/json`; \
+                     the request has no Content-Type"
+                .to_string(),
+        };
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            message,
+        )
+        .with_code("unsupported_media_type")
+    }
+
+    /// 400 for a parameter this server does not implement (rather than silently ignoring it).
+    pub fn unsupported(param: &str, message: impl Into<String>) -> Self {
+        Self::invalid(param, message).with_code("unsupported_parameter")
+    }
+
+    /// 422: the session exists but its stored memory cannot be used by this server.
+    pub fn unreadable_session(id: &str, reason: impl std::fmt::Display) -> Self {
+        let mut error = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request_error",
+            format!(
+                "session `{id}` cannot be continued on this server: {reason}. Export it and import \
+                 it into a server started with the model and memory flags it was made with, or \
+                 delete it"
+            ),
+        );
+        error.detail.param = Some("session_id".into());
+        error.with_code("session_unreadable")
+    }
+
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "authentication_error", message)
             .with_code("invalid_api_key")
@@ -111,7 +153,7 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        tracing::error!(%error, "store failure");
+        tracing::error!(error = %crate::log_text::Escaped(&error), "store failure");
         Self::internal(error.to_string())
     }
 }

@@ -1,10 +1,11 @@
-//! The JSON body extractor: reads the body within the size limit and parses it, so that a too
-//! large body is a 413, malformed JSON a 400, and a wrong type a 400 naming the field's path, all
-//! in OpenAI's error shape.
+//! The JSON body extractors: read the body within the size limit and parse it, so that a body that
+//! is not `application/json` is a 415, a too large body a 413, malformed JSON (or anything after
+//! the JSON value) a 400, and a wrong type a 400 naming the field's path, all in OpenAI's error
+//! shape.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -18,6 +19,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let JsonBody(bytes) = JsonBody::from_request(request, state).await?;
+        parse(&bytes).map(ApiJson)
+    }
+}
+
+/// A request body that is empty or declared `application/json` (not yet parsed).
+#[derive(Debug, Clone)]
+pub struct JsonBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let declared = declared_json(request.headers());
         let bytes = Bytes::from_request(request, state)
             .await
             .map_err(|rejection| {
@@ -27,7 +42,32 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                     ApiError::bad_body(format!("cannot read the request body: {rejection}"))
                 }
             })?;
-        parse(&bytes).map(ApiJson)
+        match declared {
+            Err(found) if !bytes.is_empty() || found.is_some() => {
+                Err(ApiError::unsupported_media_type(found))
+            }
+            _ => Ok(Self(bytes)),
+        }
+    }
+}
+
+/// `Ok` when the `Content-Type` is JSON (`application/json` or a `+json` type, any parameters);
+/// otherwise the type found, if any.
+fn declared_json(headers: &HeaderMap) -> Result<(), Option<String>> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Err(None);
+    };
+    let text = value.to_str().unwrap_or_default();
+    let essence = text.split(';').next().unwrap_or_default().trim();
+    let essence = essence.to_ascii_lowercase();
+    if essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    {
+        Ok(())
+    } else {
+        Err(Some(
+            text.chars().filter(|c| !c.is_control()).take(100).collect(),
+        ))
     }
 }
 
@@ -50,7 +90,7 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 
 fn path_aware<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
         if inner.is_syntax() || inner.is_eof() {
@@ -60,7 +100,13 @@ fn path_aware<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         } else {
             ApiError::invalid(path.clone(), format!("invalid value for `{path}`: {inner}"))
         }
-    })
+    })?;
+    deserializer.end().map_err(|error| {
+        ApiError::bad_body(format!(
+            "the request body is not valid JSON: {error} (one JSON value, nothing after it)"
+        ))
+    })?;
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -93,5 +139,39 @@ mod tests {
         );
         assert_eq!(param(r#"{"model": "x"}"#), None);
         assert_eq!(param("{"), None);
+    }
+
+    #[test]
+    fn anything_after_the_json_value_is_refused() {
+        let body = r#"{"messages": [{"role": "user", "content": "hi"}]}"#;
+        assert!(parse::<ChatCompletionRequest>(body.as_bytes()).is_ok());
+        assert!(parse::<ChatCompletionRequest>(format!("{body}  \n").as_bytes()).is_ok());
+        for tail in ["}}}", "{}", "x", "\u{0}"] {
+            let error =
+                parse::<ChatCompletionRequest>(format!("{body}{tail}").as_bytes()).unwrap_err();
+            assert_eq!(error.status, StatusCode::BAD_REQUEST, "{tail:?}");
+            assert!(
+                error.detail.message.contains("nothing after it"),
+                "{tail:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_json_content_types_are_accepted() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, value.parse().unwrap());
+            declared_json(&headers)
+        };
+        assert_eq!(with("application/json"), Ok(()));
+        assert_eq!(with("Application/JSON; charset=utf-8"), Ok(()));
+        assert_eq!(with("application/merge-patch+json"), Ok(()));
+        assert_eq!(with("text/plain"), Err(Some("text/plain".into())));
+        assert_eq!(
+            with("application/jsonx"),
+            Err(Some("application/jsonx".into()))
+        );
+        assert_eq!(declared_json(&HeaderMap::new()), Err(None));
     }
 }

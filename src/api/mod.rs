@@ -4,8 +4,10 @@
 //! [`turn`] runs a generation for them; [`stream`] owns SSE framing; [`error`] maps every failure.
 
 pub mod auth;
+pub mod body;
 pub mod completions;
 pub mod error;
+pub mod export_file;
 pub mod json;
 pub mod metrics;
 pub mod openapi;
@@ -84,6 +86,7 @@ pub fn router(state: AppState, limits: BodyLimits) -> Router {
         .route("/openapi.json", get(ops::openapi))
         .route("/docs", get(ops::docs))
         .fallback(|| async { error::ApiError::not_found("no such route") })
+        .layer(middleware::from_fn_with_state(limits.any, body::settle))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(DefaultBodyLimit::max(limits.any))
         .with_state(state)
@@ -182,7 +185,7 @@ async fn run(config: ServeConfig, keys: ApiKeys) -> Result<()> {
                 "model loaded"
             ),
             Ok(Err(error)) => {
-                tracing::error!(%error, "the model failed to load");
+                tracing::error!(error = %crate::log_text::Escaped(&error), "the model failed to load");
                 std::process::exit(1);
             }
             Err(_) => {

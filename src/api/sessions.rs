@@ -2,32 +2,32 @@
 //! (one JSON file: memory, transcript, model fingerprint, format version) and import. A session is
 //! visible only to the key that created it; to any other it does not exist (404).
 
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
-use super::json::{parse, ApiJson};
+use super::export_file::{unusable_memory, SessionExport, ThisServer};
+use super::json::{parse, ApiJson, JsonBody};
 use super::types::now;
 use super::AppState;
-use crate::session::{CoreHeader, MemoryParts};
+use crate::session::MemoryParts;
 use crate::store::{ForkOf, SessionHead, SessionRecord};
-use crate::tokenizer::{ChatMessage, Transcript};
-
-/// The export file's `format` and `format_version`.
-pub const EXPORT_FORMAT: &str = "infini.session";
-pub const EXPORT_VERSION: u32 = 1;
+use crate::tokenizer::Transcript;
 
 /// A session as the API shows it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({
+    "id": "sess_019ad1f2c3b4a5968778695a4b3c2d1e", "object": "session", "created_at": 1764600000,
+    "updated_at": 1764600042, "model_fingerprint": "llama-4b0c1e2f8a9d3c57", "version": 1,
+    "tokens_seen": 41, "message_count": 2, "memory": {"tokens_seen": 41, "total_bytes": 1410048}
+}))]
 pub struct SessionObject {
     pub id: String,
     /// `session`.
@@ -83,6 +83,9 @@ impl SessionObject {
 
 /// A page of sessions.
 #[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({
+    "object": "list", "data": [], "last_id": null, "has_more": false
+}))]
 pub struct SessionList {
     /// `list`.
     pub object: &'static str,
@@ -93,8 +96,10 @@ pub struct SessionList {
 }
 
 #[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// The `last_id` of the previous page.
     pub after: Option<String>,
@@ -102,6 +107,9 @@ pub struct ListQuery {
 
 /// `DELETE` reply.
 #[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({
+    "id": "sess_019ad1f2c3b4a5968778695a4b3c2d1e", "object": "session.deleted", "deleted": true
+}))]
 pub struct Deleted {
     pub id: String,
     /// `session.deleted`.
@@ -109,24 +117,19 @@ pub struct Deleted {
     pub deleted: bool,
 }
 
-/// The export file.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct SessionExport {
-    /// `infini.session`.
-    pub format: String,
-    pub format_version: u32,
-    /// The model the memory belongs to; import refuses another.
-    pub model_fingerprint: String,
-    pub created_at: i64,
-    pub transcript: Vec<MessageView>,
-    /// The rendered conversation the memory holds (chat template text), from which the next
-    /// turn's new text is cut.
-    pub fed: String,
-    /// The memory's exact bytes, base64 (empty: nothing absorbed yet).
-    pub memory: String,
-    pub tokens_seen: i64,
-    #[schema(value_type = Object)]
-    pub stats: serde_json::Value,
+/// The `{id}` of a session route; one that is not text once percent-decoded is a 400 in OpenAI's
+/// shape (axum's own rejection is plain text).
+pub struct SessionId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for SessionId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(id)| Self(id))
+            .map_err(|e| ApiError::invalid("id", format!("invalid session id in the path: {e}")))
+    }
 }
 
 /// Ids sort by creation time (list order), then 64 random bits.
@@ -208,7 +211,7 @@ async fn insert(
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     if !body.iter().all(u8::is_ascii_whitespace) {
         parse::<serde_json::Map<String, serde_json::Value>>(&body)?;
@@ -266,7 +269,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    SessionId(id): SessionId,
 ) -> Result<Json<SessionObject>, ApiError> {
     Ok(Json(SessionObject::of(
         owned(&state, &id, &caller).await?,
@@ -281,7 +284,7 @@ pub async fn get(
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    SessionId(id): SessionId,
 ) -> Result<Json<Deleted>, ApiError> {
     if !state.store.delete(&id, &caller.0).await? {
         return Err(ApiError::unknown_session(&id));
@@ -301,7 +304,7 @@ pub async fn delete(
 pub async fn fork(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    SessionId(id): SessionId,
 ) -> Result<Response, ApiError> {
     let fork = ForkOf {
         source: &id,
@@ -324,100 +327,53 @@ pub async fn fork(
 pub async fn export(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    SessionId(id): SessionId,
 ) -> Result<Json<SessionExport>, ApiError> {
     let (head, memory) = owned_with_memory(&state, &id, &caller).await?;
-    Ok(Json(SessionExport {
-        format: EXPORT_FORMAT.into(),
-        format_version: EXPORT_VERSION,
-        model_fingerprint: head.model_fingerprint,
-        created_at: head.created_at,
-        transcript: head
-            .transcript
-            .messages
-            .into_iter()
-            .map(|m| MessageView {
-                role: m.role,
-                content: m.content,
-            })
-            .collect(),
-        fed: head.transcript.fed,
-        memory: BASE64.encode(memory.join()),
-        tokens_seen: head.tokens_seen,
-        stats: head.stats,
-    }))
+    Ok(Json(SessionExport::new(
+        head.model_fingerprint,
+        head.created_at,
+        head.transcript,
+        &memory,
+        head.tokens_seen,
+        head.stats,
+    )))
 }
 
-/// A new session from an export file; refused when it was made by another model or format.
+/// A new session from an export file. Everything is checked before anything is stored: the
+/// format, the checksum, the model and memory layout (named both ways when they differ), the
+/// transcript against the memory, the counters, and the memory itself, read by the model.
 #[utoipa::path(post, path = "/v1/sessions/import", tag = "sessions", request_body = SessionExport,
-    responses((status = 201, body = SessionObject), (status = 400, description = "Not an export file, another format version, or another model", body = ErrorBody)),
+    responses((status = 201, body = SessionObject), (status = 400, description = "Not an export file, another format version, a damaged memory, another model (`model_mismatch`) or memory layout (`memory_layout_mismatch`), or a transcript or counter that does not match the memory", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn import(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(file): ApiJson<SessionExport>,
 ) -> Result<Response, ApiError> {
-    if file.format != EXPORT_FORMAT {
-        return Err(ApiError::invalid(
-            "format",
-            format!("format must be `{EXPORT_FORMAT}`, got `{}`", file.format),
-        ));
-    }
-    if file.format_version != EXPORT_VERSION {
-        return Err(ApiError::invalid(
-            "format_version",
-            format!(
-                "this server reads session format version {EXPORT_VERSION}, the file has {}",
-                file.format_version
-            ),
-        ));
-    }
-    let ours = fingerprint(&state)?;
-    if file.model_fingerprint != ours {
-        return Err(ApiError::invalid(
-            "model_fingerprint",
-            format!(
-                "the session was made with model {}, but this server runs model {ours}; its memory cannot be used here",
-                file.model_fingerprint
-            ),
-        )
-        .with_code("model_mismatch"));
-    }
-    let memory = BASE64
-        .decode(file.memory.as_bytes())
-        .map_err(|e| ApiError::invalid("memory", format!("memory is not base64: {e}")))?;
-    let memory = MemoryParts::split(&memory)
-        .map_err(|e| ApiError::invalid("memory", format!("memory cannot be read: {e}")))?;
-    if let Some(header) = (!memory.core.is_empty())
-        .then(|| CoreHeader::of(&memory.core))
-        .transpose()
-        .map_err(|e| ApiError::invalid("memory", format!("memory cannot be read: {e}")))?
-        .filter(|header| header.fingerprint != ours)
-    {
-        return Err(ApiError::invalid(
-            "memory",
-            format!(
-                "the memory was made with model {}, but this server runs model {ours}",
-                header.fingerprint
-            ),
-        )
-        .with_code("model_mismatch"));
-    }
-    let transcript = Transcript {
-        messages: file
-            .transcript
-            .into_iter()
-            .map(|m| ChatMessage::new(m.role, m.content))
-            .collect(),
-        fed: file.fed,
+    let info = state
+        .engine
+        .info()
+        .ok_or_else(|| ApiError::unavailable("the model is still loading"))?;
+    let checked = file.check(ThisServer::of(info))?;
+    let stats = if checked.memory.core.is_empty() {
+        serde_json::json!({})
+    } else {
+        let stats = state
+            .engine
+            .check_memory(checked.memory.clone())
+            .await?
+            .map_err(unusable_memory)?;
+        checked.check_counted(stats.tokens_seen)?;
+        serde_json::to_value(stats).unwrap_or_default()
     };
     insert(
         &state,
         &caller,
-        transcript,
-        memory,
-        file.tokens_seen,
-        file.stats,
+        checked.transcript,
+        checked.memory,
+        checked.tokens_seen,
+        stats,
     )
     .await
 }

@@ -12,7 +12,11 @@ use super::error::ApiError;
 use super::types::{now, Usage};
 use super::validate::{check_prompt_len, GenParams};
 use super::AppState;
-use crate::engine::worker::{Event, Finished, MemorySource, Submission, TokenLogprob, Turn};
+use crate::engine::worker::{
+    Event, Finished, MemorySource, ModelInfo, Submission, TokenLogprob, Turn, TurnFailure,
+};
+use crate::log_text::Escaped;
+use crate::session::{CoreHeader, MemoryParts, SessionFormatError};
 use crate::store::hot::{LiveMemory, SlotGuard};
 use crate::store::{SessionHead, TurnCommit};
 use crate::tokenizer::{ChatMessage, Transcript};
@@ -121,13 +125,16 @@ pub async fn begin(
             })?;
             let memory = match slot.live.take() {
                 Some(live) if live.version == head.version => MemorySource::Live(live.memory),
-                _ => MemorySource::Stored(
-                    state
+                _ => {
+                    let parts = state
                         .store
                         .memory(&id)
                         .await?
-                        .ok_or_else(|| ApiError::unknown_session(&id))?,
-                ),
+                        .ok_or_else(|| ApiError::unknown_session(&id))?;
+                    readable_here(&parts, info)
+                        .map_err(|reason| ApiError::unreadable_session(&id, reason))?;
+                    MemorySource::Stored(parts)
+                }
             };
             let turn = SessionTurn {
                 slot,
@@ -151,9 +158,33 @@ pub async fn begin(
     Ok(rx)
 }
 
+/// Whether a stored memory was made for this server's model and memory layout (its header
+/// says so without the model thread reading it): a session that cannot be read here is refused
+/// before its turn is queued, saying why.
+fn readable_here(parts: &MemoryParts, info: &ModelInfo) -> Result<(), SessionFormatError> {
+    if parts.core.is_empty() {
+        return Ok(());
+    }
+    let header = CoreHeader::of(&parts.core)?;
+    if header.fingerprint != info.fingerprint {
+        return Err(SessionFormatError::OtherModel {
+            found: header.fingerprint,
+            expected: info.fingerprint.clone(),
+        });
+    }
+    if header.layout != info.layout {
+        return Err(SessionFormatError::OtherLayout {
+            found: header.layout,
+            expected: info.layout.clone(),
+        });
+    }
+    Ok(())
+}
+
 /// Forwards the engine's events to the client, then stores a session's turn, then ends the
-/// stream. A client that leaves closes `tx`; dropping the engine's receiver then stops the
-/// generation at its next token.
+/// stream. A client that leaves closes `tx` (whether or not a token has come yet); dropping the
+/// engine's receiver then stops the turn: before its first token (queued or in its prompt) it
+/// ends at once, after it at the next token.
 async fn drive(
     state: AppState,
     submission: Submission,
@@ -164,13 +195,16 @@ async fn drive(
     let Submission { events, finished } = submission;
     let mut events = Some(events);
     while let Some(receiver) = events.as_mut() {
-        match receiver.recv().await {
-            Some(Event::Text { text, logprobs }) => {
-                if tx.send(TurnEvent::Text { text, logprobs }).await.is_err() {
-                    events = None; // the client left: stop the generation
+        tokio::select! {
+            event = receiver.recv() => match event {
+                Some(Event::Text { text, logprobs }) => {
+                    if tx.send(TurnEvent::Text { text, logprobs }).await.is_err() {
+                        events = None; // the client left: stop the generation
+                    }
                 }
-            }
-            None => break,
+                None => break,
+            },
+            () = tx.closed() => events = None,
         }
     }
     drop(events);
@@ -204,9 +238,16 @@ async fn finish(
             "generation stopped early (client disconnected or shutdown)"
         );
     }
-    if let Some(error) = finished.error {
-        tracing::error!(%error, "turn failed");
-        return TurnEvent::Failed(ApiError::internal(format!("generation failed: {error}")));
+    match (finished.error, &session) {
+        (None, _) => {}
+        (Some(TurnFailure::Memory(reason)), Some(turn)) => {
+            tracing::warn!(session = %Escaped(&turn.head.id), reason = %Escaped(&reason), "session memory unreadable");
+            return TurnEvent::Failed(ApiError::unreadable_session(&turn.head.id, reason));
+        }
+        (Some(error), _) => {
+            tracing::error!(error = %Escaped(&error), "turn failed");
+            return TurnEvent::Failed(ApiError::internal(format!("generation failed: {error}")));
+        }
     }
     let usage = Usage::new(finished.prompt_tokens, finished.completion_tokens);
     let done = TurnEvent::Done {
@@ -220,7 +261,7 @@ async fn finish(
     transcript.record_reply(&finished.text);
     let stats = serde_json::to_value(kept.stats).unwrap_or_default();
     if state.log_memory_stats {
-        tracing::info!(session = %turn.head.id, %stats, "session memory");
+        tracing::info!(session = %Escaped(&turn.head.id), %stats, "session memory");
     }
     let commit = TurnCommit {
         id: &turn.head.id,

@@ -57,26 +57,34 @@ pub struct StreamOptions {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct SamplingFields {
     /// 0 to 2 (default 1); 0 is greedy.
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
     /// (0, 1] (default 1).
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f64>,
     /// Keep the k most likely tokens (0: all).
     pub top_k: Option<usize>,
     /// [0, 1] (default 0).
+    #[schema(minimum = 0, maximum = 1)]
     pub min_p: Option<f64>,
     /// > 0 (default 1).
+    #[schema(exclusive_minimum = 0)]
     pub repetition_penalty: Option<f64>,
     /// −2 to 2.
+    #[schema(minimum = -2, maximum = 2)]
     pub frequency_penalty: Option<f64>,
     /// −2 to 2.
+    #[schema(minimum = -2, maximum = 2)]
     pub presence_penalty: Option<f64>,
     /// Makes sampling reproducible.
     pub seed: Option<u64>,
     /// Up to four strings that end the reply (not included).
     pub stop: Option<StopField>,
-    /// Most tokens to generate (default and limit: the server's `--max-tokens`).
+    /// Most tokens to generate, at least 1 (default and limit: the server's `--max-tokens`).
+    #[schema(minimum = 1)]
     pub max_tokens: Option<u64>,
     /// Only 1 is supported.
+    #[schema(minimum = 1, maximum = 1)]
     pub n: Option<u64>,
     #[serde(default)]
     pub stream: bool,
@@ -85,19 +93,26 @@ pub struct SamplingFields {
 
 /// `POST /v1/chat/completions`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "model": "SmolLM2-135M-Instruct.Q4_1", "temperature": 0, "max_tokens": 16,
+    "messages": [{"role": "user", "content": "What is the capital of France?"}]
+}))]
 pub struct ChatCompletionRequest {
     /// The served model's name (see `/v1/models`).
     pub model: Option<String>,
-    /// The conversation; with a session, only the new messages.
+    /// The conversation (at least one message); with a session, only the new messages.
+    #[schema(min_items = 1)]
     pub messages: Vec<InputMessage>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
     /// Same as `max_tokens` (OpenAI's newer name); give at most one of them.
+    #[schema(minimum = 1)]
     pub max_completion_tokens: Option<u64>,
     /// Return each token's log-probability.
     #[serde(default)]
     pub logprobs: bool,
     /// 0 to 20 most likely alternatives per token (needs `logprobs: true`).
+    #[schema(minimum = 0, maximum = 20)]
     pub top_logprobs: Option<u64>,
     /// Continue this session (its memory holds the earlier turns); also `X-Session-Id`.
     pub session_id: Option<String>,
@@ -105,6 +120,10 @@ pub struct ChatCompletionRequest {
 
 /// `POST /v1/completions`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "model": "SmolLM2-135M-Instruct.Q4_1", "prompt": "The capital of France is",
+    "temperature": 0, "max_tokens": 16
+}))]
 pub struct CompletionRequest {
     pub model: Option<String>,
     /// The text to continue (one string, or a list of exactly one).
@@ -112,7 +131,15 @@ pub struct CompletionRequest {
     #[serde(flatten)]
     pub sampling: SamplingFields,
     /// 0 to 5: log-probabilities of each token and this many alternatives.
+    #[schema(minimum = 0, maximum = 5)]
     pub logprobs: Option<u64>,
+    /// Not supported: only `false` (the prompt is never repeated in the reply).
+    pub echo: Option<bool>,
+    /// Only 1 is supported.
+    #[schema(minimum = 1, maximum = 1)]
+    pub best_of: Option<u64>,
+    /// Not supported: only an empty suffix (no text is inserted after the completion).
+    pub suffix: Option<String>,
 }
 
 /// Token counts of one request.
@@ -173,6 +200,13 @@ pub struct ChatChoice {
 
 /// The non-streaming chat reply.
 #[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({
+    "id": "chatcmpl-2f1c0d9e8b7a6c5d4e3f2a1b", "object": "chat.completion", "created": 1764600000,
+    "model": "SmolLM2-135M-Instruct.Q4_1",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris."},
+                 "logprobs": null, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 36, "completion_tokens": 3, "total_tokens": 39}
+}))]
 pub struct ChatCompletion {
     pub id: String,
     /// `chat.completion`.
@@ -237,6 +271,12 @@ pub struct CompletionChoice {
 
 /// The text completion reply (also each streamed chunk, with `text` the new part).
 #[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({
+    "id": "cmpl-2f1c0d9e8b7a6c5d4e3f2a1b", "object": "text_completion", "created": 1764600000,
+    "model": "SmolLM2-135M-Instruct.Q4_1",
+    "choices": [{"index": 0, "text": " Paris.", "logprobs": null, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+}))]
 pub struct Completion {
     pub id: String,
     /// `text_completion`.
@@ -259,6 +299,11 @@ pub struct ModelCard {
 
 /// `GET /v1/models`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({
+    "object": "list",
+    "data": [{"id": "SmolLM2-135M-Instruct.Q4_1", "object": "model", "created": 1764600000,
+              "owned_by": "infini"}]
+}))]
 pub struct ModelList {
     /// `list`.
     pub object: &'static str,

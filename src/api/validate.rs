@@ -154,6 +154,53 @@ pub fn completion_logprobs(logprobs: Option<u64>) -> Result<Option<usize>, ApiEr
     }
 }
 
+/// `/v1/completions`' `echo`, `best_of` and `suffix`: accepted only where they change nothing,
+/// refused (400 `unsupported_parameter`) where a client would expect an effect.
+pub fn completion_extras(
+    echo: Option<bool>,
+    best_of: Option<u64>,
+    suffix: Option<&str>,
+) -> Result<(), ApiError> {
+    if echo == Some(true) {
+        return Err(ApiError::unsupported(
+            "echo",
+            "echo is not supported: the reply never repeats the prompt (leave echo out or false)",
+        ));
+    }
+    if let Some(n) = best_of.filter(|&n| n != 1) {
+        return Err(ApiError::unsupported(
+            "best_of",
+            format!("only best_of = 1 is supported, got {n}"),
+        ));
+    }
+    if suffix.is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::unsupported(
+            "suffix",
+            "suffix (text after the completion) is not supported: leave it out",
+        ));
+    }
+    Ok(())
+}
+
+/// The session a chat request continues: `session_id` in the body or the `X-Session-Id` header
+/// (the same id in both is fine; two different ones are refused rather than one silently winning).
+pub fn session_id(
+    body: Option<String>,
+    header: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    match (body, header) {
+        (Some(body), Some(header)) if body != header => Err(ApiError::invalid(
+            "session_id",
+            format!(
+                "the body's session_id `{body}` and the X-Session-Id header `{header}` name \
+                 different sessions; give one of them"
+            ),
+        )
+        .with_code("conflicting_session_ids")),
+        (body, header) => Ok(body.or(header)),
+    }
+}
+
 /// The request's messages as the chat template takes them.
 pub fn messages(input: Vec<InputMessage>) -> Result<Vec<ChatMessage>, ApiError> {
     if input.is_empty() {
@@ -295,6 +342,40 @@ mod tests {
     }
 
     #[test]
+    fn unsupported_completion_fields_are_refused_where_they_would_matter() {
+        let code = |r: Result<(), ApiError>| {
+            let e = r.unwrap_err();
+            (e.detail.param.unwrap(), e.detail.code.unwrap())
+        };
+        assert!(completion_extras(None, None, None).is_ok());
+        assert!(completion_extras(Some(false), Some(1), Some("")).is_ok());
+        assert_eq!(
+            code(completion_extras(Some(true), None, None)),
+            ("echo".into(), "unsupported_parameter")
+        );
+        assert_eq!(
+            code(completion_extras(None, Some(3), None)),
+            ("best_of".into(), "unsupported_parameter")
+        );
+        assert_eq!(
+            code(completion_extras(None, None, Some("end"))),
+            ("suffix".into(), "unsupported_parameter")
+        );
+    }
+
+    #[test]
+    fn two_different_session_ids_are_refused() {
+        let id = |s: &str| Some(s.to_string());
+        assert_eq!(session_id(id("a"), None).unwrap(), id("a"));
+        assert_eq!(session_id(None, id("b")).unwrap(), id("b"));
+        assert_eq!(session_id(id("a"), id("a")).unwrap(), id("a"));
+        assert_eq!(session_id(None, None).unwrap(), None);
+        let error = session_id(id("a"), id("b")).unwrap_err();
+        assert_eq!(error.detail.param.as_deref(), Some("session_id"));
+        assert!(error.detail.message.contains("`a`") && error.detail.message.contains("`b`"));
+    }
+
+    #[test]
     fn messages_are_checked_and_flattened() {
         let message = |role: &str, content: MessageContent| InputMessage {
             role: role.into(),
@@ -334,6 +415,7 @@ mod tests {
             Some("messages[0].content[0]")
         );
         assert!(messages(vec![]).is_err());
+        assert!(check_prompt_len(0, "messages", LIMITS).is_err());
         assert!(check_prompt_len(51, "messages", LIMITS).is_err());
         assert!(check_prompt_len(50, "messages", LIMITS).is_ok());
     }

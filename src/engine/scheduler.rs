@@ -1,9 +1,12 @@
 //! Continuous batching on the model thread. Each step:
 //! 1. takes the turns submitted since the last step into the waiting queue, and admits them (in
 //!    order) while fewer than `max_running` sequences run; a session's stored memory is rebuilt here;
+//!    a turn whose client has already left is dropped instead, at no cost (memory checks asked for
+//!    by imports are answered here too, between steps);
 //! 2. takes in prompt tokens, oldest sequence first, up to the step's token budget
 //!    (`max_batch_tokens` less one token per decoding row) and at most [`PREFILL_CHUNK`] per forward
-//!    pass, so a long prompt is spread over steps instead of stalling everyone;
+//!    pass, so a long prompt is spread over steps instead of stalling everyone; a sequence whose
+//!    client has left stops before its next chunk;
 //! 3. decodes one token for every sequence that has one pending, in a single forward pass over the
 //!    batch (`batch.rs`: shared matmuls, each row reading its own memory);
 //! 4. hands finished turns back; their places go to the queue at the next step.
@@ -12,15 +15,19 @@
 //! the row's own attention in the step that causes it, so it delays the others by at most that step.
 
 use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc as std_mpsc, Arc};
 
 use super::batch::decode_rows;
+use super::generate::token_row;
 use super::sequence::{Phase, Sequence, StepContext};
-use super::worker::{Engine, EngineOptions, Job, MemorySource};
+use super::worker::{
+    Engine, EngineOptions, Finished, Job, MemoryCheck, MemorySource, Request, TurnFailure,
+};
 use crate::memory::MemoryLayout;
-use crate::model::Llama;
-use crate::session::SessionMemory;
+use crate::model::{Llama, LogitsAt};
+use crate::session::{self, MemoryParts, MemoryStats, SessionFormatError, SessionMemory};
 use crate::tokenizer::Tokenizer;
 
 /// Prompt tokens per forward pass: the memory's layouts are checked against this chunk.
@@ -89,23 +96,34 @@ impl Scheduler {
         &self.tokenizer
     }
 
+    /// The memory layout every session has here, as a memory's core names it.
+    pub fn layout_text(&self) -> String {
+        session::layout_text(&self.layout)
+    }
+
     /// Serves turns until every handle is gone.
-    pub(super) fn run(self, engine: &Engine, queue: std_mpsc::Receiver<Job>) {
+    pub(super) fn run(self, engine: &Engine, queue: std_mpsc::Receiver<Request>) {
         let _guard = tch::no_grad_guard();
         let mut waiting: VecDeque<Job> = VecDeque::new();
         let mut running: Vec<Sequence> = Vec::new();
         loop {
             if running.is_empty() && waiting.is_empty() {
                 match queue.recv() {
-                    Ok(job) => waiting.push_back(job),
+                    Ok(request) => self.take(request, &mut waiting),
                     Err(_) => return,
                 }
             }
-            waiting.extend(queue.try_iter());
+            for request in queue.try_iter() {
+                self.take(request, &mut waiting);
+            }
             while running.len() < self.limits.max_running {
                 let Some(job) = waiting.pop_front() else {
                     break;
                 };
+                if job.events.is_closed() {
+                    Self::drop_unstarted(engine, job);
+                    continue;
+                }
                 running.push(self.admit(job));
             }
             engine.stats.waiting.store(waiting.len(), Ordering::Relaxed);
@@ -115,6 +133,7 @@ impl Scheduler {
                 .into_iter()
                 .partition(|sequence| sequence.phase() == Phase::Done);
             running = live;
+            engine.stats.running.store(running.len(), Ordering::Relaxed);
             for sequence in done {
                 // Out of the count before the handler hears of it, so its client's next request
                 // finds the place free.
@@ -125,6 +144,49 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// A turn joins the queue; a memory check is answered at once.
+    fn take(&self, request: Request, waiting: &mut VecDeque<Job>) {
+        match request {
+            Request::Turn(job) => waiting.push_back(*job),
+            Request::Check(MemoryCheck { parts, verdict }) => {
+                let _ = verdict.send(self.check(parts));
+            }
+        }
+    }
+
+    /// A waiting turn whose client has left: it ends without its memory being rebuilt or a
+    /// single prompt token read (a session keeps what it had; nothing is stored).
+    fn drop_unstarted(engine: &Engine, job: Job) {
+        engine.in_system.fetch_sub(1, Ordering::SeqCst);
+        engine.cancelled.fetch_add(1, Ordering::SeqCst);
+        let mut outcome = Finished::empty(job.turn.prompt.len());
+        outcome.cancelled = true;
+        let _ = job.finished.send(outcome);
+    }
+
+    /// Reads `parts` as a session memory here and feeds it one token, so that every tier it
+    /// holds is read once by the model: its statistics, or why a turn on it would fail. A memory
+    /// crafted to make libtorch or the arithmetic fail (a panic) is refused like any other.
+    fn check(&self, parts: MemoryParts) -> Result<MemoryStats, SessionFormatError> {
+        let unreadable = |why: &str| {
+            SessionFormatError::Corrupt(format!("the model cannot read the memory: {why}"))
+        };
+        let probe = self.stop_tokens.first().copied().unwrap_or(0);
+        let read = catch_unwind(AssertUnwindSafe(|| {
+            let mut memory = self.memory(MemorySource::Stored(parts))?;
+            let stats = memory.stats();
+            let logits = self
+                .model
+                .forward(&token_row(&[probe]), memory.caches(), LogitsAt::Last)
+                .map_err(|e| unreadable(&e.to_string()))?;
+            if logits.isfinite().all().int64_value(&[]) != 1 {
+                return Err(unreadable("reading it gives values that are not numbers"));
+            }
+            Ok(stats)
+        }));
+        read.unwrap_or_else(|_| Err(unreadable("its tensors do not fit the model")))
     }
 
     /// A waiting turn joins the batch with its memory (a failed rebuild ends it at once).
@@ -142,19 +204,18 @@ impl Scheduler {
         };
         let mut sequence = Sequence::new(turn, memory, events, finished, admitted);
         if let Some(error) = failure {
-            sequence.fail(error);
+            sequence.fail(TurnFailure::Memory(error));
         }
         sequence
     }
 
     /// The memory a turn starts from.
-    fn memory(&self, source: MemorySource) -> Result<SessionMemory, String> {
+    fn memory(&self, source: MemorySource) -> Result<SessionMemory, SessionFormatError> {
         match source {
             MemorySource::Live(memory) => Ok(memory),
             MemorySource::Stored(parts) if !parts.core.is_empty() => {
                 let blocks: Vec<&[u8]> = parts.blocks.iter().map(Vec::as_slice).collect();
                 SessionMemory::from_parts(&parts.core, &blocks, &self.model, &self.layout)
-                    .map_err(|e| e.to_string())
             }
             MemorySource::Fresh | MemorySource::Stored(_) => {
                 Ok(SessionMemory::new(&self.model, &self.layout))
@@ -173,6 +234,10 @@ impl Scheduler {
         let decoding = running.iter().filter(|s| s.pending().is_some()).count();
         let mut budget = self.limits.max_batch_tokens.saturating_sub(decoding);
         for sequence in running.iter_mut() {
+            if sequence.prompt_left() > 0 && sequence.client_left() {
+                sequence.abandon();
+                continue;
+            }
             let take = sequence.prompt_left().min(budget).min(PREFILL_CHUNK);
             if take > 0 {
                 sequence.prefill(&self.model, take);
@@ -205,7 +270,7 @@ impl Scheduler {
             }
             Err(e) => {
                 for sequence in rows {
-                    sequence.fail(e.to_string());
+                    sequence.fail(TurnFailure::Model(e.to_string()));
                 }
             }
         }

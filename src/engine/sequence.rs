@@ -14,9 +14,9 @@ use super::generate::{token_row, NextToken};
 use super::sampler::Sampler;
 use super::stats::EngineStats;
 use super::stop::{FinishReason, StopChecker};
-use super::worker::{Event, Finished, KeptMemory, TokenLogprob, Turn};
+use super::worker::{Event, Finished, KeptMemory, TokenLogprob, Turn, TurnFailure};
 use crate::model::{Llama, LogitsAt, ModelError};
-use crate::session::SessionMemory;
+use crate::session::{SessionFormatError, SessionMemory};
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
 
 /// Where a sequence stands between two steps.
@@ -80,6 +80,8 @@ pub struct Sequence {
     last_token_at: Option<Instant>,
     /// The archive blocks the memory held when the turn began (a store has them already).
     blocks_before: Range<u64>,
+    /// The turn was abandoned part-way through its prompt: its memory must not be kept.
+    discard_memory: bool,
 }
 
 impl Sequence {
@@ -95,7 +97,7 @@ impl Sequence {
         let history = std::mem::take(&mut turn.prompt);
         let phase = match history.as_slice() {
             [] => {
-                outcome.error = Some("the prompt has no tokens".into());
+                outcome.error = Some(TurnFailure::Model("the prompt has no tokens".into()));
                 Phase::Done
             }
             [only] => Phase::Decode { pending: *only },
@@ -117,6 +119,7 @@ impl Sequence {
             admitted,
             last_token_at: None,
             turn,
+            discard_memory: false,
         }
     }
 
@@ -156,7 +159,7 @@ impl Sequence {
                 }
             }
             Ok(_) => self.phase = Phase::Prefill { fed: end },
-            Err(e) => self.fail(e.to_string()),
+            Err(e) => self.fail(TurnFailure::Model(e.to_string())),
         }
     }
 
@@ -170,8 +173,22 @@ impl Sequence {
     }
 
     /// Ends the turn with an error (its memory is not returned: it may hold half a step).
-    pub fn fail(&mut self, error: String) {
+    pub fn fail(&mut self, error: TurnFailure) {
         self.outcome.error = Some(error);
+        self.phase = Phase::Done;
+    }
+
+    /// Whether the turn's client has gone (its event receiver was dropped).
+    pub fn client_left(&self) -> bool {
+        self.events.is_closed()
+    }
+
+    /// Ends a turn whose client left before its first token. Its memory holds part of the prompt
+    /// and no reply, which no transcript describes, so it is not returned: a session keeps what
+    /// its store holds, as if the turn had never been asked for.
+    pub fn abandon(&mut self) {
+        self.outcome.cancelled = true;
+        self.discard_memory = true;
         self.phase = Phase::Done;
     }
 
@@ -179,7 +196,7 @@ impl Sequence {
     fn choose(&mut self, logits: &Tensor, context: &StepContext) {
         let (token, logprob) = match self.sample(logits, context.tokenizer) {
             Ok(chosen) => chosen,
-            Err(e) => return self.fail(e.to_string()),
+            Err(e) => return self.fail(self.blame(e, logits)),
         };
         let now = Instant::now();
         if self.outcome.time_to_first_token.is_none() {
@@ -200,7 +217,7 @@ impl Sequence {
         self.history.push(token);
         let piece = match self.decoder.push(context.tokenizer, token) {
             Ok(piece) => piece,
-            Err(e) => return self.fail(e.to_string()),
+            Err(e) => return self.fail(TurnFailure::Model(e.to_string())),
         };
         let step = self.stops.push(token, &piece);
         self.outcome.text.push_str(&step.text);
@@ -257,6 +274,20 @@ impl Sequence {
         };
     }
 
+    /// Why no token could be chosen. The weights are fixed and the prompt's tokens checked, so
+    /// logits that are not numbers in a session's turn come from what its memory holds: the
+    /// session's fault (a 422 saying so), not the server's.
+    fn blame(&self, error: ModelError, logits: &Tensor) -> TurnFailure {
+        let finite = logits.isfinite().all().int64_value(&[]) == 1;
+        if self.turn.keep_memory && !finite {
+            TurnFailure::Memory(SessionFormatError::Corrupt(
+                "reading it gives values that are not numbers".into(),
+            ))
+        } else {
+            TurnFailure::Model(error.to_string())
+        }
+    }
+
     /// The request's sampler, noting the chosen token's log-probability (and the top
     /// alternatives) under the model's raw distribution when the request asked for them.
     fn sample(
@@ -291,7 +322,7 @@ impl Sequence {
     /// the client left (not counting the server's own cut).
     pub fn deliver(self) -> bool {
         let mut outcome = self.outcome;
-        if outcome.error.is_none() && self.turn.keep_memory {
+        if outcome.error.is_none() && self.turn.keep_memory && !self.discard_memory {
             outcome.memory = Some(KeptMemory::of(self.memory, self.blocks_before));
         }
         let left = outcome.cancelled;

@@ -4,8 +4,12 @@
 //! separately, the turn's [`Finished`] outcome. Past capacity (running plus waiting), `submit`
 //! refuses at once ([`SubmitError::Busy`], a 429 with `Retry-After`).
 //!
-//! A dropped event receiver is the cancellation signal: the engine checks it after each token and
-//! ends that sequence (the outcome is still delivered, so a session's memory is kept).
+//! A dropped event receiver is the cancellation signal: the engine checks it before admitting a
+//! waiting turn, before each prompt chunk and after each token, and ends that sequence (the outcome
+//! is still delivered, so a session's memory is kept).
+//!
+//! [`Engine::check_memory`] reads a memory on the model thread without running a turn (a session
+//! import proves its memory usable before anything is stored).
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -20,7 +24,9 @@ use super::stats::EngineStats;
 use super::stop::StopRules;
 use crate::cli::ModelArgs;
 use crate::memory::MemoryConfig;
-use crate::session::{model_fingerprint, MemoryParts, MemoryStats, SessionMemory};
+use crate::session::{
+    model_fingerprint, MemoryParts, MemoryStats, SessionFormatError, SessionMemory,
+};
 use crate::tokenizer::Tokenizer;
 
 /// Where a turn's memory comes from.
@@ -80,7 +86,7 @@ pub struct Finished {
     /// The reply as shown (stop strings removed).
     pub text: String,
     /// A failure after the turn began (the memory is then not returned).
-    pub error: Option<String>,
+    pub error: Option<TurnFailure>,
     /// With `keep_memory`: the memory after the turn, what a store writes of it, and statistics.
     pub memory: Option<KeptMemory>,
     /// Seconds from admission to the first token.
@@ -101,6 +107,18 @@ impl Finished {
             time_to_first_token: None,
         }
     }
+}
+
+/// Why a turn failed on the model thread.
+#[derive(Debug, thiserror::Error)]
+pub enum TurnFailure {
+    /// The turn's stored memory cannot be read here (another model or memory layout, or damaged):
+    /// the session's fault, not the server's.
+    #[error(transparent)]
+    Memory(#[from] SessionFormatError),
+    /// The model failed while running the turn.
+    #[error("{0}")]
+    Model(String),
 }
 
 /// A session's memory after a turn, ready to store: its core and the archive blocks the turn
@@ -167,6 +185,8 @@ pub struct EngineOptions {
 #[derive(Debug, Clone)]
 pub struct ModelInfo {
     pub fingerprint: String,
+    /// Every session memory's layout on this server, as a memory's core names it.
+    pub layout: String,
     pub tokenizer: Arc<Tokenizer>,
 }
 
@@ -178,10 +198,22 @@ pub(super) struct Job {
     pub admitted: Instant,
 }
 
+/// A memory to read and try on the model thread, and where its verdict goes.
+pub(super) struct MemoryCheck {
+    pub parts: MemoryParts,
+    pub verdict: oneshot::Sender<Result<MemoryStats, SessionFormatError>>,
+}
+
+/// What the model thread receives.
+pub(super) enum Request {
+    Turn(Box<Job>),
+    Check(MemoryCheck),
+}
+
 /// The handle handlers share.
 #[derive(Clone)]
 pub struct Engine {
-    jobs: std_mpsc::Sender<Job>,
+    jobs: std_mpsc::Sender<Request>,
     /// Turns submitted and not yet finished (waiting or running).
     pub(super) in_system: Arc<AtomicUsize>,
     pub(super) cut_all: Arc<AtomicBool>,
@@ -198,7 +230,7 @@ impl Engine {
     /// Starts the model thread, which loads the model and tokenizer and then serves turns.
     /// `loaded` gets the model's identity, or the load error.
     pub fn start(options: EngineOptions) -> (Self, oneshot::Receiver<Result<ModelInfo, String>>) {
-        let (jobs, queue) = std_mpsc::channel::<Job>();
+        let (jobs, queue) = std_mpsc::channel::<Request>();
         let (loaded_tx, loaded_rx) = oneshot::channel();
         let engine = Self {
             jobs,
@@ -216,6 +248,7 @@ impl Engine {
                 Ok(scheduler) => {
                     let info = ModelInfo {
                         fingerprint: model_fingerprint(scheduler.model()),
+                        layout: scheduler.layout_text(),
                         tokenizer: scheduler.tokenizer().clone(),
                     };
                     let _ = worker.info.set(info.clone());
@@ -253,11 +286,28 @@ impl Engine {
             finished: finished_tx,
             admitted: Instant::now(),
         };
-        self.jobs.send(job).map_err(|_| {
+        self.jobs.send(Request::Turn(Box::new(job))).map_err(|_| {
             self.in_system.fetch_sub(1, Ordering::SeqCst);
             SubmitError::Stopped
         })?;
         Ok(Submission { events, finished })
+    }
+
+    /// Reads `parts` as a session memory of this server's model and layout, and feeds it one
+    /// token to prove every tier readable, on the model thread between two batch steps; the
+    /// memory's statistics, or why it cannot be used.
+    pub async fn check_memory(
+        &self,
+        parts: MemoryParts,
+    ) -> Result<Result<MemoryStats, SessionFormatError>, SubmitError> {
+        if self.info.get().is_none() {
+            return Err(SubmitError::NotReady);
+        }
+        let (verdict, answer) = oneshot::channel();
+        self.jobs
+            .send(Request::Check(MemoryCheck { parts, verdict }))
+            .map_err(|_| SubmitError::Stopped)?;
+        answer.await.map_err(|_| SubmitError::Stopped)
     }
 
     /// Turns queued or running.

@@ -175,13 +175,26 @@ impl<'a> Reader<'a> {
         let numel = shape
             .iter()
             .try_fold(1i64, |acc, &d| acc.checked_mul(d).filter(|_| d >= 0));
-        if numel.map(|n| n as usize * kind.elt_size_in_bytes()) != Some(data.len()) {
+        let bytes = numel
+            .and_then(|n| usize::try_from(n).ok())
+            .and_then(|n| n.checked_mul(kind.elt_size_in_bytes()));
+        if bytes != Some(data.len()) {
             return Err(SessionFormatError::Corrupt(format!(
                 "the tensor at byte {offset} has shape {shape:?} but {} bytes",
                 data.len()
             )));
         }
-        Ok(Tensor::from_data_size(data, &shape, kind).to_device(device))
+        let tensor = Tensor::from_data_size(data, &shape, kind);
+        let floating = matches!(
+            kind,
+            Kind::Float | Kind::BFloat16 | Kind::Half | Kind::Double
+        );
+        if floating && tensor.isfinite().all().int64_value(&[]) == 0 {
+            return Err(SessionFormatError::Corrupt(format!(
+                "the tensor at byte {offset} holds values that are not finite numbers (NaN or ∞)"
+            )));
+        }
+        Ok(tensor.to_device(device))
     }
 
     pub fn optional_tensor(
@@ -253,5 +266,27 @@ mod tests {
             Reader::new(&bad).tensor(Device::Cpu),
             Err(SessionFormatError::Corrupt(_))
         ));
+        // A shape whose size overflows is refused, not multiplied out.
+        let mut huge = Writer::new();
+        huge.u8(kind_code(Kind::Double));
+        huge.u8(2);
+        huge.u64(1 << 62);
+        huge.u64(1);
+        huge.bytes(&[0; 8]);
+        assert!(Reader::new(&huge.into_bytes()).tensor(Device::Cpu).is_err());
+    }
+
+    #[test]
+    fn a_tensor_holding_nan_or_infinity_is_refused() {
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let values = Tensor::ones([3], (Kind::Float, Device::Cpu));
+            let _ = values.get(1).fill_(bad);
+            let mut w = Writer::new();
+            w.tensor(&values.to_kind(Kind::BFloat16));
+            let error = Reader::new(&w.into_bytes())
+                .tensor(Device::Cpu)
+                .unwrap_err();
+            assert!(error.to_string().contains("not finite"), "{bad}: {error}");
+        }
     }
 }

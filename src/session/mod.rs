@@ -83,10 +83,11 @@ impl SessionMemory {
             ltm_bytes: sum(|s| s.ltm_bytes),
             ..first
         };
+        // Saturating: a memory read from a client's file may carry any counter.
         MemoryStats {
-            tokens_seen: (first.sink_tokens + first.stm_tokens + first.archive_tokens) as u64
-                + first.ltm_tokens
-                + first.dropped_tokens,
+            tokens_seen: ((first.sink_tokens + first.stm_tokens + first.archive_tokens) as u64)
+                .saturating_add(first.ltm_tokens)
+                .saturating_add(first.dropped_tokens),
             tiers,
             total_bytes: tiers.sink_bytes + tiers.stm_bytes + tiers.archive_bytes + tiers.ltm_bytes,
         }
@@ -104,7 +105,9 @@ impl SessionMemory {
         w.u64(u64::from_le_bytes(*MAGIC));
         w.u32(FORMAT_VERSION);
         w.str(&self.fingerprint);
-        w.str(&layout_text(self.layers.first().map(LayerMemory::config)));
+        w.str(&layout_config_text(
+            self.layers.first().map(LayerMemory::config),
+        ));
         w.u32(self.layers.len() as u32);
         let blocks = self.archive_blocks();
         w.u64(blocks.start);
@@ -165,7 +168,7 @@ impl SessionMemory {
             });
         }
         let config = layout.config();
-        let expected = layout_text(Some(config));
+        let expected = layout_config_text(Some(config));
         if header.layout != expected {
             return Err(SessionFormatError::OtherLayout {
                 found: header.layout,
@@ -238,8 +241,13 @@ fn expect_done(r: &Reader) -> Result<(), SessionFormatError> {
     }
 }
 
+/// The memory layout as a memory's core names it (what [`CoreHeader::layout`] is compared with).
+pub fn layout_text(layout: &MemoryLayout) -> String {
+    layout_config_text(Some(layout.config()))
+}
+
 /// The layout as stored and compared: its JSON.
-fn layout_text(config: Option<&crate::memory::MemoryConfig>) -> String {
+fn layout_config_text(config: Option<&crate::memory::MemoryConfig>) -> String {
     config.map_or_else(String::new, |c| {
         serde_json::to_string(c).expect("a memory layout serialises")
     })

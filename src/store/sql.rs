@@ -92,7 +92,7 @@ impl SqlStore {
                 .await?;
             blocks::insert_all(&mut tx, &id, &parts).await?;
             tx.commit().await?;
-            tracing::info!(session = %id, "split a whole stored memory into core and block rows");
+            tracing::info!(session = %crate::log_text::Escaped(id), "split a whole stored memory into core and block rows");
         }
         Ok(())
     }

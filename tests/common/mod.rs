@@ -25,6 +25,15 @@ pub fn model_present() -> bool {
     present
 }
 
+/// Panics, saying how to provide it, when the default model is missing.
+pub fn require_model() {
+    assert!(
+        root().join(infini::model::DEFAULT_MODEL).is_file(),
+        "the default model {} is missing: run ./scripts/setup.sh (or make setup) first",
+        infini::model::DEFAULT_MODEL
+    );
+}
+
 /// A fresh folder under the system temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -225,6 +234,19 @@ impl Server {
             stream.write_all(body)?;
         }
         Ok(stream)
+    }
+
+    /// Writes `raw` (a whole request, head and body, exactly as given) on a new connection and
+    /// reads the response to its end.
+    pub fn raw_request(&self, raw: &[u8]) -> Response {
+        let mut stream = TcpStream::connect(&self.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(300)))
+            .unwrap();
+        stream.write_all(raw).unwrap();
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).unwrap();
+        Response::parse(&out)
     }
 
     /// POSTs `body` and returns the open connection, to read a streamed reply part-way.
