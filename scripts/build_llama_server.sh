@@ -19,11 +19,13 @@ fi
 mkdir -p "$OUT"
 SDIST=$OUT/llama_cpp_python-$VERSION.tar.gz
 if ! echo "$SHA256  $SDIST" | sha256sum --check --status 2>/dev/null; then
-  url=$(curl -fsS -H 'Accept: application/vnd.pypi.simple.v1+json' https://pypi.org/simple/llama-cpp-python/ |
-    python3 -c "import json,sys; print(next(f['url'] for f in json.load(sys.stdin)['files'] if f['filename'] == 'llama_cpp_python-$VERSION.tar.gz'))")
-  log "downloading $url"
-  curl -fsSL -o "$SDIST.part" "$url"
-  mv "$SDIST.part" "$SDIST"
+  # Through pip, so that the user's pip configuration (index mirror, proxy, certificates) applies.
+  log "fetching the llama-cpp-python==$VERSION sdist with pip"
+  rm -rf "$OUT/download"
+  .venv/bin/python -m pip download --quiet --disable-pip-version-check --no-deps \
+    --no-binary llama-cpp-python -d "$OUT/download" "llama-cpp-python==$VERSION" >&2
+  mv "$OUT/download/llama_cpp_python-$VERSION.tar.gz" "$SDIST"
+  rm -rf "$OUT/download"
   echo "$SHA256  $SDIST" | sha256sum --check --status || { log "sha256 of $SDIST does not match"; exit 1; }
 fi
 rm -rf "$OUT/src"

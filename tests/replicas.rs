@@ -197,7 +197,7 @@ fn one_turn_sent_to_both_replicas_commits_once() {
 
     // The losing replica continues from the winner's turn.
     let told = turn(losing_server, &s, "My name is Zorblax.", 12);
-    let recalled = turn(losing_server, &s, "What is my name?", 12);
+    let recalled = turn(losing_server, &s, "What is my name?", 24);
     assert!(text_of(&recalled).contains("Zorblax"), "{recalled}");
     let done = session_view(&r.b, KEY, &s);
     assert_eq!(int(&done, "version"), 3);
