@@ -7,6 +7,7 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod evaluation;
+pub mod gguf;
 pub mod log_text;
 pub mod ltm;
 pub mod memory;

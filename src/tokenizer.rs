@@ -23,7 +23,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::AddedToken;
 
-use crate::model::gguf::{GgufError, GgufFile};
+use crate::gguf::{GgufError, GgufFile};
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use incremental::IncrementalDecoder;

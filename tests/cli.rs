@@ -13,12 +13,12 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn model_present() -> bool {
-    let present = root().join(DEFAULT_MODEL).is_file();
-    if !present {
-        eprintln!("SKIPPED: {DEFAULT_MODEL} is missing; run ./scripts/setup.sh");
-    }
-    present
+/// Panics, saying how to provide it, when the default model is missing.
+fn require_model() {
+    assert!(
+        root().join(DEFAULT_MODEL).is_file(),
+        "{DEFAULT_MODEL} is missing: run ./scripts/setup.sh (or make setup) first"
+    );
 }
 
 /// Runs `infini args…` in the crate root with `stdin`, no INFINI_* variables inherited.
@@ -45,9 +45,7 @@ fn infini(args: &[&str], stdin: &str) -> Output {
 
 #[test]
 fn generate_reproduces_the_reference_greedy_continuation() {
-    if !model_present() {
-        return;
-    }
+    require_model();
     let text =
         std::fs::read_to_string(root().join("tests/fixtures/reference_logits.json")).unwrap();
     let fixtures: Value = serde_json::from_str(&text).unwrap();
@@ -111,9 +109,7 @@ fn turn_counts(stderr: &str) -> (Vec<usize>, Vec<u64>) {
 
 #[test]
 fn chat_answers_two_lines_and_keeps_the_conversation() {
-    if !model_present() {
-        return;
-    }
+    require_model();
     // Two greedy turns with one extra flag; returns stdout, stderr.
     let chat = |flag: &str| {
         let output = infini(

@@ -2,7 +2,7 @@
 //! PyPI) reads from the same file: tests/fixtures/gguf_reference.json, written by
 //! scripts/reference/gguf_fixture.py.
 
-use infini::model::gguf::{GgmlType, GgufFile};
+use infini::gguf::{GgmlType, GgufFile};
 use serde_json::Value;
 
 const MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";

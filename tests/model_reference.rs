@@ -59,27 +59,23 @@ fn fixtures() -> Fixtures {
 /// The Hugging Face folder made from the GGUF by `scripts/reference/convert_hf.py`.
 const HF_FOLDER: &str = "models/smollm2-hf";
 
-/// The model at `path` (GGUF file or HF folder, relative to the crate) in `precision`, or None
-/// (with a message) when `models/` is absent.
-fn load(path: &str, precision: Precision) -> Option<Llama> {
+/// The model at `path` (GGUF file or HF folder, relative to the crate) in `precision`; panics,
+/// saying how to provide it, when `models/` is absent.
+fn load(path: &str, precision: Precision) -> Llama {
     let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
-    if !models.is_dir() {
-        eprintln!(
-            "SKIPPED: {} is missing; run ./scripts/setup.sh to fetch the model",
-            models.display()
-        );
-        return None;
-    }
+    assert!(
+        models.is_dir(),
+        "{} is missing: run ./scripts/setup.sh (or make setup) to fetch the model",
+        models.display()
+    );
     let checkpoint = Checkpoint::open(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path))
         .unwrap_or_else(|e| panic!("{e}\nrun ./scripts/setup.sh (it also makes {HF_FOLDER})"));
-    Some(
-        checkpoint
-            .load(ModelOptions {
-                device: Device::Cpu,
-                precision,
-            })
-            .expect("model loads"),
-    )
+    checkpoint
+        .load(ModelOptions {
+            device: Device::Cpu,
+            precision,
+        })
+        .expect("model loads")
 }
 
 /// Logits `[T + 32, V]` over the prompt followed by the reference's greedy continuation.
@@ -181,9 +177,7 @@ fn f32_from_the_hf_folder_matches_the_reference_logits_and_greedy_continuations(
 
 /// The f32 checks on the first `limit` prompts (all of them for `usize::MAX`).
 fn f32_matches_the_reference(path: &str, limit: usize) {
-    let Some(model) = load(path, Precision::F32) else {
-        return;
-    };
+    let model = load(path, Precision::F32);
     let fixtures = fixtures();
     assert!(fixtures.cases.len() >= 20);
     let mut worst = (0.0f64, 0.0f64);
@@ -238,9 +232,7 @@ fn f32_matches_the_reference(path: &str, limit: usize) {
 /// logits within `bound` at the checked positions, top-1 agreement on at least 80% of the checked
 /// rows and 60% of the continuation tokens. Prints the measured figures.
 fn track_reference(precision: Precision, bound: f64) {
-    let Some(model) = load(DEFAULT_MODEL, precision) else {
-        return;
-    };
+    let model = load(DEFAULT_MODEL, precision);
     let fixtures = fixtures();
     let (mut logit_error, mut top1, mut rows, mut continuation) = (0.0f64, 0, 0, 0);
     for case in &fixtures.cases {

@@ -15,7 +15,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::sync::Barrier;
 
 use common::{
-    chat, create_session, model_present, read_events, reply_text, session_turn, session_view, user,
+    chat, create_session, read_events, reply_text, require_model, session_turn, session_view, user,
     PgSchema, Response, Server, TempDir,
 };
 use serde_json::{json, Value};
@@ -31,13 +31,8 @@ struct Replicas {
 }
 
 fn replicas(tag: &str) -> Option<Replicas> {
-    if !model_present() {
-        return None;
-    }
-    let Some(schema) = PgSchema::create() else {
-        eprintln!("SKIPPED: no PostgreSQL at 127.0.0.1:5432 (database test, user postgres)");
-        return None;
-    };
+    require_model();
+    let schema = PgSchema::create()?;
     let dir = TempDir::new(tag);
     let env = [
         ("INFINI_API_KEYS", "alice:key-a".to_string()),

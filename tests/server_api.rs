@@ -7,7 +7,7 @@ mod common;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use common::{chat, model_present, read_events, reply_text, Server, TempDir};
+use common::{chat, read_events, reply_text, require_model, Server, TempDir};
 use serde_json::{json, Value};
 
 const KEY: &str = "Bearer test-key";
@@ -34,9 +34,7 @@ fn hello() -> Value {
 
 #[test]
 fn openai_routes_answer_streaming_and_not() {
-    if !model_present() {
-        return;
-    }
+    require_model();
     let dir = TempDir::new("api");
     let server = start(&dir);
 
@@ -155,9 +153,7 @@ fn openai_routes_answer_streaming_and_not() {
 
 #[test]
 fn bad_input_gets_openai_errors_before_any_200() {
-    if !model_present() {
-        return;
-    }
+    require_model();
     let dir = TempDir::new("errors");
     let server = start(&dir);
     let post_raw = |body: &str| {
@@ -285,9 +281,7 @@ fn bad_input_gets_openai_errors_before_any_200() {
 
 #[test]
 fn a_client_that_leaves_mid_stream_stops_the_generation() {
-    if !model_present() {
-        return;
-    }
+    require_model();
     let dir = TempDir::new("disconnect");
     let server = start(&dir);
     let mut body = chat(
@@ -313,9 +307,7 @@ fn a_client_that_leaves_mid_stream_stops_the_generation() {
 
 #[test]
 fn sigterm_drains_in_flight_turns_then_exits_zero() {
-    if !model_present() {
-        return;
-    }
+    require_model();
     let dir = TempDir::new("drain");
     let server = start(&dir);
     let body = json!({"prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 40, "temperature": 0, "stream": true,

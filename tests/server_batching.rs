@@ -7,7 +7,7 @@ mod common;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{chat, model_present, reply_text, Response, Server, TempDir};
+use common::{chat, reply_text, require_model, Response, Server, TempDir};
 use serde_json::{json, Value};
 
 const PROMPTS: [&str; 8] = [
@@ -41,9 +41,7 @@ fn tokens(reply: &Value) -> Vec<String> {
 
 #[test]
 fn batched_greedy_output_equals_unbatched() {
-    if !model_present() {
-        return;
-    }
+    require_model();
     let dir = TempDir::new("batching");
     let server = Server::start(
         &[
@@ -129,9 +127,7 @@ fn classify(response: &Response, elapsed: Duration, stream: bool) -> Fate {
 
 #[test]
 fn overload_gets_answers_or_prompt_429s_and_sessions_stay_intact() {
-    if !model_present() {
-        return;
-    }
+    require_model();
     let dir = TempDir::new("overload");
     // Capacity: 2 running + 2 waiting. 16 requests at once is 4× that.
     let server = Server::start(

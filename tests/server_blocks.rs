@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{chat, model_present, reply_text, PgSchema, Server, TempDir};
+use common::{chat, reply_text, require_model, PgSchema, Server, TempDir};
 use infini::store::sql::SqlStore;
 use infini::store::SessionStore;
 use serde_json::{json, Value};
@@ -174,10 +174,7 @@ fn blocks_suite(url: &str, db: &[(&str, String)], dir: &TempDir, restart: bool) 
 
 #[test]
 fn incremental_blocks_on_sqlite() {
-    if !model_present() {
-        eprintln!("SKIPPED: the default model is not downloaded (make setup)");
-        return;
-    }
+    require_model();
     let dir = TempDir::new("blocks-sqlite");
     let url = format!("sqlite://{}?mode=rwc", dir.0.join("infini.db").display());
     blocks_suite(&url, &[], &dir, true);
@@ -185,12 +182,8 @@ fn incremental_blocks_on_sqlite() {
 
 #[test]
 fn incremental_blocks_on_postgres() {
-    if !model_present() {
-        eprintln!("SKIPPED: the default model is not downloaded (make setup)");
-        return;
-    }
+    require_model();
     let Some(schema) = PgSchema::create() else {
-        eprintln!("SKIPPED: no PostgreSQL at 127.0.0.1:5432 (database test, user postgres)");
         return;
     };
     let dir = TempDir::new("blocks-postgres");

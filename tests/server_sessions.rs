@@ -13,7 +13,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use std::time::{Duration, Instant};
 
-use common::{chat, model_present, read_events, reply_text, PgSchema, Server, TempDir};
+use common::{chat, read_events, reply_text, require_model, PgSchema, Server, TempDir};
 use serde_json::{json, Value};
 
 const ALICE: &str = "Bearer key-a";
@@ -261,20 +261,15 @@ fn session_suite(db: &[(&str, String)], dir: &TempDir) {
 
 #[test]
 fn sessions_on_sqlite() {
-    if !model_present() {
-        return;
-    }
+    require_model();
     let dir = TempDir::new("sqlite");
     session_suite(&[], &dir);
 }
 
 #[test]
 fn sessions_on_postgres() {
-    if !model_present() {
-        return;
-    }
+    require_model();
     let Some(schema) = PgSchema::create() else {
-        eprintln!("SKIPPED: no PostgreSQL at 127.0.0.1:5432 (database test, user postgres)");
         return;
     };
     let dir = TempDir::new("postgres");

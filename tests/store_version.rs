@@ -268,7 +268,6 @@ fn sqlite_commits_only_over_the_version_read() {
 #[test]
 fn postgres_commits_only_over_the_version_read() {
     let Some(schema) = PgSchema::create() else {
-        eprintln!("SKIPPED: no PostgreSQL at 127.0.0.1:5432 (database test, user postgres)");
         return;
     };
     runtime().block_on(async {

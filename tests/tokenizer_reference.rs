@@ -2,7 +2,7 @@
 //! reference (transformers' GGUF tokenizer with SmolLM2's pre-tokeniser) on the fixtures written
 //! by scripts/reference/tokenizer_fixtures.py.
 
-use infini::model::gguf::GgufFile;
+use infini::gguf::GgufFile;
 use infini::tokenizer::{ChatMessage, IncrementalDecoder, Tokenizer};
 use serde::Deserialize;
 

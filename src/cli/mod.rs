@@ -13,12 +13,12 @@ mod model_args;
 pub use memory_args::MemoryArgs;
 pub use model_args::ModelArgs;
 
-use crate::engine::generate::{generate, prefill, FinishReason, GenerateOptions};
+use crate::engine::generate::{generate, prefill, FinishReason, GenerateOptions, PREFILL_CHUNK};
 use crate::engine::sampler::{Sampler, SamplingParams};
 use crate::engine::stop::{StopChecker, StopRules};
 use crate::memory::MemoryLayout;
-use crate::model::{KvCache, LayerCache, Llama};
-use crate::session::SessionMemory;
+use crate::model::{LayerCache, Llama};
+use crate::session::Past;
 use crate::tokenizer::{ChatMessage, IncrementalDecoder, Tokenizer, Transcript};
 
 /// Model, device and sampling flags shared by `generate` and `chat`; each also reads `INFINI_*`.
@@ -97,12 +97,6 @@ struct Session {
     args: RunArgs,
 }
 
-/// What a conversation's past lives in.
-enum Caches {
-    Plain(Vec<KvCache>),
-    Memory(Box<SessionMemory>),
-}
-
 impl Session {
     fn load(args: &RunArgs) -> Result<Self> {
         // Checked first so that bad sampling or stop flags fail before the model loads.
@@ -126,24 +120,16 @@ impl Session {
         })
     }
 
-    fn new_caches(&self) -> Caches {
-        match &self.layout {
-            Some(layout) => Caches::Memory(Box::new(SessionMemory::new(&self.model, layout))),
-            None => Caches::Plain(self.model.new_cache()),
-        }
+    fn new_caches(&self) -> Past {
+        Past::new(&self.model, self.layout.as_ref())
     }
 
     /// A reply that continues `caches`; the session memory also takes in the reply's last token
     /// (so the next turn continues the whole reply) and, with `--memory-stats`, prints its state.
-    fn reply_in(
-        &self,
-        caches: &mut Caches,
-        prompt: &[u32],
-        out: &mut impl Write,
-    ) -> Result<String> {
+    fn reply_in(&self, caches: &mut Past, prompt: &[u32], out: &mut impl Write) -> Result<String> {
         match caches {
-            Caches::Plain(plain) => Ok(self.reply(plain, prompt, out)?.0),
-            Caches::Memory(memory) => {
+            Past::Plain(plain) => Ok(self.reply(plain, prompt, out)?.0),
+            Past::Memory(memory) => {
                 let (text, tokens, finish) = self.reply(memory.caches(), prompt, out)?;
                 if let (Some(&last), false) = (tokens.last(), finish == FinishReason::Stop) {
                     let _ = prefill(&self.model, memory.caches(), &[last], 1)?;
@@ -196,7 +182,7 @@ impl Session {
             &GenerateOptions {
                 max_tokens: self.args.max_tokens,
                 stop_tokens,
-                prefill_chunk: 512,
+                prefill_chunk: PREFILL_CHUNK,
             },
             |token| {
                 let step = decoder
@@ -283,7 +269,7 @@ pub fn run_chat(args: &ChatArgs) -> Result<()> {
             continue;
         }
         pending.push(ChatMessage::new("user", line));
-        if matches!(caches, Caches::Plain(_)) {
+        if matches!(caches, Past::Plain(_)) {
             // The plain cache restarts each turn: the whole conversation is the prompt.
             transcript.fed.clear();
             caches = session.new_caches();

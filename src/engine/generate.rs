@@ -43,12 +43,17 @@ pub struct GenerateOptions {
     pub prefill_chunk: usize,
 }
 
+/// Prompt tokens per forward pass while prefilling (the server's scheduler, `generate`, `chat` and
+/// `eval memory` all take a prompt in chunks of this many): long enough to keep the matmuls
+/// efficient, short enough that a long prompt does not stall the other sequences of a batch.
+pub const PREFILL_CHUNK: usize = 512;
+
 impl Default for GenerateOptions {
     fn default() -> Self {
         Self {
             max_tokens: 256,
             stop_tokens: Vec::new(),
-            prefill_chunk: 512,
+            prefill_chunk: PREFILL_CHUNK,
         }
     }
 }
@@ -210,7 +215,7 @@ mod tests {
         let options = GenerateOptions {
             max_tokens: 6,
             stop_tokens: vec![free[2]],
-            prefill_chunk: 512,
+            prefill_chunk: PREFILL_CHUNK,
         };
         let out = generate_fresh(&model, &prompt, &options, |_| true).unwrap();
         let first_stop = free.iter().position(|&t| t == free[2]).unwrap();

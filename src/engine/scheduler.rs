@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc as std_mpsc, Arc};
 
 use super::batch::decode_rows;
-use super::generate::token_row;
+use super::generate::{token_row, PREFILL_CHUNK};
 use super::sequence::{Phase, Sequence, StepContext};
 use super::worker::{
     Engine, EngineOptions, Finished, Job, MemoryCheck, MemorySource, Request, TurnFailure,
@@ -29,9 +29,6 @@ use crate::memory::MemoryLayout;
 use crate::model::{Llama, LogitsAt};
 use crate::session::{self, MemoryParts, MemoryStats, SessionFormatError, SessionMemory};
 use crate::tokenizer::Tokenizer;
-
-/// Prompt tokens per forward pass: the memory's layouts are checked against this chunk.
-pub const PREFILL_CHUNK: usize = 512;
 
 /// How much one step may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

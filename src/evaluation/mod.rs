@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::cli::ModelArgs;
 use crate::memory::{MemoryConfig, MemoryLayout};
 use crate::model::Llama;
-use crate::session::SessionMemory;
+use crate::session::Past;
 use crate::tokenizer::Tokenizer;
 
 /// Flags of `infini eval memory`.
@@ -43,7 +43,7 @@ pub struct MemoryEvalArgs {
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Tokens per forward pass while reading a prompt.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = crate::engine::generate::PREFILL_CHUNK)]
     pub chunk: usize,
     /// L_stm of every memory reading (default: the memory's default).
     #[arg(long)]
@@ -153,39 +153,26 @@ struct ReadingResult {
     seconds: f64,
 }
 
-/// The past as one reading holds it, fresh.
-enum Past {
-    Plain(Vec<crate::model::KvCache>),
-    Memory(Box<SessionMemory>),
+/// The per-token losses of `text` read through a fresh `past`.
+fn losses(past: Past, model: &Llama, text: &[u32], chunk: usize) -> Result<Vec<f64>> {
+    Ok(match past {
+        Past::Plain(mut c) => perplexity::token_losses(model, &mut c, text, chunk)?,
+        Past::Memory(mut m) => perplexity::token_losses(model, m.caches(), text, chunk)?,
+    })
 }
 
-impl Past {
-    fn new(model: &Llama, memory: &Option<MemoryLayout>) -> Self {
-        match memory {
-            Some(layout) => Past::Memory(Box::new(SessionMemory::new(model, layout))),
-            None => Past::Plain(model.new_cache()),
-        }
-    }
-
-    fn losses(self, model: &Llama, text: &[u32], chunk: usize) -> Result<Vec<f64>> {
-        Ok(match self {
-            Past::Plain(mut c) => perplexity::token_losses(model, &mut c, text, chunk)?,
-            Past::Memory(mut m) => perplexity::token_losses(model, m.caches(), text, chunk)?,
-        })
-    }
-
-    fn passes(
-        self,
-        model: &Llama,
-        tokenizer: &Tokenizer,
-        trial: &passkey::Trial,
-        chunk: usize,
-    ) -> Result<bool> {
-        Ok(match self {
-            Past::Plain(mut c) => passkey::passes(model, tokenizer, &mut c, trial, chunk)?,
-            Past::Memory(mut m) => passkey::passes(model, tokenizer, m.caches(), trial, chunk)?,
-        })
-    }
+/// Whether a fresh `past` recalls the pass key of `trial`.
+fn passes(
+    past: Past,
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    trial: &passkey::Trial,
+    chunk: usize,
+) -> Result<bool> {
+    Ok(match past {
+        Past::Plain(mut c) => passkey::passes(model, tokenizer, &mut c, trial, chunk)?,
+        Past::Memory(mut m) => passkey::passes(model, tokenizer, m.caches(), trial, chunk)?,
+    })
 }
 
 fn run_reading(
@@ -208,7 +195,7 @@ fn run_reading(
         None => {
             let limit = if layout.is_some() { 16_384 } else { context };
             let text = &text[..text.len().min(limit)];
-            let losses = Past::new(model, &layout).losses(model, text, args.chunk)?;
+            let losses = losses(Past::new(model, layout.as_ref()), model, text, args.chunk)?;
             (
                 perplexity::perplexity(&losses, 4_096..8_192),
                 perplexity::perplexity(&losses, 12_288..16_384),
@@ -227,7 +214,13 @@ fn run_reading(
         let mut passed = 0;
         for (key, depth) in passkey::keys_and_depths(args.keys, length) {
             let trial = passkey::trial(tokenizer, length, key, depth)?;
-            let ok = Past::new(model, &layout).passes(model, tokenizer, &trial, args.chunk)?;
+            let ok = passes(
+                Past::new(model, layout.as_ref()),
+                model,
+                tokenizer,
+                &trial,
+                args.chunk,
+            )?;
             passed += usize::from(ok);
         }
         eprintln!(

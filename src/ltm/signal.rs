@@ -272,17 +272,10 @@ impl LongTermMemory {
             .iter()
             .any(|&f| f)
             .then(|| fit_coefficients(&ops.first_fit, &chunk));
-        let updated = fresh.iter().any(|&f| !f).then(|| {
-            let sample_basis = match &positions {
-                Some(p) => ops.basis.evaluate(p), // [B, M, N]
-                None => ops.uniform_samples.shallow_clone(),
-            };
-            let past = sample_basis.matmul(&self.coefficients.detach()); // [B, M, e]
-            fit_coefficients(
-                &ops.update_fit,
-                &Tensor::cat(&[past, chunk.shallow_clone()], 1),
-            )
-        });
+        let updated = fresh
+            .iter()
+            .any(|&f| !f)
+            .then(|| self.contract_and_refit(ops, &chunk, positions.as_ref()));
         self.token_density = self.next_density(ops, &fresh, positions.as_ref());
         self.coefficients = match (first, updated) {
             (Some(first), Some(updated)) => {
@@ -299,6 +292,29 @@ impl LongTermMemory {
             self.absorbed[row] += len as u64;
             self.updates[row] += 1;
         }
+    }
+
+    /// The unbounded update of §3 for every session: evaluate the old signal at M locations
+    /// (X_past = B_pastᵀ Sᵀ, S[i,:] = ψ(u_i): u_i = i/M, or with sticky memories the sampled
+    /// `positions` `[B, M]` of §4), contract those samples into [0, τ] and place the chunk's L
+    /// vectors in [τ, 1], then refit by ridge regression, Bᵀ = [X_past, X_new] G_inf (G_inf holds
+    /// the M + L contracted positions with the padding of §1.3). B_past ← B.detach() first, so no
+    /// gradient reaches an earlier fit.
+    fn contract_and_refit(
+        &self,
+        ops: &MemoryOperators,
+        chunk: &Tensor,
+        positions: Option<&Tensor>,
+    ) -> Tensor {
+        let sample_basis = match positions {
+            Some(p) => ops.basis.evaluate(p), // [B, M, N]
+            None => ops.uniform_samples.shallow_clone(),
+        };
+        let past = sample_basis.matmul(&self.coefficients.detach()); // [B, M, e]
+        fit_coefficients(
+            &ops.update_fit,
+            &Tensor::cat(&[past, chunk.shallow_clone()], 1),
+        )
     }
 
     /// With sticky memories, the sorted resampling points `[B, M]` drawn from each session's

@@ -3,9 +3,9 @@
 //! **This is where the session memory plugs in.** Each layer hands its new queries, keys and values
 //! (before RoPE) to a [`LayerCache`] and gets the attention output back; the cache decides which
 //! positions they take, what it keeps, and what the queries read. [`KvCache`] is the plain one: every
-//! past token, exact, at its absolute position. The next issue's memory (sinks + STM + exact archive +
-//! ∞-former LTM, all read in one joint softmax, `infinity-former.md` §9.2 and §9.7) implements the same
-//! trait: it needs the pre-RoPE keys (§9.1: chunks leave the STM as pre-RoPE keys), chooses
+//! past token, exact, at its absolute position. The session memory (`crate::memory::LayerMemory`:
+//! sinks + STM + exact archive + ∞-former LTM, all read in one joint softmax, `infinity-former.md`
+//! §9.2 and §9.7) implements the same trait: it needs the pre-RoPE keys (§9.1: chunks leave the STM as pre-RoPE keys), chooses
 //! window-relative positions (§9.3), and appends its memory logits to the same softmax, which
 //! [`grouped_attention`] takes as extra key/value rows.
 

@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::gguf::GgufFile;
 use super::hf::HfFolder;
 use super::{from_gguf, Llama, ModelError, ModelOptions};
+use crate::gguf::GgufFile;
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
 /// The default model, relative to the repository root (`scripts/setup.sh` fetches it).

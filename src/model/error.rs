@@ -28,7 +28,7 @@ pub enum ModelError {
     #[error("{0}")]
     Unsupported(String),
     #[error(transparent)]
-    Gguf(#[from] super::gguf::GgufError),
+    Gguf(#[from] crate::gguf::GgufError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }

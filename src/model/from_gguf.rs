@@ -10,9 +10,9 @@
 
 use tch::Tensor;
 
-use super::gguf::{GgmlType, GgufFile};
 use super::linear::Int4Groups;
 use super::{Llama, LlamaConfig, ModelError, ModelOptions, Weights};
+use crate::gguf::{GgmlType, GgufFile};
 
 /// The architecture's numbers from the GGUF metadata (`general.architecture` must be `llama`).
 pub fn config(file: &GgufFile) -> Result<LlamaConfig, ModelError> {

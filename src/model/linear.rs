@@ -7,8 +7,8 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::gguf::Q4_1Blocks;
 use super::ModelError;
+use crate::gguf::Q4_1Blocks;
 
 /// Input features that share one int4 scale and zero (GGUF Q4_0/Q4_1 blocks have 32 too).
 pub const INT4_GROUP: i64 = 32;

@@ -7,7 +7,6 @@ pub mod cache;
 pub mod checkpoint;
 pub mod error;
 pub mod from_gguf;
-pub mod gguf;
 pub mod hf;
 pub mod linear;
 pub mod llama;

@@ -22,8 +22,10 @@ use crate::model::Llama;
 
 pub use crate::memory::SessionFormatError;
 pub use parts::{CoreHeader, MemoryParts};
+pub use past::Past;
 
 pub mod parts;
+mod past;
 
 /// The version of the byte layout this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;

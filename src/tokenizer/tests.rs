@@ -2,7 +2,7 @@
 //! comparison with the reference tokenizer on thousands of strings is tests/tokenizer_reference.rs.
 
 use super::*;
-use crate::model::gguf::GgufFile;
+use crate::gguf::GgufFile;
 
 const MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 

@@ -16,15 +16,6 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// False (with a message) when the default model is missing.
-pub fn model_present() -> bool {
-    let present = root().join(infini::model::DEFAULT_MODEL).is_file();
-    if !present {
-        eprintln!("SKIPPED: the default model is missing; run ./scripts/setup.sh");
-    }
-    present
-}
-
 /// Panics, saying how to provide it, when the default model is missing.
 pub fn require_model() {
     assert!(
@@ -480,13 +471,24 @@ fn psql(sql: &str) -> bool {
 }
 
 impl PgSchema {
+    /// A new schema, or `None` (saying so) when no PostgreSQL answers on this machine; under CI
+    /// (`CI` set), where `.ci/run` has PostgreSQL running, that is a failure, not a skip.
     pub fn create() -> Option<Self> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos();
         let name = format!("infini_test_{}_{nanos}", std::process::id());
-        psql(&format!("CREATE SCHEMA {name}")).then_some(Self { name })
+        if psql(&format!("CREATE SCHEMA {name}")) {
+            return Some(Self { name });
+        }
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no PostgreSQL at 127.0.0.1:5432 (database test, user postgres, trust auth), and CI is \
+             set: start it (pg_ctlcluster $(ls /etc/postgresql) main start) or unset CI to skip"
+        );
+        eprintln!("SKIPPED: no PostgreSQL at 127.0.0.1:5432 (database test, user postgres)");
+        None
     }
 
     pub fn url(&self) -> String {
