@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::cli::{MemoryArgs, ModelArgs};
+use crate::cli::MemoryArgs;
 use crate::engine::scheduler::BatchLimits;
+use crate::model::ModelArgs;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

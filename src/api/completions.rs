@@ -20,7 +20,7 @@ use super::validate::{
     session_id,
 };
 use super::AppState;
-use crate::engine::worker::TokenLogprob;
+use crate::engine::channel::TokenLogprob;
 
 /// The header that may carry the session id instead of the body.
 pub const SESSION_HEADER: &str = "x-session-id";

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::engine::worker::SubmitError;
+use crate::engine::channel::SubmitError;
 use crate::store::StoreError;
 
 /// The error object inside [`ErrorBody`].

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use super::error::ApiError;
-use super::sessions::MessageView;
+use super::types::MessageView;
 use crate::engine::worker::ModelInfo;
 use crate::log_text::Escaped;
 use crate::session::{CoreHeader, MemoryParts, SessionFormatError};

@@ -1,6 +1,9 @@
 //! The OpenAPI document, collected from every handler's `#[utoipa::path]` (`infini openapi` prints
-//! it; `openapi/openapi.json` is the committed copy a test compares against).
+//! it; `openapi/openapi.json` is the committed copy a test compares against), and the two routes
+//! that serve it: `/openapi.json` and the `/docs` page.
 
+use axum::http::header;
+use axum::response::{Html, IntoResponse, Response};
 use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
@@ -29,8 +32,8 @@ use super::{completions, error, ops, sessions, types};
         ops::health,
         ops::ready,
         ops::metrics,
-        ops::openapi,
-        ops::docs,
+        openapi,
+        docs,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail, types::ChatCompletionChunk, types::Usage)),
     modifiers(&BearerAuth, &Conventions),
@@ -136,4 +139,18 @@ impl ApiDoc {
         text.push('\n');
         text
     }
+}
+
+/// This API's OpenAPI document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "OpenAPI 3.1", content_type = "application/json")))]
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], ApiDoc::json()).into_response()
+}
+
+/// A self-contained page that renders `/openapi.json` (no external assets).
+#[utoipa::path(get, path = "/docs", tag = "operations",
+    responses((status = 200, description = "HTML", content_type = "text/html")))]
+pub async fn docs() -> Html<&'static str> {
+    Html(include_str!("docs.html"))
 }

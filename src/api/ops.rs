@@ -1,11 +1,12 @@
 //! Operations routes, public: `/health` (alive), `/ready` (model loaded, database reachable, not
-//! draining), `/metrics` (Prometheus), `/openapi.json` and the API docs page; and `/v1/models`.
+//! draining), `/metrics` (Prometheus); and `/v1/models`. (`/openapi.json` and `/docs` are served
+//! by `openapi.rs`, beside the document.)
 
 use std::sync::atomic::Ordering;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -13,7 +14,6 @@ use utoipa::ToSchema;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::metrics::Gauges;
-use super::openapi::ApiDoc;
 use super::types::{ModelCard, ModelList};
 use super::AppState;
 
@@ -56,7 +56,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let gauges = Gauges {
         in_flight: state.engine.load(),
         hot_sessions: state.hot.live(),
-        cancelled: state.engine.cancelled.load(Ordering::SeqCst),
+        cancelled: state.engine.cancelled(),
         draining: state.draining.load(Ordering::SeqCst),
     };
     (
@@ -83,18 +83,4 @@ pub async fn models(
             owned_by: "infini",
         }],
     }))
-}
-
-/// This API's OpenAPI document.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations",
-    responses((status = 200, description = "OpenAPI 3.1", content_type = "application/json")))]
-pub async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], ApiDoc::json()).into_response()
-}
-
-/// A self-contained page that renders `/openapi.json` (no external assets).
-#[utoipa::path(get, path = "/docs", tag = "operations",
-    responses((status = 200, description = "HTML", content_type = "text/html")))]
-pub async fn docs() -> Html<&'static str> {
-    Html(include_str!("docs.html"))
 }

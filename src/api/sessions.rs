@@ -15,7 +15,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::export_file::{unusable_memory, SessionExport, ThisServer};
 use super::json::{parse, ApiJson, JsonBody};
-use super::types::now;
+use super::types::{now, MessageView};
 use super::AppState;
 use crate::session::MemoryParts;
 use crate::store::{ForkOf, SessionHead, SessionRecord};
@@ -46,13 +46,6 @@ pub struct SessionObject {
     /// The conversation so far (only on `GET /v1/sessions/{id}`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub messages: Option<Vec<MessageView>>,
-}
-
-/// One stored message.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct MessageView {
-    pub role: String,
-    pub content: String,
 }
 
 impl SessionObject {

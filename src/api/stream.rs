@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::turn::TurnEvent;
 use super::types::Usage;
-use crate::engine::worker::TokenLogprob;
+use crate::engine::channel::TokenLogprob;
 
 /// How one endpoint spells its chunks.
 pub trait ChunkFormat: Send + 'static {

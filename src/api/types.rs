@@ -142,6 +142,13 @@ pub struct CompletionRequest {
     pub suffix: Option<String>,
 }
 
+/// One stored message.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MessageView {
+    pub role: String,
+    pub content: String,
+}
+
 /// Token counts of one request.
 #[derive(Debug, Clone, Copy, Serialize, ToSchema, PartialEq, Eq)]
 pub struct Usage {

@@ -6,12 +6,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use tch::Device;
 
 mod memory_args;
-mod model_args;
+pub use crate::model::{parse_device, ModelArgs};
 pub use memory_args::MemoryArgs;
-pub use model_args::ModelArgs;
 
 use crate::engine::generate::{generate, prefill, FinishReason, GenerateOptions, PREFILL_CHUNK};
 use crate::engine::sampler::{Sampler, SamplingParams};
@@ -73,19 +71,6 @@ pub struct ChatArgs {
     pub system: Option<String>,
     #[command(flatten)]
     pub run: RunArgs,
-}
-
-/// `cpu`, `cuda` or `cuda:N` as a libtorch device (clap value parser of every `--device`).
-pub fn parse_device(text: &str) -> Result<Device, String> {
-    match text {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::Cuda(0)),
-        other => other
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse::<usize>().ok())
-            .map(Device::Cuda)
-            .ok_or_else(|| format!("unknown device `{other}` (expected cpu, cuda or cuda:N)")),
-    }
 }
 
 /// A loaded model with its tokenizer, memory layout and the request settings.

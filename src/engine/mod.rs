@@ -3,6 +3,7 @@
 //! the server submits turns to.
 
 pub mod batch;
+pub mod channel;
 pub mod generate;
 pub mod sampler;
 pub mod scheduler;

@@ -20,12 +20,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc as std_mpsc, Arc};
 
 use super::batch::decode_rows;
+use super::channel::{Finished, Job, MemoryCheck, MemorySource, Request, TurnFailure};
 use super::generate::{token_row, PREFILL_CHUNK};
 use super::sequence::{Phase, Sequence, StepContext};
-use super::worker::{
-    Engine, EngineOptions, Finished, Job, MemoryCheck, MemorySource, Request, TurnFailure,
-};
-use crate::memory::MemoryLayout;
+use super::stats::EngineStats;
+use crate::memory::{MemoryConfig, MemoryLayout};
+use crate::model::ModelArgs;
 use crate::model::{Llama, LogitsAt};
 use crate::session::{self, MemoryParts, MemoryStats, SessionFormatError, SessionMemory};
 use crate::tokenizer::Tokenizer;
@@ -55,6 +55,18 @@ impl BatchLimits {
         }
         Ok(())
     }
+}
+
+/// What the engine loads and how it admits turns.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub load: ModelArgs,
+    /// The layout of every session's memory.
+    pub memory: MemoryConfig,
+    /// How many sequences run together and how many tokens one step may take in.
+    pub batch: BatchLimits,
+    /// Turns that may wait for a place in the batch; past running + waiting, `submit` refuses.
+    pub max_waiting: usize,
 }
 
 /// The model thread's state.
@@ -99,7 +111,7 @@ impl Scheduler {
     }
 
     /// Serves turns until every handle is gone.
-    pub(super) fn run(self, engine: &Engine, queue: std_mpsc::Receiver<Request>) {
+    pub(super) fn run(self, stats: &EngineStats, queue: std_mpsc::Receiver<Request>) {
         let _guard = tch::no_grad_guard();
         let mut waiting: VecDeque<Job> = VecDeque::new();
         let mut running: Vec<Sequence> = Vec::new();
@@ -118,26 +130,26 @@ impl Scheduler {
                     break;
                 };
                 if job.events.is_closed() {
-                    Self::drop_unstarted(engine, job);
+                    Self::drop_unstarted(stats, job);
                     continue;
                 }
                 running.push(self.admit(job));
             }
-            engine.stats.waiting.store(waiting.len(), Ordering::Relaxed);
-            engine.stats.running.store(running.len(), Ordering::Relaxed);
-            self.step(engine, &mut running);
+            stats.waiting.store(waiting.len(), Ordering::Relaxed);
+            stats.running.store(running.len(), Ordering::Relaxed);
+            self.step(stats, &mut running);
             let (done, live): (Vec<_>, Vec<_>) = running
                 .into_iter()
                 .partition(|sequence| sequence.phase() == Phase::Done);
             running = live;
-            engine.stats.running.store(running.len(), Ordering::Relaxed);
+            stats.running.store(running.len(), Ordering::Relaxed);
             for sequence in done {
                 // Out of the count before the handler hears of it, so its client's next request
                 // finds the place free.
-                engine.in_system.fetch_sub(1, Ordering::SeqCst);
+                stats.in_system.fetch_sub(1, Ordering::SeqCst);
                 let client_left = sequence.deliver();
-                if client_left && !engine.cut_all.load(Ordering::SeqCst) {
-                    engine.cancelled.fetch_add(1, Ordering::SeqCst);
+                if client_left && !stats.cut_all.load(Ordering::SeqCst) {
+                    stats.cancelled.fetch_add(1, Ordering::SeqCst);
                 }
             }
         }
@@ -155,9 +167,9 @@ impl Scheduler {
 
     /// A waiting turn whose client has left: it ends without its memory being rebuilt or a
     /// single prompt token read (a session keeps what it had; nothing is stored).
-    fn drop_unstarted(engine: &Engine, job: Job) {
-        engine.in_system.fetch_sub(1, Ordering::SeqCst);
-        engine.cancelled.fetch_add(1, Ordering::SeqCst);
+    fn drop_unstarted(stats: &EngineStats, job: Job) {
+        stats.in_system.fetch_sub(1, Ordering::SeqCst);
+        stats.cancelled.fetch_add(1, Ordering::SeqCst);
         let mut outcome = Finished::empty(job.turn.prompt.len());
         outcome.cancelled = true;
         let _ = job.finished.send(outcome);
@@ -221,12 +233,12 @@ impl Scheduler {
     }
 
     /// One step: prompt chunks within the token budget, then one batched decode.
-    fn step(&self, engine: &Engine, running: &mut [Sequence]) {
+    fn step(&self, stats: &EngineStats, running: &mut [Sequence]) {
         let context = StepContext {
             tokenizer: &self.tokenizer,
             stop_tokens: &self.stop_tokens,
-            cut_all: engine.cut_all.load(Ordering::SeqCst),
-            stats: &engine.stats,
+            cut_all: stats.cut_all.load(Ordering::SeqCst),
+            stats,
         };
         let decoding = running.iter().filter(|s| s.pending().is_some()).count();
         let mut budget = self.limits.max_batch_tokens.saturating_sub(decoding);
@@ -239,8 +251,7 @@ impl Scheduler {
             if take > 0 {
                 sequence.prefill(&self.model, take);
                 budget -= take;
-                engine
-                    .stats
+                stats
                     .prefill_tokens
                     .fetch_add(take as u64, Ordering::Relaxed);
             }
@@ -253,7 +264,7 @@ impl Scheduler {
             return;
         }
         let tokens: Vec<u32> = rows.iter().filter_map(|s| s.pending()).collect();
-        engine.stats.decode_rows.observe(rows.len() as f64);
+        stats.decode_rows.observe(rows.len() as f64);
         let result = decode_rows(
             &self.model,
             rows.iter_mut().map(|s| s.memory.caches()),

@@ -10,13 +10,13 @@ use std::time::Instant;
 use tch::{Kind, Tensor};
 use tokio::sync::{mpsc, oneshot};
 
+use super::channel::{Event, Finished, TokenLogprob, Turn, TurnFailure};
 use super::generate::{token_row, NextToken};
 use super::sampler::Sampler;
 use super::stats::EngineStats;
 use super::stop::{FinishReason, StopChecker};
-use super::worker::{Event, Finished, KeptMemory, TokenLogprob, Turn, TurnFailure};
 use crate::model::{Llama, LogitsAt, ModelError};
-use crate::session::{SessionFormatError, SessionMemory};
+use crate::session::{KeptMemory, SessionFormatError, SessionMemory};
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
 
 /// Where a sequence stands between two steps.

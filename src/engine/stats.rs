@@ -1,8 +1,9 @@
-//! What the engine thread reports about its batching while it runs: queue depth and batch size as
-//! gauges, and histograms of time to first token, inter-token latency and rows per decode step.
-//! Lock-free (atomics), written by the engine thread and read by `GET /metrics`.
+//! What the engine counts while it runs: turns in the system and cancellations, the shutdown's
+//! cut, queue depth and batch size as gauges, and histograms of time to first token, inter-token
+//! latency and rows per decode step. Lock-free (atomics), written by the engine's handle and its
+//! thread, read by `GET /metrics`.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// A Prometheus histogram: cumulative counts at fixed upper bounds, a sum and a count.
 #[derive(Debug)]
@@ -60,6 +61,12 @@ const ROWS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 /// The engine's batching figures.
 #[derive(Debug)]
 pub struct EngineStats {
+    /// Turns submitted and not yet finished (waiting or running).
+    pub in_system: AtomicUsize,
+    /// Turns ended early because their client left.
+    pub cancelled: AtomicUsize,
+    /// The server's shutdown deadline passed: every turn ends at its next token.
+    pub cut_all: AtomicBool,
     /// Turns admitted by `submit` and not yet in the batch.
     pub waiting: AtomicUsize,
     /// Sequences in the batch (prefilling or decoding).
@@ -77,6 +84,9 @@ pub struct EngineStats {
 impl Default for EngineStats {
     fn default() -> Self {
         Self {
+            in_system: AtomicUsize::new(0),
+            cancelled: AtomicUsize::new(0),
+            cut_all: AtomicBool::new(false),
             waiting: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
             time_to_first_token: Histogram::new(SECONDS),

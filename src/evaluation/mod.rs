@@ -15,9 +15,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 
-use crate::cli::ModelArgs;
 use crate::memory::{MemoryConfig, MemoryLayout};
 use crate::model::Llama;
+use crate::model::ModelArgs;
 use crate::session::Past;
 use crate::tokenizer::Tokenizer;
 

@@ -21,9 +21,11 @@ use crate::memory::{LayerMemory, LayerShape, MemoryLayout, TierStats};
 use crate::model::Llama;
 
 pub use crate::memory::SessionFormatError;
+pub use kept::KeptMemory;
 pub use parts::{CoreHeader, MemoryParts};
 pub use past::Past;
 
+mod kept;
 pub mod parts;
 mod past;
 

@@ -174,16 +174,9 @@ pub struct EvalSortingArgs {
     pub json: Option<PathBuf>,
 }
 
-/// `cpu`, `cuda` or `cuda:N`.
-pub fn parse_device(text: &str) -> Result<Device> {
-    match text {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::Cuda(0)),
-        _ => match text.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(index)) => Ok(Device::Cuda(index)),
-            _ => bail!("--device {text:?}: expected cpu, cuda or cuda:N"),
-        },
-    }
+/// `--device` of the sorting commands (`crate::model::parse_device`, as every other command).
+fn device(text: &str) -> Result<Device> {
+    crate::model::parse_device(text).map_err(|e| anyhow::anyhow!("--device: {e}"))
 }
 
 fn check_threads(threads: i32) -> Result<()> {
@@ -204,7 +197,7 @@ pub fn run_train(task: &TrainTask) -> Result<()> {
     let options = RunOptions {
         out: args.out.clone(),
         resume: args.resume,
-        device: parse_device(&args.device)?,
+        device: device(&args.device)?,
         log_every: args.log_every,
         checkpoint_every: args.checkpoint_every,
         stop_after: args.stop_after,
@@ -239,7 +232,7 @@ pub fn run_eval(task: &EvalTask) -> Result<()> {
         EvalTask::Memory(args) => return crate::evaluation::run_memory_eval(args),
     };
     check_threads(args.threads)?;
-    let device = parse_device(&args.device)?;
+    let device = device(&args.device)?;
     let (state, results) = evaluate_checkpoint(
         &args.checkpoint,
         device,

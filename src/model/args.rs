@@ -8,8 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use tch::Device;
 
-use super::parse_device;
-use crate::model::{Checkpoint, Llama, ModelOptions, Precision, DEFAULT_MODEL};
+use super::{Checkpoint, Llama, ModelOptions, Precision, DEFAULT_MODEL};
 use crate::tokenizer::Tokenizer;
 
 /// Which model to run, and where.
@@ -57,5 +56,18 @@ impl ModelArgs {
             precision: self.precision(),
         })?;
         Ok((model, tokenizer))
+    }
+}
+
+/// `cpu`, `cuda` or `cuda:N` as a libtorch device (clap value parser of every `--device`).
+pub fn parse_device(text: &str) -> Result<Device, String> {
+    match text {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .map(Device::Cuda)
+            .ok_or_else(|| format!("unknown device `{other}` (expected cpu, cuda or cuda:N)")),
     }
 }
