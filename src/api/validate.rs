@@ -2,7 +2,7 @@
 //! it checks; the engine only ever sees [`GenParams`] that passed.
 
 use crate::engine::sampler::{SamplingError, SamplingParams, ValidSampling};
-use crate::engine::stop::{StopError, StopRules};
+use crate::engine::stop::StopRules;
 use crate::tokenizer::ChatMessage;
 
 use super::error::ApiError;
@@ -87,10 +87,7 @@ pub fn gen_params(
         Some((n, _)) => n as usize,
     };
     let strings = fields.stop.map(|s| s.into_vec()).unwrap_or_default();
-    let stop = StopRules::new(Vec::new(), strings, max_tokens).map_err(|e| match e {
-        StopError::MaxTokens(_) => ApiError::invalid("max_tokens", e.to_string()),
-        _ => ApiError::invalid("stop", e.to_string()),
-    })?;
+    let stop = StopRules::new(strings).map_err(|e| ApiError::invalid("stop", e.to_string()))?;
     let include_usage = fields
         .stream_options
         .as_ref()

@@ -11,13 +11,14 @@ mod memory_args;
 pub use crate::model::{parse_device, ModelArgs};
 pub use memory_args::MemoryArgs;
 
-use crate::engine::generate::{generate, prefill, FinishReason, GenerateOptions, PREFILL_CHUNK};
+use crate::engine::decode::Decoding;
+use crate::engine::generate::{decode, prefill, PREFILL_CHUNK};
 use crate::engine::sampler::{Sampler, SamplingParams};
-use crate::engine::stop::{StopChecker, StopRules};
+use crate::engine::stop::StopRules;
 use crate::memory::MemoryLayout;
 use crate::model::{LayerCache, Llama};
 use crate::session::Past;
-use crate::tokenizer::{ChatMessage, IncrementalDecoder, Tokenizer, Transcript};
+use crate::tokenizer::{ChatMessage, Tokenizer, Transcript};
 
 /// Model, device and sampling flags shared by `generate` and `chat`; each also reads `INFINI_*`.
 #[derive(Args, Debug, Clone)]
@@ -86,7 +87,10 @@ impl Session {
     fn load(args: &RunArgs) -> Result<Self> {
         // Checked first so that bad sampling or stop flags fail before the model loads.
         Self::sampling(args).validate()?;
-        StopRules::new(vec![], args.stop.clone(), args.max_tokens)?;
+        StopRules::new(args.stop.clone())?;
+        if args.max_tokens == 0 {
+            bail!("--max-tokens must be at least 1");
+        }
         let (model, tokenizer) = args.load.load()?;
         let layout = (!args.memory.kv_cache)
             .then(|| {
@@ -115,8 +119,8 @@ impl Session {
         match caches {
             Past::Plain(plain) => Ok(self.reply(plain, prompt, out)?.0),
             Past::Memory(memory) => {
-                let (text, tokens, finish) = self.reply(memory.caches(), prompt, out)?;
-                if let (Some(&last), false) = (tokens.last(), finish == FinishReason::Stop) {
+                let (text, unfed) = self.reply(memory.caches(), prompt, out)?;
+                if let Some(last) = unfed {
                     let _ = prefill(&self.model, memory.caches(), &[last], 1)?;
                 }
                 if self.args.memory.memory_stats {
@@ -141,51 +145,32 @@ impl Session {
     }
 
     /// Generates after `prompt` (continuing `caches`), writing text to `out` as it is decoded.
-    /// Returns the reply's text and token count.
+    /// Returns the reply's text and the token the caches have not taken in yet, if any.
     fn reply<C: LayerCache>(
         &self,
         caches: &mut [C],
         prompt: &[u32],
         out: &mut impl Write,
-    ) -> Result<(String, Vec<u32>, FinishReason)> {
+    ) -> Result<(String, Option<u32>)> {
         let mut sampler = Sampler::new(Self::sampling(&self.args).validate()?);
         let stop_tokens: Vec<u32> = self.tokenizer.special_tokens().eos.into_iter().collect();
-        let mut stops = StopChecker::new(StopRules::new(
-            stop_tokens.clone(),
-            self.args.stop.clone(),
-            self.args.max_tokens,
-        )?);
-        let mut decoder = IncrementalDecoder::new(true);
+        let mut decoding = Decoding::new(prompt, self.args.max_tokens, stop_tokens)
+            .with_text(StopRules::new(self.args.stop.clone())?);
         let mut text = String::new();
         let mut failure = None;
         let started = Instant::now();
-        let generation = generate(
+        let generation = decode(
             &self.model,
             caches,
-            prompt,
+            &mut decoding,
             &mut sampler,
-            &GenerateOptions {
-                max_tokens: self.args.max_tokens,
-                stop_tokens,
-                prefill_chunk: PREFILL_CHUNK,
-            },
-            |token| {
-                let step = decoder
-                    .push(&self.tokenizer, token)
-                    .map_err(anyhow::Error::from)
-                    .map(|piece| stops.push(token, &piece));
-                match step {
-                    Ok(step) => {
-                        text.push_str(&step.text);
-                        let written = out
-                            .write_all(step.text.as_bytes())
-                            .and_then(|_| out.flush());
-                        if let Err(e) = written {
-                            failure = Some(e.into());
-                            return false;
-                        }
-                        step.finish.is_none()
-                    }
+            Some(&self.tokenizer),
+            PREFILL_CHUNK,
+            |_, piece| {
+                text.push_str(piece);
+                let written = out.write_all(piece.as_bytes()).and_then(|_| out.flush());
+                match written {
+                    Ok(()) => true,
                     Err(e) => {
                         failure = Some(e);
                         false
@@ -194,14 +179,12 @@ impl Session {
             },
         )?;
         if let Some(e) = failure {
-            return Err(e);
+            return Err(e.into());
         }
-        let rest = stops.flush();
-        text.push_str(&rest);
-        out.write_all(rest.as_bytes())?;
+        text.push_str(&generation.rest);
+        out.write_all(generation.rest.as_bytes())?;
         out.flush()?;
         let n = generation.tokens.len();
-        let tokens = generation.tokens;
         eprintln!(
             "\n[{} prompt tokens in {:.2} s ({:.1} tok/s); {} tokens in {:.2} s ({:.1} tok/s); total {:.2} s]",
             prompt.len(),
@@ -212,7 +195,7 @@ impl Session {
             n.saturating_sub(1) as f64 / generation.decode.as_secs_f64().max(1e-9),
             started.elapsed().as_secs_f64()
         );
-        Ok((text, tokens, generation.finish))
+        Ok((text, decoding.unfed()))
     }
 }
 

@@ -1,13 +1,16 @@
-//! Generation for one sequence: prefill the prompt but its last token into the layer caches (in
-//! chunks, so that attention's scratch stays bounded), then decode one token per step, starting
-//! with that last prompt token, until a stop token or the token budget. Choosing each token is the
-//! sampler's job ([`NextToken`]).
+//! Generation for one sequence on its own: prefill the prompt but its last token into the layer
+//! caches (in chunks, so that attention's scratch stays bounded), then decode one token per step,
+//! starting with that last prompt token, until the per-token rules of `decode.rs` end it.
+//! Choosing each token is the sampler's job ([`NextToken`]).
 
 use std::time::{Duration, Instant};
 
 use tch::{Kind, Tensor};
 
+use super::decode::Decoding;
+pub use super::decode::FinishReason;
 use crate::model::{LayerCache, Llama, LogitsAt, ModelError};
+use crate::tokenizer::Tokenizer;
 
 /// Picks the next token from the last position's logits `[V]` (f32) and the tokens so far
 /// (prompt and generated).
@@ -58,28 +61,22 @@ impl Default for GenerateOptions {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    /// A stop token came.
-    Stop,
-    /// `max_tokens` were generated.
-    Length,
-    /// The callback asked to stop (the client left, or a stop string matched).
-    Cancelled,
-}
-
 #[derive(Debug, Clone)]
 pub struct Generation {
     pub tokens: Vec<u32>,
     pub finish: FinishReason,
+    /// Text held back and released at the end, after the last callback (with text rules: what
+    /// may have begun a stop string when a stop token ended the reply).
+    pub rest: String,
     /// Wall time of the prompt's forward passes (including choosing the first token).
     pub prefill: Duration,
     /// Wall time of the decode steps (each feeds one token and chooses the next).
     pub decode: Duration,
 }
 
-/// Generates after `prompt`, continuing whatever `caches` hold. `on_token` sees each new token as it
-/// is chosen and returns false to stop.
+/// Generates after `prompt`, continuing whatever `caches` hold, with no text: stop tokens and
+/// the budget of `options`. `on_token` sees each new token as it is chosen and returns false to
+/// stop.
 pub fn generate<C: LayerCache>(
     model: &Llama,
     caches: &mut [C],
@@ -88,44 +85,67 @@ pub fn generate<C: LayerCache>(
     options: &GenerateOptions,
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<Generation, ModelError> {
+    let mut decoding = Decoding::new(prompt, options.max_tokens, options.stop_tokens.clone());
+    decode(
+        model,
+        caches,
+        &mut decoding,
+        sampler,
+        None,
+        options.prefill_chunk,
+        |token, _| on_token(token),
+    )
+}
+
+/// The token loop of one sequence on its own, by `decoding`'s rules (`decode.rs`): prefill
+/// `decoding`'s prompt but its last token, then one forward pass per token. `on_token` sees each
+/// generated token and the text it shows (empty without `tokenizer` and text rules), and returns
+/// false to stop. The caches then hold the prompt and the reply but [`Decoding::unfed`].
+pub fn decode<C: LayerCache>(
+    model: &Llama,
+    caches: &mut [C],
+    decoding: &mut Decoding,
+    sampler: &mut impl NextToken,
+    tokenizer: Option<&Tokenizer>,
+    prefill_chunk: usize,
+    mut on_token: impl FnMut(u32, &str) -> bool,
+) -> Result<Generation, ModelError> {
+    let prompt = decoding.history().to_vec();
     if prompt.is_empty() {
         return Err(ModelError::BadInput("the prompt has no tokens".into()));
     }
-    let mut history = prompt.to_vec();
     let started = Instant::now();
     // The prompt's last token goes alone, as a decode step does: the query whose logits choose the
     // first token then selects its own archive blocks (§9.7) instead of sharing one selection with
     // a chunk of earlier prompt tokens. That is what recalls a detail the prompt asks for.
     let (body, last) = prompt.split_at(prompt.len() - 1);
     if !body.is_empty() {
-        let _ = prefill(model, caches, body, options.prefill_chunk)?;
+        let _ = prefill(model, caches, body, prefill_chunk)?;
     }
     let mut logits = model.forward(&token_row(last), caches, LogitsAt::Last)?;
-    let mut tokens = Vec::new();
-    let mut finish = FinishReason::Length;
-    let mut prefill = None;
-    while tokens.len() < options.max_tokens {
-        let token = sampler.next(&logits.select(0, 0), &history)?;
-        prefill.get_or_insert_with(|| started.elapsed());
-        if options.stop_tokens.contains(&token) {
-            finish = FinishReason::Stop;
+    let mut prefill_time = None;
+    let mut rest = String::new();
+    loop {
+        let before = decoding.generated().len();
+        let (token, text) = decoding.choose(sampler, &logits.select(0, 0), tokenizer)?;
+        prefill_time.get_or_insert_with(|| started.elapsed());
+        if decoding.generated().len() == before {
+            rest = text; // a stop token: not generated, not shown
             break;
         }
-        tokens.push(token);
-        history.push(token);
-        if !on_token(token) {
-            finish = FinishReason::Cancelled;
-            break;
+        if !on_token(token, &text) {
+            decoding.cancel();
         }
-        if tokens.len() == options.max_tokens {
+        if decoding.finish().is_some() {
             break;
         }
         logits = model.forward(&token_row(&[token]), caches, LogitsAt::Last)?;
     }
-    let prefill = prefill.unwrap_or_else(|| started.elapsed());
+    let prefill = prefill_time.unwrap_or_else(|| started.elapsed());
     Ok(Generation {
-        tokens,
-        finish,
+        tokens: decoding.generated().to_vec(),
+        finish: decoding.finish().unwrap_or(FinishReason::Cancelled),
+        rest,
         prefill,
         decode: started.elapsed().saturating_sub(prefill),
     })

@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod channel;
+pub mod decode;
 pub mod generate;
 pub mod sampler;
 pub mod scheduler;

@@ -211,7 +211,8 @@ impl Scheduler {
             Ok(memory) => (memory, None),
             Err(e) => (SessionMemory::new(&self.model, &self.layout), Some(e)),
         };
-        let mut sequence = Sequence::new(turn, memory, events, finished, admitted);
+        let mut sequence =
+            Sequence::new(turn, memory, &self.stop_tokens, events, finished, admitted);
         if let Some(error) = failure {
             sequence.fail(TurnFailure::Memory(error));
         }
@@ -236,7 +237,6 @@ impl Scheduler {
     fn step(&self, stats: &EngineStats, running: &mut [Sequence]) {
         let context = StepContext {
             tokenizer: &self.tokenizer,
-            stop_tokens: &self.stop_tokens,
             cut_all: stats.cut_all.load(Ordering::SeqCst),
             stats,
         };

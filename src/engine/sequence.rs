@@ -1,8 +1,7 @@
 //! One turn inside the continuous batch (`scheduler.rs`): its memory, the prompt still to take in,
-//! its sampler and stop rules, and what it has streamed. The scheduler moves it through
-//! [`Phase`]s; every rule of a single generation (`generate.rs`) holds here token for token: the
-//! same sampling history, stop tokens never shown nor fed, stop strings held back, and a session's
-//! memory left holding the prompt and the whole reply.
+//! its sampler, and what it has streamed. The scheduler moves it through [`Phase`]s; each token is
+//! chosen, shown and ended by the same [`Decoding`] rules as a single generation's (`decode.rs`),
+//! and a session's memory is left holding the prompt and the whole reply.
 
 use std::ops::Range;
 use std::time::Instant;
@@ -11,13 +10,13 @@ use tch::{Kind, Tensor};
 use tokio::sync::{mpsc, oneshot};
 
 use super::channel::{Event, Finished, TokenLogprob, Turn, TurnFailure};
-use super::generate::{token_row, NextToken};
+use super::decode::{Decoding, FinishReason};
+use super::generate::token_row;
 use super::sampler::Sampler;
 use super::stats::EngineStats;
-use super::stop::{FinishReason, StopChecker};
 use crate::model::{Llama, LogitsAt, ModelError};
 use crate::session::{KeptMemory, SessionFormatError, SessionMemory};
-use crate::tokenizer::{IncrementalDecoder, Tokenizer};
+use crate::tokenizer::Tokenizer;
 
 /// Where a sequence stands between two steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,21 +39,9 @@ pub enum Phase {
     Done,
 }
 
-/// How the token loop ended (before stop strings are considered).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
-    /// A stop token came (it is neither shown nor fed).
-    StopToken,
-    /// `max_tokens` were generated.
-    Length,
-    /// The client left, the server cut the turn, or a stop string matched.
-    Cut,
-}
-
 /// What every sequence's choices depend on besides itself.
 pub struct StepContext<'a> {
     pub tokenizer: &'a Tokenizer,
-    pub stop_tokens: &'a [u32],
     /// The server's shutdown deadline passed: end every turn at its next token.
     pub cut_all: bool,
     pub stats: &'a EngineStats,
@@ -66,13 +53,8 @@ pub struct Sequence {
     phase: Phase,
     turn: Turn,
     sampler: Sampler,
-    stops: StopChecker,
-    decoder: IncrementalDecoder,
-    /// Prompt and generated tokens (repetition penalties read them).
-    history: Vec<u32>,
-    generated: usize,
-    /// What the stop rules said, when they ended the turn.
-    stopped: Option<FinishReason>,
+    /// The prompt, the reply so far and the per-token rules.
+    decoding: Decoding,
     outcome: Finished,
     events: mpsc::UnboundedSender<Event>,
     finished: oneshot::Sender<Finished>,
@@ -89,13 +71,14 @@ impl Sequence {
     pub fn new(
         mut turn: Turn,
         memory: SessionMemory,
+        stop_tokens: &[u32],
         events: mpsc::UnboundedSender<Event>,
         finished: oneshot::Sender<Finished>,
         admitted: Instant,
     ) -> Self {
         let mut outcome = Finished::empty(turn.prompt.len());
-        let history = std::mem::take(&mut turn.prompt);
-        let phase = match history.as_slice() {
+        let prompt = std::mem::take(&mut turn.prompt);
+        let phase = match prompt.as_slice() {
             [] => {
                 outcome.error = Some(TurnFailure::Model("the prompt has no tokens".into()));
                 Phase::Done
@@ -108,11 +91,8 @@ impl Sequence {
             memory,
             phase,
             sampler: Sampler::new(turn.sampling.clone()),
-            stops: StopChecker::new(turn.stop.clone()),
-            decoder: IncrementalDecoder::new(true),
-            history,
-            generated: 0,
-            stopped: None,
+            decoding: Decoding::new(&prompt, turn.max_tokens, stop_tokens.to_vec())
+                .with_text(turn.stop.clone()),
             outcome,
             events,
             finished,
@@ -151,13 +131,11 @@ impl Sequence {
         };
         let body = self.outcome.prompt_tokens - 1;
         let end = (fed + count).min(body);
-        let row = token_row(&self.history[fed..end]); // [1, T]
+        let prompt = self.decoding.history();
+        let row = token_row(&prompt[fed..end]); // [1, T]
+        let last = prompt[body];
         match model.forward(&row, self.memory.caches(), LogitsAt::Last) {
-            Ok(_) if end == body => {
-                self.phase = Phase::Decode {
-                    pending: self.history[body],
-                }
-            }
+            Ok(_) if end == body => self.phase = Phase::Decode { pending: last },
             Ok(_) => self.phase = Phase::Prefill { fed: end },
             Err(e) => self.fail(TurnFailure::Model(e.to_string())),
         }
@@ -187,14 +165,18 @@ impl Sequence {
     /// and no reply, which no transcript describes, so it is not returned: a session keeps what
     /// its store holds, as if the turn had never been asked for.
     pub fn abandon(&mut self) {
+        self.decoding.cancel();
         self.outcome.cancelled = true;
         self.discard_memory = true;
         self.phase = Phase::Done;
     }
 
-    /// Chooses, shows and checks one token, as `generate`'s loop does.
+    /// Chooses and shows one token by the [`Decoding`] rules; ends the turn when they, the client
+    /// or the server's shutdown say so.
     fn choose(&mut self, logits: &Tensor, context: &StepContext) {
-        let (token, logprob) = match self.sample(logits, context.tokenizer) {
+        let before = self.decoding.generated().len();
+        let tokenizer = Some(context.tokenizer);
+        let (token, text) = match self.decoding.choose(&mut self.sampler, logits, tokenizer) {
             Ok(chosen) => chosen,
             Err(e) => return self.fail(self.blame(e, logits)),
         };
@@ -210,67 +192,31 @@ impl Sequence {
                 .inter_token
                 .observe((now - previous).as_secs_f64());
         }
-        if context.stop_tokens.contains(&token) {
-            return self.end(End::StopToken);
-        }
-        self.generated += 1;
-        self.history.push(token);
-        let piece = match self.decoder.push(context.tokenizer, token) {
-            Ok(piece) => piece,
-            Err(e) => return self.fail(TurnFailure::Model(e.to_string())),
+        let generated = self.decoding.generated().len() > before;
+        let logprobs = match self.turn.logprobs.filter(|_| generated) {
+            Some(k) => vec![Self::logprob(logits, token, k, context.tokenizer)],
+            None => Vec::new(),
         };
-        let step = self.stops.push(token, &piece);
-        self.outcome.text.push_str(&step.text);
-        let logprobs: Vec<TokenLogprob> = logprob.into_iter().collect();
-        let client_gone = (!step.text.is_empty() || !logprobs.is_empty())
-            && self
-                .events
-                .send(Event::Text {
-                    text: step.text,
-                    logprobs,
-                })
-                .is_err();
-        if client_gone {
-            return self.end(End::Cut);
+        self.outcome.text.push_str(&text);
+        let client_gone = (!text.is_empty() || !logprobs.is_empty())
+            && self.events.send(Event::Text { text, logprobs }).is_err();
+        if client_gone || self.events.is_closed() || context.cut_all {
+            self.decoding.cancel();
         }
-        if step.finish.is_some() {
-            self.stopped = step.finish;
-            return self.end(End::Cut);
+        match self.decoding.finish() {
+            None => self.phase = Phase::Decode { pending: token },
+            Some(finish) => self.end(finish),
         }
-        if self.events.is_closed() || context.cut_all {
-            return self.end(End::Cut);
-        }
-        if self.generated == self.turn.max_tokens {
-            return self.end(End::Length);
-        }
-        self.phase = Phase::Decode { pending: token };
     }
 
     /// Settles the outcome; a session's memory then still takes in the last shown token.
-    fn end(&mut self, end: End) {
-        let outcome = &mut self.outcome;
-        outcome.completion_tokens = self.generated;
-        outcome.finish_reason = match (end, &self.stopped) {
-            (End::Length, _) | (_, Some(FinishReason::Length)) => "length",
-            _ => "stop",
-        };
-        outcome.cancelled = end == End::Cut && self.stopped.is_none();
-        if self.stopped.is_none() && end != End::Cut {
-            let rest = self.stops.flush();
-            if !rest.is_empty() {
-                outcome.text.push_str(&rest);
-                let _ = self.events.send(Event::Text {
-                    text: rest,
-                    logprobs: Vec::new(),
-                });
-            }
-        }
-        // A stop token is never fed; any other last token was shown but not yet fed.
-        self.phase = match (self.turn.keep_memory, self.generated, end) {
-            (true, 1.., End::Length | End::Cut) => Phase::Flush {
-                pending: *self.history.last().expect("a generated token"),
-            },
-            _ => Phase::Done,
+    fn end(&mut self, finish: FinishReason) {
+        self.outcome.completion_tokens = self.decoding.generated().len();
+        self.outcome.finish_reason = finish.openai();
+        self.outcome.cancelled = finish == FinishReason::Cancelled;
+        self.phase = match self.decoding.unfed().filter(|_| self.turn.keep_memory) {
+            Some(pending) => Phase::Flush { pending },
+            None => Phase::Done,
         };
     }
 
@@ -288,17 +234,9 @@ impl Sequence {
         }
     }
 
-    /// The request's sampler, noting the chosen token's log-probability (and the top
-    /// alternatives) under the model's raw distribution when the request asked for them.
-    fn sample(
-        &mut self,
-        logits: &Tensor,
-        tokenizer: &Tokenizer,
-    ) -> Result<(u32, Option<TokenLogprob>), ModelError> {
-        let token = self.sampler.next(logits, &self.history)?;
-        let Some(k) = self.turn.logprobs else {
-            return Ok((token, None));
-        };
+    /// The chosen token's log-probability under the model's raw distribution (before sampling
+    /// filters) and its `k` most likely alternatives.
+    fn logprob(logits: &Tensor, token: u32, k: usize, tokenizer: &Tokenizer) -> TokenLogprob {
         let logprobs = logits.to_kind(Kind::Float).log_softmax(-1, Kind::Float);
         let text = |id: i64| tokenizer.decode(&[id as u32], false).unwrap_or_default();
         let (values, ids) = logprobs.topk(k.max(1) as i64, -1, true, true);
@@ -310,12 +248,11 @@ impl Sequence {
                 )
             })
             .collect();
-        let logprob = TokenLogprob {
+        TokenLogprob {
             token: text(i64::from(token)),
             logprob: logprobs.double_value(&[i64::from(token)]) as f32,
             top,
-        };
-        Ok((token, Some(logprob)))
+        }
     }
 
     /// Hands the outcome (and a session's memory) back to the turn's handler. Returns whether

@@ -1,11 +1,11 @@
 //! When generation ends, and what text may be streamed before it does (`architecture.md`,
 //! "engine/": stop rules).
 //!
-//! Three rules: a stop token (EOS and any the request adds), a stop string, and the token budget
-//! (`max_tokens`). A stop string can be split across tokens (`"\n\nUser"` as `"\n"`, `"\nUs"`,
-//! `"er"`), so the text that ends in a possible beginning of a stop string is held back until the
-//! next token decides: it is either part of the stop string (never shown) or not (released).
-//! As in OpenAI's API, neither the stop string nor the stop token's text is part of the output.
+//! Stop strings (the request's `stop`; stop tokens and the token budget are `decode.rs`'s). A stop
+//! string can be split across tokens (`"\n\nUser"` as `"\n"`, `"\nUs"`, `"er"`), so the text that
+//! ends in a possible beginning of a stop string is held back until the next token decides: it is
+//! either part of the stop string (never shown) or not (released). As in OpenAI's API, the stop
+//! string is not part of the output.
 
 use thiserror::Error;
 
@@ -18,77 +18,42 @@ pub enum StopError {
     TooManyStrings(usize),
     #[error("stop strings must not be empty")]
     EmptyString,
-    #[error("max_tokens must be at least 1, got {0}")]
-    MaxTokens(usize),
 }
 
-/// Why a sequence ended (OpenAI's `finish_reason`: both stops are `"stop"`, the budget `"length"`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FinishReason {
-    StopToken(u32),
-    StopString(String),
-    Length,
-}
-
-impl FinishReason {
-    /// The OpenAI `finish_reason` value.
-    pub fn as_openai(&self) -> &'static str {
-        match self {
-            Self::StopToken(_) | Self::StopString(_) => "stop",
-            Self::Length => "length",
-        }
-    }
-}
-
-/// The stop rules of one request, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The stop strings of one request, validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StopRules {
-    tokens: Vec<u32>,
     strings: Vec<String>,
-    max_tokens: usize,
 }
 
 impl StopRules {
-    /// `tokens`: ids that end generation (the model's EOS among them); `strings`: the request's
-    /// `stop`; `max_tokens`: the budget of generated tokens.
-    pub fn new(
-        tokens: Vec<u32>,
-        strings: Vec<String>,
-        max_tokens: usize,
-    ) -> Result<Self, StopError> {
+    /// `strings`: the request's `stop`, at most [`MAX_STOP_STRINGS`], none empty.
+    pub fn new(strings: Vec<String>) -> Result<Self, StopError> {
         if strings.len() > MAX_STOP_STRINGS {
             return Err(StopError::TooManyStrings(strings.len()));
         }
         if strings.iter().any(String::is_empty) {
             return Err(StopError::EmptyString);
         }
-        if max_tokens == 0 {
-            return Err(StopError::MaxTokens(max_tokens));
-        }
-        Ok(Self {
-            tokens,
-            strings,
-            max_tokens,
-        })
+        Ok(Self { strings })
     }
 }
 
-/// What one generated token means for the stream.
+/// What one generated token's text means for the stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StopStep {
     /// Text that is now safe to show.
     pub text: String,
-    /// Set when this token ended the sequence.
-    pub finish: Option<FinishReason>,
+    /// A stop string matched: the reply ends before it.
+    pub stopped: bool,
 }
 
-/// Applies [`StopRules`] to a stream of (token, decoded text) pairs.
+/// Applies [`StopRules`] to a stream of decoded texts.
 #[derive(Debug, Clone)]
 pub struct StopChecker {
     rules: StopRules,
     held: String,
-    generated: usize,
-    finished: bool,
+    stopped: bool,
 }
 
 impl StopChecker {
@@ -96,64 +61,50 @@ impl StopChecker {
         Self {
             rules,
             held: String::new(),
-            generated: 0,
-            finished: false,
+            stopped: false,
         }
     }
 
-    /// Takes one generated token and the text it decoded to (from
-    /// [`crate::tokenizer::IncrementalDecoder`], possibly empty). After a step that finishes,
-    /// further tokens are ignored.
-    pub fn push(&mut self, token: u32, text: &str) -> StopStep {
-        if self.finished {
+    /// Takes the text one generated token decoded to (from
+    /// [`crate::tokenizer::IncrementalDecoder`], possibly empty). After a stop string matched,
+    /// further text is ignored.
+    pub fn push(&mut self, text: &str) -> StopStep {
+        if self.stopped {
             return StopStep {
                 text: String::new(),
-                finish: None,
+                stopped: false,
             };
         }
-        self.generated += 1;
-        if self.rules.tokens.contains(&token) {
-            return self.finish(FinishReason::StopToken(token));
-        }
         self.held.push_str(text);
-        if let Some((start, stop)) = self.earliest_stop_string() {
+        if let Some(start) = self.earliest_stop_string() {
             self.held.truncate(start);
-            return self.finish(FinishReason::StopString(stop));
-        }
-        if self.generated >= self.rules.max_tokens {
-            return self.finish(FinishReason::Length);
+            self.stopped = true;
+            return StopStep {
+                text: self.flush(),
+                stopped: true,
+            };
         }
         let keep = self.possible_stop_prefix_len();
         let text = self.held.drain(..self.held.len() - keep).collect();
-        StopStep { text, finish: None }
+        StopStep {
+            text,
+            stopped: false,
+        }
     }
 
-    /// Releases the held-back text when the stream ends for another reason (e.g. the client's
-    /// context limit).
+    /// Releases the held-back text when the reply ends for another reason (a stop token, the
+    /// token budget).
     pub fn flush(&mut self) -> String {
         std::mem::take(&mut self.held)
     }
 
-    pub fn generated(&self) -> usize {
-        self.generated
-    }
-
-    fn finish(&mut self, reason: FinishReason) -> StopStep {
-        self.finished = true;
-        StopStep {
-            text: self.flush(),
-            finish: Some(reason),
-        }
-    }
-
-    /// The first stop string in the held text, by start position (the longer on a tie).
-    fn earliest_stop_string(&self) -> Option<(usize, String)> {
+    /// Where the first stop string in the held text starts.
+    fn earliest_stop_string(&self) -> Option<usize> {
         self.rules
             .strings
             .iter()
-            .filter_map(|stop| self.held.find(stop.as_str()).map(|start| (start, stop)))
-            .min_by_key(|&(start, stop)| (start, std::cmp::Reverse(stop.len())))
-            .map(|(start, stop)| (start, stop.clone()))
+            .filter_map(|stop| self.held.find(stop.as_str()))
+            .min()
     }
 
     /// The length of the longest end of the held text that begins some stop string.
