@@ -6,7 +6,8 @@ use infini::api::openapi::ApiDoc;
 use infini::cli::{run_chat, run_generate, ChatArgs, GenerateArgs};
 use infini::config::ServeConfig;
 use infini::demo::{run_memory_demo, MemoryDemo};
-use infini::train::cli::{run_eval, run_train, EvalTask, TrainTask};
+use infini::evaluation::{run_memory_eval, MemoryEvalArgs};
+use infini::train::cli::{run_eval_sorting, run_train, EvalSortingArgs, TrainTask};
 
 /// infini: chat with unbounded memory at constant cost per token (the ∞-former).
 #[derive(Parser, Debug)]
@@ -32,9 +33,18 @@ enum Command {
     /// Train a model from scratch (the paper's sorting task).
     #[command(subcommand)]
     Train(TrainTask),
-    /// Evaluate a trained checkpoint on held-out data.
+    /// Evaluate: a trained sorting checkpoint, or the session memory on the default model.
     #[command(subcommand)]
     Eval(EvalTask),
+}
+
+/// Tasks of `infini eval`.
+#[derive(Subcommand, Debug)]
+enum EvalTask {
+    /// Token accuracy of a sorting checkpoint on freshly generated held-out sequences.
+    Sorting(EvalSortingArgs),
+    /// Perplexity and pass-key retrieval of the session memory, tier by tier (docs/EVALUATION.md).
+    Memory(Box<MemoryEvalArgs>),
 }
 
 fn main() -> Result<()> {
@@ -48,6 +58,7 @@ fn main() -> Result<()> {
         Command::Generate(args) => run_generate(&args),
         Command::Chat(args) => run_chat(&args),
         Command::Train(task) => run_train(&task),
-        Command::Eval(task) => run_eval(&task),
+        Command::Eval(EvalTask::Sorting(args)) => run_eval_sorting(&args),
+        Command::Eval(EvalTask::Memory(args)) => run_memory_eval(&args),
     }
 }

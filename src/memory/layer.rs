@@ -240,9 +240,11 @@ impl LayerCache for LayerMemory {
         self.keys.len()
     }
 
-    /// Each query segment (the new tokens in runs of one block's length; a decode step is one)
-    /// selects its own top-k archive blocks (§9.7) and reads sinks, STM, those blocks and the
-    /// signal's points in one softmax (§9.2).
+    /// The new tokens join their tiers (§9.7, [`LayerMemory::take_in`]); then each query segment
+    /// (the new tokens in runs of one block's length; a decode step is one) selects its own top-k
+    /// archive blocks and reads sinks, STM, those blocks and the signal's points in one softmax
+    /// (§9.2, [`LayerMemory::read_segment`]); then the STM's overflow leaves for the archive
+    /// ([`LayerMemory::evict_overflow`]).
     fn attend(
         &mut self,
         queries: &Tensor,
@@ -261,9 +263,38 @@ impl LayerCache for LayerMemory {
             });
         }
         let queries = rope.rotate(queries, start).reshape([b, h_kv, group, t, d]);
+        self.take_in(keys, values, start, rope);
+        let held = self.keys.len();
+        let causal = causal_bias(t, held, (queries.kind(), queries.device()));
+        let segment = if self.archive.blocks() > 0 {
+            self.config.block_len as i64
+        } else {
+            t
+        };
+        let (mut contexts, mut masses) = (Vec::new(), Vec::new());
+        for from in (0..t).step_by(segment as usize) {
+            let n = segment.min(t - from);
+            let q = queries.narrow(3, from, n).reshape([b, h_kv, group * n, d]); // [B, H_kv, G·n, D]
+            let (context, mass) = self.read_segment(&q, (from, n, held), group, causal.as_ref());
+            contexts.push(context.reshape([b, h_kv, group, n, d]));
+            masses.extend(mass);
+        }
+        if !masses.is_empty() {
+            if let Some(tier) = self.continuous.as_mut() {
+                tier.record_attention(&Tensor::cat(&masses, 2));
+            }
+        }
+        self.evict_overflow(rope)?;
+        Ok(Tensor::cat(&contexts, 3).reshape([b, h, t, d]))
+    }
+}
 
-        // The new tokens join their tier first (the first ones become sinks, the rest the STM),
-        // both in token order in one run, so the causal mask over that run covers them all.
+impl LayerMemory {
+    /// Takes in T new keys (pre-RoPE) and values from window position `start`: the first ones
+    /// become sinks until there are `sinks`, the rest the STM; both in token order in one run, so
+    /// that the causal mask over that run covers them all.
+    fn take_in(&mut self, keys: &Tensor, values: &Tensor, start: i64, rope: &RopeTable) {
+        let t = keys.size()[2];
         let to_sinks = (self.config.sinks as i64 - self.sinks_held()).clamp(0, t);
         self.keys.append(&rope.rotate(keys, start));
         self.values.append(values);
@@ -271,78 +302,75 @@ impl LayerCache for LayerMemory {
             self.stm_keys
                 .append(&keys.narrow(2, to_sinks, t - to_sinks));
         }
+    }
 
-        let held = self.keys.len();
-        let options = (queries.kind(), queries.device());
-        let causal = causal_bias(t, held, options);
-        let segment = if self.archive.blocks() > 0 {
-            self.config.block_len as i64
-        } else {
-            t
-        };
+    /// One query segment `q` `[B, H_kv, G·n, D]` (new tokens `from..from + n` of `held` keys)
+    /// reads sinks, STM, its own top-k archive blocks and the signal's points in one softmax
+    /// (§9.2, §9.7); with sticky memories, also the attention mass its queries put on the points.
+    fn read_segment(
+        &mut self,
+        q: &Tensor,
+        (from, n, held): (i64, i64, i64),
+        group: i64,
+        causal: Option<&Tensor>,
+    ) -> (Tensor, Option<Tensor>) {
         let points = self.continuous.as_ref().and_then(|c| c.points());
         let record = points.is_some()
             && self
                 .continuous
                 .as_ref()
                 .is_some_and(ContinuousTier::wants_attention);
-        let (mut contexts, mut masses) = (Vec::new(), Vec::new());
-        for from in (0..t).step_by(segment as usize) {
-            let n = segment.min(t - from);
-            let q = queries.narrow(3, from, n).reshape([b, h_kv, group * n, d]); // [B, H_kv, G·n, D]
-            let selected = self.archive.select(&q, self.config.top_k_blocks);
-            let mut memory = MemoryRows {
-                keys: vec![],
-                values: vec![],
-                unbiased: 0,
-                points_bias: points.map(|p| &p.bias),
-            };
-            if let Some(s) = &selected {
-                memory.keys.push(&s.keys);
-                memory.values.push(&s.values);
-                memory.unbiased = s.keys.size()[2];
-            }
-            if let Some(p) = points {
-                memory.keys.push(&p.keys);
-                memory.values.push(&p.values);
-            }
-            let read_keys = self.keys.view_with(&memory.keys).expect("tokens are held");
-            let read_values = self
-                .values
-                .view_with(&memory.values)
-                .expect("tokens are held");
-            let mask = read_mask(causal.as_ref(), (from, n, held), group, &memory, options);
-            let context = if record {
-                let read = joint_attention(
-                    &q,
-                    &[KeyGroup {
-                        keys: &read_keys,
-                        values: &read_values,
-                        bias: mask.as_ref(),
-                    }],
-                );
-                let r = points.map_or(0, |p| p.keys.size()[2]);
-                masses.push(read.probabilities[0].narrow(3, read_keys.size()[2] - r, r));
-                read.context
-            } else {
-                Tensor::scaled_dot_product_attention(
-                    &q,
-                    &read_keys,
-                    &read_values,
-                    mask.as_ref(),
-                    0.0,
-                    false,
-                    None,
-                    false,
-                )
-            };
-            contexts.push(context.reshape([b, h_kv, group, n, d]));
+        let selected = self.archive.select(q, self.config.top_k_blocks);
+        let mut memory = MemoryRows {
+            keys: vec![],
+            values: vec![],
+            unbiased: 0,
+            points_bias: points.map(|p| &p.bias),
+        };
+        if let Some(s) = &selected {
+            memory.keys.push(&s.keys);
+            memory.values.push(&s.values);
+            memory.unbiased = s.keys.size()[2];
         }
-        if !masses.is_empty() {
-            if let Some(tier) = self.continuous.as_mut() {
-                tier.record_attention(&Tensor::cat(&masses, 2));
-            }
+        if let Some(p) = points {
+            memory.keys.push(&p.keys);
+            memory.values.push(&p.values);
         }
+        let read_keys = self.keys.view_with(&memory.keys).expect("tokens are held");
+        let read_values = self
+            .values
+            .view_with(&memory.values)
+            .expect("tokens are held");
+        let options = (q.kind(), q.device());
+        let mask = read_mask(causal, (from, n, held), group, &memory, options);
+        if !record {
+            let context = Tensor::scaled_dot_product_attention(
+                q,
+                &read_keys,
+                &read_values,
+                mask.as_ref(),
+                0.0,
+                false,
+                None,
+                false,
+            );
+            return (context, None);
+        }
+        let read = joint_attention(
+            q,
+            &[KeyGroup {
+                keys: &read_keys,
+                values: &read_values,
+                bias: mask.as_ref(),
+            }],
+        );
+        let r = points.map_or(0, |p| p.keys.size()[2]);
+        let mass = read.probabilities[0].narrow(3, read_keys.size()[2] - r, r);
+        (read.context, Some(mass))
+    }
+
+    /// Moves whole blocks out of an STM longer than `stm_len` into the archive (§9.7).
+    fn evict_overflow(&mut self, rope: &RopeTable) -> Result<(), ModelError> {
         let over = self.stm_keys.len() - self.config.stm_len as i64;
         if over > 0 {
             let block = self.config.block_len as i64;
@@ -352,7 +380,7 @@ impl LayerCache for LayerMemory {
                     source: e.source,
                 })?;
         }
-        Ok(Tensor::cat(&contexts, 3).reshape([b, h, t, d]))
+        Ok(())
     }
 }
 

@@ -17,15 +17,6 @@ pub enum TrainTask {
     Sorting(Box<TrainSortingArgs>),
 }
 
-/// Tasks of `infini eval`.
-#[derive(Subcommand, Debug)]
-pub enum EvalTask {
-    /// Token accuracy of a sorting checkpoint on freshly generated held-out sequences.
-    Sorting(EvalSortingArgs),
-    /// Perplexity and pass-key retrieval of the session memory, tier by tier (docs/EVALUATION.md).
-    Memory(Box<crate::evaluation::MemoryEvalArgs>),
-}
-
 /// The starting point of the hyper-parameters.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Preset {
@@ -225,12 +216,8 @@ pub fn run_train(task: &TrainTask) -> Result<()> {
     Ok(())
 }
 
-/// Runs `infini eval <task>`.
-pub fn run_eval(task: &EvalTask) -> Result<()> {
-    let args = match task {
-        EvalTask::Sorting(args) => args,
-        EvalTask::Memory(args) => return crate::evaluation::run_memory_eval(args),
-    };
+/// Runs `infini eval sorting`.
+pub fn run_eval_sorting(args: &EvalSortingArgs) -> Result<()> {
     check_threads(args.threads)?;
     let device = device(&args.device)?;
     let (state, results) = evaluate_checkpoint(
