@@ -113,11 +113,10 @@ impl ServeConfig {
     }
 
     /// The engine's batching limits.
-    pub fn batch(&self) -> BatchLimits {
-        BatchLimits {
-            max_running: self.max_running,
-            max_batch_tokens: self.max_batch_tokens,
-        }
+    /// `--max-running` and `--max-batch-tokens`, checked.
+    pub fn batch(&self) -> Result<BatchLimits, String> {
+        BatchLimits::new(self.max_running, self.max_batch_tokens)
+            .map_err(|e| format!("--max-running / --max-batch-tokens: {e}"))
     }
 
     pub fn session_idle(&self) -> Duration {

@@ -64,10 +64,7 @@ fn app() -> &'static App {
                     threads: 1,
                 },
                 memory: MemoryConfig::default(),
-                batch: BatchLimits {
-                    max_running: 4,
-                    max_batch_tokens: 512,
-                },
+                batch: BatchLimits::new(4, 512).unwrap(),
                 max_waiting: 64,
             });
             loaded.await.unwrap().unwrap();

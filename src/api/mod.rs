@@ -139,10 +139,7 @@ async fn run(config: ServeConfig, keys: ApiKeys) -> Result<()> {
             "--kv-cache is for generate and chat: the server's sessions need the session memory"
         );
     }
-    config
-        .batch()
-        .validate()
-        .map_err(|e| anyhow::anyhow!("--max-running / --max-batch-tokens: {e}"))?;
+    let batch = config.batch().map_err(anyhow::Error::msg)?;
     let store = SqlStore::connect(&config.database_url())
         .await
         .context("opening the session store")?;
@@ -150,7 +147,7 @@ async fn run(config: ServeConfig, keys: ApiKeys) -> Result<()> {
     let (engine, loaded) = Engine::start(EngineOptions {
         load: config.load.clone(),
         memory: config.memory.config(),
-        batch: config.batch(),
+        batch,
         max_waiting: config.max_waiting,
     });
     let state = AppState {

@@ -74,25 +74,27 @@ pub async fn begin(
         .ok_or_else(|| ApiError::unavailable("the model is still loading"))?;
     let tokenizer = &info.tokenizer;
     let encode_error = |e: crate::tokenizer::TokenizerError| ApiError::internal(e.to_string());
-    let (prompt, memory, session) = match input {
-        TurnInput::Text(text) => {
-            let prompt = tokenizer.encode(&text).map_err(encode_error)?;
-            check_prompt_len(prompt.len(), "prompt", state.limits)?;
-            (prompt, MemorySource::Fresh, None)
-        }
+    let template = || {
+        tokenizer
+            .chat_template()
+            .ok_or_else(|| ApiError::internal("the model has no chat template"))
+    };
+    // The prompt's tokens, the field they came from, and a session's row and new transcript.
+    let (prompt, field, continued) = match input {
+        TurnInput::Text(text) => (
+            tokenizer.encode(&text).map_err(encode_error)?,
+            "prompt",
+            None,
+        ),
         TurnInput::Chat {
             messages,
             session: None,
         } => {
-            let template = tokenizer
-                .chat_template()
-                .ok_or_else(|| ApiError::internal("the model has no chat template"))?;
-            let text = template
+            let text = template()?
                 .render(&messages, true)
                 .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
             let prompt = tokenizer.encode(&text).map_err(encode_error)?;
-            check_prompt_len(prompt.len(), "messages", state.limits)?;
-            (prompt, MemorySource::Fresh, None)
+            (prompt, "messages", None)
         }
         TurnInput::Chat {
             messages,
@@ -104,12 +106,9 @@ pub async fn begin(
                 .await?
                 .filter(|head| head.owner == owner)
                 .ok_or_else(|| ApiError::unknown_session(&id))?;
-            let template = tokenizer
-                .chat_template()
-                .ok_or_else(|| ApiError::internal("the model has no chat template"))?;
             let mut transcript = head.transcript.clone();
             let text = transcript
-                .next_prompt(template, &messages)
+                .next_prompt(template()?, &messages)
                 .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
             let prompt = if head.transcript.messages.is_empty() {
                 tokenizer.encode(&text)
@@ -117,7 +116,14 @@ pub async fn begin(
                 tokenizer.encode_continuation(&text)
             }
             .map_err(encode_error)?;
-            check_prompt_len(prompt.len(), "messages", state.limits)?;
+            (prompt, "messages", Some((head, transcript)))
+        }
+    };
+    check_prompt_len(prompt.len(), field, state.limits)?;
+    let (memory, session) = match continued {
+        None => (MemorySource::Fresh, None),
+        Some((head, transcript)) => {
+            let id = head.id.clone();
             let mut slot = state.hot.try_claim(&id).ok_or_else(|| {
                 ApiError::conflict(format!(
                     "session `{id}` is already running a turn; send the next message when it has finished"
@@ -142,7 +148,7 @@ pub async fn begin(
                 head,
                 transcript,
             };
-            (prompt, memory, Some(turn))
+            (memory, Some(turn))
         }
     };
     let submission = state.engine.submit(Turn {

@@ -30,30 +30,40 @@ use crate::model::{Llama, LogitsAt};
 use crate::session::{self, MemoryParts, MemoryStats, SessionFormatError, SessionMemory};
 use crate::tokenizer::Tokenizer;
 
-/// How much one step may do.
+/// How much one step may do; checked once, where it is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchLimits {
-    /// Sequences in the batch at once (each holds its memory in RAM while it runs).
-    pub max_running: usize,
-    /// Tokens one step feeds: one per decoding sequence plus prompt chunks.
-    pub max_batch_tokens: usize,
+    max_running: usize,
+    max_batch_tokens: usize,
 }
 
 impl BatchLimits {
-    /// Both positive, and room for at least one prompt token beside a full decode batch (so a
-    /// waiting prompt always progresses).
-    pub fn validate(&self) -> Result<(), String> {
-        if self.max_running == 0 {
+    /// `max_running` sequences in the batch at once (each holds its memory in RAM while it runs),
+    /// `max_batch_tokens` fed per step (one per decoding sequence plus prompt chunks): both
+    /// positive, and room for at least one prompt token beside a full decode batch (so a waiting
+    /// prompt always progresses).
+    pub fn new(max_running: usize, max_batch_tokens: usize) -> Result<Self, String> {
+        if max_running == 0 {
             return Err("max_running must be at least 1".into());
         }
-        if self.max_batch_tokens <= self.max_running {
+        if max_batch_tokens <= max_running {
             return Err(format!(
-                "max_batch_tokens ({}) must exceed max_running ({}): each step feeds one token per \
-                 running sequence and needs room for prompt tokens",
-                self.max_batch_tokens, self.max_running
+                "max_batch_tokens ({max_batch_tokens}) must exceed max_running ({max_running}): \
+                 each step feeds one token per running sequence and needs room for prompt tokens"
             ));
         }
-        Ok(())
+        Ok(Self {
+            max_running,
+            max_batch_tokens,
+        })
+    }
+
+    pub fn max_running(&self) -> usize {
+        self.max_running
+    }
+
+    pub fn max_batch_tokens(&self) -> usize {
+        self.max_batch_tokens
     }
 }
 
@@ -80,7 +90,6 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn load(options: &EngineOptions) -> anyhow::Result<Self> {
-        options.batch.validate().map_err(anyhow::Error::msg)?;
         let (model, tokenizer) = options.load.load()?;
         let layout = MemoryLayout::new(
             options.memory.clone(),
@@ -125,7 +134,7 @@ impl Scheduler {
             for request in queue.try_iter() {
                 self.take(request, &mut waiting);
             }
-            while running.len() < self.limits.max_running {
+            while running.len() < self.limits.max_running() {
                 let Some(job) = waiting.pop_front() else {
                     break;
                 };
@@ -241,7 +250,7 @@ impl Scheduler {
             stats,
         };
         let decoding = running.iter().filter(|s| s.pending().is_some()).count();
-        let mut budget = self.limits.max_batch_tokens.saturating_sub(decoding);
+        let mut budget = self.limits.max_batch_tokens().saturating_sub(decoding);
         for sequence in running.iter_mut() {
             if sequence.prompt_left() > 0 && sequence.client_left() {
                 sequence.abandon();

@@ -54,7 +54,7 @@ impl Engine {
         let (loaded_tx, loaded_rx) = oneshot::channel();
         let engine = Self {
             jobs,
-            capacity: options.batch.max_running + options.max_waiting,
+            capacity: options.batch.max_running() + options.max_waiting,
             info: Arc::new(std::sync::OnceLock::new()),
             stats: Arc::new(EngineStats::default()),
         };
