@@ -17,7 +17,7 @@ use super::turn::{begin, TurnEvent, TurnInput};
 use super::types::*;
 use super::validate::{
     chat_budget, chat_logprobs, completion_extras, completion_logprobs, gen_params, messages,
-    session_id,
+    one_prompt, session_id,
 };
 use super::AppState;
 use crate::engine::channel::TokenLogprob;
@@ -359,17 +359,7 @@ pub async fn completions(
     completion_extras(request.echo, request.best_of, request.suffix.as_deref())?;
     let budget = request.sampling.max_tokens.map(|n| (n, "max_tokens"));
     let params = gen_params(request.sampling, budget, logprobs, state.limits)?;
-    let mut prompts = request.prompt.into_vec();
-    if prompts.len() != 1 {
-        return Err(ApiError::invalid(
-            "prompt",
-            format!(
-                "prompt must be one string (or a list of one), got {}",
-                prompts.len()
-            ),
-        ));
-    }
-    let prompt = prompts.remove(0);
+    let prompt = one_prompt(request.prompt.into_vec())?;
     let (stream, include_usage) = (params.stream, params.include_usage);
     let events = begin(&state, &caller.0, TurnInput::Text(prompt), params).await?;
     let meta = ReplyMeta::new("cmpl", &state, None);

@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::validate::ValidationError;
 use crate::engine::channel::SubmitError;
 use crate::store::StoreError;
 
@@ -96,11 +97,6 @@ impl ApiError {
         .with_code("unsupported_media_type")
     }
 
-    /// 400 for a parameter this server does not implement (rather than silently ignoring it).
-    pub fn unsupported(param: &str, message: impl Into<String>) -> Self {
-        Self::invalid(param, message).with_code("unsupported_parameter")
-    }
-
     /// 422: the session exists but its stored memory cannot be used by this server.
     pub fn unreadable_session(id: &str, reason: impl std::fmt::Display) -> Self {
         let mut error = Self::new(
@@ -148,6 +144,20 @@ impl ApiError {
         ErrorBody {
             error: self.detail.clone(),
         }
+    }
+}
+
+/// Every validation rule is a 400 `invalid_request_error` naming its field, with its code.
+impl From<ValidationError> for ApiError {
+    fn from(error: ValidationError) -> Self {
+        let mut api = Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            error.to_string(),
+        );
+        api.detail.param = Some(error.param());
+        api.detail.code = error.code();
+        api
     }
 }
 

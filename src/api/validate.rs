@@ -1,12 +1,161 @@
-//! Request → trusted parameters (`style.md`: validation before any 200). Each rule names the field
-//! it checks; the engine only ever sees [`GenParams`] that passed.
+//! Request → trusted parameters (`style.md`: validation before any 200). Each rule is one
+//! [`ValidationError`] variant, its message the text the client reads, naming the field it checks;
+//! `error.rs` maps every one to its status and OpenAI body. The engine only ever sees
+//! [`GenParams`] that passed.
+
+use thiserror::Error;
 
 use crate::engine::sampler::{SamplingError, SamplingParams, ValidSampling};
-use crate::engine::stop::StopRules;
+use crate::engine::stop::{StopError, StopRules};
 use crate::tokenizer::ChatMessage;
 
-use super::error::ApiError;
 use super::types::{InputMessage, MessageContent, SamplingFields};
+
+/// A generation request that breaks one rule (all are 400 `invalid_request_error`).
+#[derive(Debug, PartialEq, Error)]
+pub enum ValidationError {
+    #[error("only n = 1 is supported, got {0}")]
+    N(u64),
+    #[error(transparent)]
+    Sampling(SamplingError),
+    #[error("{field} must be between 1 and {limit} (this server's limit), got {got}")]
+    Budget {
+        field: &'static str,
+        limit: usize,
+        got: u64,
+    },
+    #[error("give max_tokens or max_completion_tokens, not both")]
+    TwoBudgets,
+    #[error(transparent)]
+    Stop(StopError),
+    #[error("stream_options is only allowed when stream is true")]
+    StreamOptionsWithoutStream,
+    #[error("top_logprobs must be between 0 and {MAX_TOP_LOGPROBS_CHAT}, got {0}")]
+    TopLogprobs(u64),
+    #[error("top_logprobs needs logprobs: true")]
+    TopLogprobsWithoutLogprobs,
+    #[error("logprobs must be between 0 and {MAX_LOGPROBS_COMPLETIONS}, got {0}")]
+    Logprobs(u64),
+    #[error("echo is not supported: the reply never repeats the prompt (leave echo out or false)")]
+    Echo,
+    #[error("only best_of = 1 is supported, got {0}")]
+    BestOf(u64),
+    #[error("suffix (text after the completion) is not supported: leave it out")]
+    Suffix,
+    #[error(
+        "the body's session_id `{body}` and the X-Session-Id header `{header}` name different \
+         sessions; give one of them"
+    )]
+    ConflictingSessionIds { body: String, header: String },
+    #[error("messages must not be empty")]
+    NoMessages,
+    #[error("unsupported role `{role}` (expected system, developer, user or assistant)")]
+    Role { message: usize, role: String },
+    #[error("only text content parts with a `text` field are supported, got `{kind}`")]
+    ContentPart {
+        message: usize,
+        part: usize,
+        kind: String,
+    },
+    #[error("prompt must be one string (or a list of one), got {0}")]
+    PromptCount(usize),
+    #[error(
+        "the prompt has {tokens} tokens, more than this server's limit of {limit} per request"
+    )]
+    PromptTooLong {
+        field: &'static str,
+        tokens: usize,
+        limit: usize,
+    },
+    #[error("the prompt has no tokens")]
+    EmptyPrompt { field: &'static str },
+}
+
+impl ValidationError {
+    /// The request field at fault (OpenAI's `param`).
+    pub fn param(&self) -> String {
+        match self {
+            Self::N(_) => "n".into(),
+            Self::Sampling(e) => sampling_param(e).into(),
+            Self::Budget { field, .. } => (*field).into(),
+            Self::TwoBudgets => "max_completion_tokens".into(),
+            Self::Stop(_) => "stop".into(),
+            Self::StreamOptionsWithoutStream => "stream_options".into(),
+            Self::TopLogprobs(_) | Self::TopLogprobsWithoutLogprobs => "top_logprobs".into(),
+            Self::Logprobs(_) => "logprobs".into(),
+            Self::Echo => "echo".into(),
+            Self::BestOf(_) => "best_of".into(),
+            Self::Suffix => "suffix".into(),
+            Self::ConflictingSessionIds { .. } => "session_id".into(),
+            Self::NoMessages => "messages".into(),
+            Self::Role { message, .. } => format!("messages[{message}].role"),
+            Self::ContentPart { message, part, .. } => {
+                format!("messages[{message}].content[{part}]")
+            }
+            Self::PromptCount(_) => "prompt".into(),
+            Self::PromptTooLong { field, .. } | Self::EmptyPrompt { field } => (*field).into(),
+        }
+    }
+
+    /// OpenAI's `code`, where the rule has one.
+    pub fn code(&self) -> Option<&'static str> {
+        match self {
+            Self::Echo | Self::BestOf(_) | Self::Suffix => Some("unsupported_parameter"),
+            Self::ConflictingSessionIds { .. } => Some("conflicting_session_ids"),
+            Self::PromptTooLong { .. } => Some("context_length_exceeded"),
+            _ => None,
+        }
+    }
+
+    /// One instance of every rule, in the order of docs/SERVER.md's table.
+    pub fn every_rule() -> Vec<Self> {
+        vec![
+            Self::NoMessages,
+            Self::Role {
+                message: 0,
+                role: "tool".into(),
+            },
+            Self::ContentPart {
+                message: 0,
+                part: 0,
+                kind: "image_url".into(),
+            },
+            Self::PromptCount(2),
+            Self::PromptTooLong {
+                field: "messages",
+                tokens: 9000,
+                limit: 8192,
+            },
+            Self::EmptyPrompt { field: "prompt" },
+            Self::N(2),
+            Self::Sampling(SamplingError::Temperature(3.0)),
+            Self::Sampling(SamplingError::TopP(0.0)),
+            Self::Sampling(SamplingError::MinP(1.5)),
+            Self::Sampling(SamplingError::RepetitionPenalty(0.0)),
+            Self::Sampling(SamplingError::FrequencyPenalty(3.0)),
+            Self::Sampling(SamplingError::PresencePenalty(-3.0)),
+            Self::Budget {
+                field: "max_tokens",
+                limit: 512,
+                got: 0,
+            },
+            Self::TwoBudgets,
+            Self::Stop(StopError::TooManyStrings(5)),
+            Self::Stop(StopError::EmptyString),
+            Self::StreamOptionsWithoutStream,
+            Self::TopLogprobs(21),
+            Self::TopLogprobsWithoutLogprobs,
+            Self::Logprobs(6),
+            Self::Echo,
+            Self::BestOf(2),
+            Self::Suffix,
+            Self::ConflictingSessionIds {
+                body: "sess_a".into(),
+                header: "sess_b".into(),
+            },
+        ]
+    }
+}
 
 /// Most alternatives per token (OpenAI's limits: 20 for chat, 5 for completions).
 pub const MAX_TOP_LOGPROBS_CHAT: u64 = 20;
@@ -49,12 +198,9 @@ pub fn gen_params(
     max_tokens: Option<(u64, &'static str)>,
     logprobs: Option<usize>,
     limits: Limits,
-) -> Result<GenParams, ApiError> {
+) -> Result<GenParams, ValidationError> {
     if let Some(n) = fields.n.filter(|&n| n != 1) {
-        return Err(ApiError::invalid(
-            "n",
-            format!("only n = 1 is supported, got {n}"),
-        ));
+        return Err(ValidationError::N(n));
     }
     let defaults = SamplingParams::default();
     let sampling = SamplingParams {
@@ -72,31 +218,26 @@ pub fn gen_params(
         seed: fields.seed,
     }
     .validate()
-    .map_err(|e| ApiError::invalid(sampling_param(&e), e.to_string()))?;
+    .map_err(ValidationError::Sampling)?;
     let max_tokens = match max_tokens {
         None => limits.max_tokens,
         Some((n, field)) if n == 0 || n > limits.max_tokens as u64 => {
-            return Err(ApiError::invalid(
+            return Err(ValidationError::Budget {
                 field,
-                format!(
-                    "{field} must be between 1 and {} (this server's limit), got {n}",
-                    limits.max_tokens
-                ),
-            ))
+                limit: limits.max_tokens,
+                got: n,
+            })
         }
         Some((n, _)) => n as usize,
     };
     let strings = fields.stop.map(|s| s.into_vec()).unwrap_or_default();
-    let stop = StopRules::new(strings).map_err(|e| ApiError::invalid("stop", e.to_string()))?;
+    let stop = StopRules::new(strings).map_err(ValidationError::Stop)?;
     let include_usage = fields
         .stream_options
         .as_ref()
         .is_some_and(|o| o.include_usage);
     if fields.stream_options.is_some() && !fields.stream {
-        return Err(ApiError::invalid(
-            "stream_options",
-            "stream_options is only allowed when stream is true",
-        ));
+        return Err(ValidationError::StreamOptionsWithoutStream);
     }
     Ok(GenParams {
         sampling,
@@ -112,12 +253,9 @@ pub fn gen_params(
 pub fn chat_budget(
     max_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
-) -> Result<Option<(u64, &'static str)>, ApiError> {
+) -> Result<Option<(u64, &'static str)>, ValidationError> {
     match (max_tokens, max_completion_tokens) {
-        (Some(_), Some(_)) => Err(ApiError::invalid(
-            "max_completion_tokens",
-            "give max_tokens or max_completion_tokens, not both",
-        )),
+        (Some(_), Some(_)) => Err(ValidationError::TwoBudgets),
         (Some(n), None) => Ok(Some((n, "max_tokens"))),
         (None, Some(n)) => Ok(Some((n, "max_completion_tokens"))),
         (None, None) => Ok(None),
@@ -125,28 +263,19 @@ pub fn chat_budget(
 }
 
 /// Chat `logprobs` / `top_logprobs` → alternatives per token.
-pub fn chat_logprobs(logprobs: bool, top: Option<u64>) -> Result<Option<usize>, ApiError> {
+pub fn chat_logprobs(logprobs: bool, top: Option<u64>) -> Result<Option<usize>, ValidationError> {
     match (logprobs, top) {
-        (_, Some(k)) if k > MAX_TOP_LOGPROBS_CHAT => Err(ApiError::invalid(
-            "top_logprobs",
-            format!("top_logprobs must be between 0 and {MAX_TOP_LOGPROBS_CHAT}, got {k}"),
-        )),
-        (false, Some(_)) => Err(ApiError::invalid(
-            "top_logprobs",
-            "top_logprobs needs logprobs: true",
-        )),
+        (_, Some(k)) if k > MAX_TOP_LOGPROBS_CHAT => Err(ValidationError::TopLogprobs(k)),
+        (false, Some(_)) => Err(ValidationError::TopLogprobsWithoutLogprobs),
         (true, top) => Ok(Some(top.unwrap_or(0) as usize)),
         (false, None) => Ok(None),
     }
 }
 
 /// Completions `logprobs` (0..=5).
-pub fn completion_logprobs(logprobs: Option<u64>) -> Result<Option<usize>, ApiError> {
+pub fn completion_logprobs(logprobs: Option<u64>) -> Result<Option<usize>, ValidationError> {
     match logprobs {
-        Some(k) if k > MAX_LOGPROBS_COMPLETIONS => Err(ApiError::invalid(
-            "logprobs",
-            format!("logprobs must be between 0 and {MAX_LOGPROBS_COMPLETIONS}, got {k}"),
-        )),
+        Some(k) if k > MAX_LOGPROBS_COMPLETIONS => Err(ValidationError::Logprobs(k)),
         other => Ok(other.map(|k| k as usize)),
     }
 }
@@ -157,24 +286,15 @@ pub fn completion_extras(
     echo: Option<bool>,
     best_of: Option<u64>,
     suffix: Option<&str>,
-) -> Result<(), ApiError> {
+) -> Result<(), ValidationError> {
     if echo == Some(true) {
-        return Err(ApiError::unsupported(
-            "echo",
-            "echo is not supported: the reply never repeats the prompt (leave echo out or false)",
-        ));
+        return Err(ValidationError::Echo);
     }
     if let Some(n) = best_of.filter(|&n| n != 1) {
-        return Err(ApiError::unsupported(
-            "best_of",
-            format!("only best_of = 1 is supported, got {n}"),
-        ));
+        return Err(ValidationError::BestOf(n));
     }
     if suffix.is_some_and(|s| !s.is_empty()) {
-        return Err(ApiError::unsupported(
-            "suffix",
-            "suffix (text after the completion) is not supported: leave it out",
-        ));
+        return Err(ValidationError::Suffix);
     }
     Ok(())
 }
@@ -184,24 +304,19 @@ pub fn completion_extras(
 pub fn session_id(
     body: Option<String>,
     header: Option<String>,
-) -> Result<Option<String>, ApiError> {
+) -> Result<Option<String>, ValidationError> {
     match (body, header) {
-        (Some(body), Some(header)) if body != header => Err(ApiError::invalid(
-            "session_id",
-            format!(
-                "the body's session_id `{body}` and the X-Session-Id header `{header}` name \
-                 different sessions; give one of them"
-            ),
-        )
-        .with_code("conflicting_session_ids")),
+        (Some(body), Some(header)) if body != header => {
+            Err(ValidationError::ConflictingSessionIds { body, header })
+        }
         (body, header) => Ok(body.or(header)),
     }
 }
 
 /// The request's messages as the chat template takes them.
-pub fn messages(input: Vec<InputMessage>) -> Result<Vec<ChatMessage>, ApiError> {
+pub fn messages(input: Vec<InputMessage>) -> Result<Vec<ChatMessage>, ValidationError> {
     if input.is_empty() {
-        return Err(ApiError::invalid("messages", "messages must not be empty"));
+        return Err(ValidationError::NoMessages);
     }
     input
         .into_iter()
@@ -212,12 +327,10 @@ pub fn messages(input: Vec<InputMessage>) -> Result<Vec<ChatMessage>, ApiError> 
                 "user" => "user",
                 "assistant" => "assistant",
                 other => {
-                    return Err(ApiError::invalid(
-                        format!("messages[{i}].role"),
-                        format!(
-                            "unsupported role `{other}` (expected system, developer, user or assistant)"
-                        ),
-                    ))
+                    return Err(ValidationError::Role {
+                        message: i,
+                        role: other.to_string(),
+                    })
                 }
             };
             let content = match message.content {
@@ -228,10 +341,11 @@ pub fn messages(input: Vec<InputMessage>) -> Result<Vec<ChatMessage>, ApiError> 
                         match (part.kind.as_str(), part.text) {
                             ("text", Some(t)) => text.push_str(&t),
                             (kind, _) => {
-                                return Err(ApiError::invalid(
-                                    format!("messages[{i}].content[{j}]"),
-                                    format!("only text content parts with a `text` field are supported, got `{kind}`"),
-                                ))
+                                return Err(ValidationError::ContentPart {
+                                    message: i,
+                                    part: j,
+                                    kind: kind.to_string(),
+                                })
                             }
                         }
                     }
@@ -243,27 +357,37 @@ pub fn messages(input: Vec<InputMessage>) -> Result<Vec<ChatMessage>, ApiError> 
         .collect()
 }
 
-/// The prompt limit.
-pub fn check_prompt_len(tokens: usize, field: &str, limits: Limits) -> Result<(), ApiError> {
+/// The prompt limit, for the tokens of `field` (`prompt` or `messages`).
+pub fn check_prompt_len(
+    tokens: usize,
+    field: &'static str,
+    limits: Limits,
+) -> Result<(), ValidationError> {
     if tokens > limits.max_prompt_tokens {
-        return Err(ApiError::invalid(
+        return Err(ValidationError::PromptTooLong {
             field,
-            format!(
-                "the prompt has {tokens} tokens, more than this server's limit of {} per request",
-                limits.max_prompt_tokens
-            ),
-        )
-        .with_code("context_length_exceeded"));
+            tokens,
+            limit: limits.max_prompt_tokens,
+        });
     }
     if tokens == 0 {
-        return Err(ApiError::invalid(field, "the prompt has no tokens"));
+        return Err(ValidationError::EmptyPrompt { field });
     }
     Ok(())
+}
+
+/// `/v1/completions`' prompt: one string, or a list of exactly one.
+pub fn one_prompt(mut prompts: Vec<String>) -> Result<String, ValidationError> {
+    match prompts.len() {
+        1 => Ok(prompts.remove(0)),
+        n => Err(ValidationError::PromptCount(n)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::error::ApiError;
     use crate::api::types::{ContentPart, StopField, StreamOptions};
 
     const LIMITS: Limits = Limits {
@@ -271,8 +395,8 @@ mod tests {
         max_prompt_tokens: 50,
     };
 
-    fn param_of(result: Result<GenParams, ApiError>) -> String {
-        result.unwrap_err().detail.param.unwrap()
+    fn param_of(result: Result<GenParams, ValidationError>) -> String {
+        result.unwrap_err().param()
     }
 
     #[test]
@@ -323,6 +447,37 @@ mod tests {
         );
     }
 
+    /// docs/SERVER.md's table of the validation rules, as `ApiError` maps each of them.
+    fn rules_table() -> String {
+        let mut table = String::from(
+            "| rule (example message) | status | type | code | param |\n|---|---|---|---|---|\n",
+        );
+        for rule in ValidationError::every_rule() {
+            let error = ApiError::from(rule);
+            let detail = &error.detail;
+            table.push_str(&format!(
+                "| {} | {} | `{}` | {} | `{}` |\n",
+                detail.message.replace('|', "\\|"),
+                error.status.as_u16(),
+                detail.kind,
+                detail.code.map_or("—".to_string(), |c| format!("`{c}`")),
+                detail.param.as_deref().unwrap_or("—"),
+            ));
+        }
+        table
+    }
+
+    #[test]
+    fn docs_list_every_validation_rule_with_its_status_type_code_and_param() {
+        let table = rules_table();
+        let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/SERVER.md"))
+            .unwrap();
+        assert!(
+            docs.contains(&table),
+            "docs/SERVER.md's table of validation rules is out of date; it should read:\n{table}"
+        );
+    }
+
     #[test]
     fn budget_and_logprob_fields() {
         assert!(chat_budget(Some(1), Some(2)).is_err());
@@ -340,8 +495,8 @@ mod tests {
 
     #[test]
     fn unsupported_completion_fields_are_refused_where_they_would_matter() {
-        let code = |r: Result<(), ApiError>| {
-            let e = r.unwrap_err();
+        let code = |r: Result<(), ValidationError>| {
+            let e = ApiError::from(r.unwrap_err());
             (e.detail.param.unwrap(), e.detail.code.unwrap())
         };
         assert!(completion_extras(None, None, None).is_ok());
@@ -367,7 +522,7 @@ mod tests {
         assert_eq!(session_id(None, id("b")).unwrap(), id("b"));
         assert_eq!(session_id(id("a"), id("a")).unwrap(), id("a"));
         assert_eq!(session_id(None, None).unwrap(), None);
-        let error = session_id(id("a"), id("b")).unwrap_err();
+        let error = ApiError::from(session_id(id("a"), id("b")).unwrap_err());
         assert_eq!(error.detail.param.as_deref(), Some("session_id"));
         assert!(error.detail.message.contains("`a`") && error.detail.message.contains("`b`"));
     }
@@ -400,13 +555,15 @@ mod tests {
                 ChatMessage::new("user", "ab")
             ]
         );
-        let error = messages(vec![message("tool", MessageContent::Text("x".into()))]).unwrap_err();
+        let error = ApiError::from(
+            messages(vec![message("tool", MessageContent::Text("x".into()))]).unwrap_err(),
+        );
         assert_eq!(error.detail.param.as_deref(), Some("messages[0].role"));
         let image = MessageContent::Parts(vec![ContentPart {
             kind: "image_url".into(),
             text: None,
         }]);
-        let error = messages(vec![message("user", image)]).unwrap_err();
+        let error = ApiError::from(messages(vec![message("user", image)]).unwrap_err());
         assert_eq!(
             error.detail.param.as_deref(),
             Some("messages[0].content[0]")
