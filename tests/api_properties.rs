@@ -69,7 +69,7 @@ fn app() -> &'static App {
             });
             loaded.await.unwrap().unwrap();
             let state = AppState {
-                engine,
+                engine: Arc::new(engine),
                 store: Arc::new(store),
                 hot: Arc::new(HotSessions::default()),
                 keys: Arc::new(ApiKeys::default()),

@@ -3,7 +3,7 @@
 //! becoming a session that later turns read, so nothing in it is trusted: the framing and the
 //! checksum, the model and memory layout the memory was made for (named both ways when they
 //! differ), the transcript against the memory it claims to describe, and every counter. The last
-//! check, reading the memory on the model thread, is [`crate::engine::worker::Engine::check_memory`].
+//! check, reading the memory on the model thread, is [`crate::engine::channel::TurnEngine::check_memory`].
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::types::MessageView;
-use crate::engine::worker::ModelInfo;
+use crate::engine::channel::ModelInfo;
 use crate::log_text::Escaped;
 use crate::session::{CoreHeader, MemoryParts, SessionFormatError};
 use crate::tokenizer::{ChatMessage, ChatTemplate, Transcript};

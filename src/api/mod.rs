@@ -30,6 +30,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::config::{LogFormat, ServeConfig};
+use crate::engine::channel::TurnEngine;
 use crate::engine::worker::{Engine, EngineOptions};
 use crate::store::hot::HotSessions;
 use crate::store::sql::SqlStore;
@@ -41,7 +42,8 @@ use validate::Limits;
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
-    pub engine: Engine,
+    /// The model thread (a scripted one in the API's tests).
+    pub engine: Arc<dyn TurnEngine>,
     pub store: Arc<dyn SessionStore>,
     pub hot: Arc<HotSessions>,
     pub keys: Arc<ApiKeys>,
@@ -151,7 +153,7 @@ async fn run(config: ServeConfig, keys: ApiKeys) -> Result<()> {
         max_waiting: config.max_waiting,
     });
     let state = AppState {
-        engine: engine.clone(),
+        engine: Arc::new(engine),
         store: Arc::new(store),
         hot: Arc::new(HotSessions::default()),
         keys: Arc::new(keys),

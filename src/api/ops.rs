@@ -61,7 +61,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(gauges, &state.engine.stats),
+        state.metrics.render(gauges, state.engine.stats()),
     )
         .into_response()
 }

@@ -17,6 +17,7 @@ use super::export_file::{unusable_memory, SessionExport, ThisServer};
 use super::json::{parse, ApiJson, JsonBody};
 use super::types::{now, MessageView};
 use super::AppState;
+use crate::engine::channel::SubmitError;
 use crate::session::MemoryParts;
 use crate::store::{ForkOf, SessionHead, SessionRecord};
 use crate::tokenizer::Transcript;
@@ -352,10 +353,10 @@ pub async fn import(
     let stats = if checked.memory.core.is_empty() {
         serde_json::json!({})
     } else {
-        let stats = state
-            .engine
-            .check_memory(checked.memory.clone())
-            .await?
+        let verdict = state.engine.check_memory(checked.memory.clone())?;
+        let stats = verdict
+            .await
+            .map_err(|_| SubmitError::Stopped)?
             .map_err(unusable_memory)?;
         checked.check_counted(stats.tokens_seen)?;
         serde_json::to_value(stats).unwrap_or_default()

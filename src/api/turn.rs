@@ -12,10 +12,10 @@ use super::error::ApiError;
 use super::types::{now, Usage};
 use super::validate::{check_prompt_len, GenParams};
 use super::AppState;
+use crate::engine::channel::ModelInfo;
 use crate::engine::channel::{
     Event, Finished, MemorySource, Submission, TokenLogprob, Turn, TurnFailure,
 };
-use crate::engine::worker::ModelInfo;
 use crate::log_text::Escaped;
 use crate::session::{CoreHeader, MemoryParts, SessionFormatError};
 use crate::store::hot::{LiveMemory, SlotGuard};

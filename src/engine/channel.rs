@@ -1,11 +1,62 @@
-//! What passes between the request handlers and the model thread: the [`Turn`] a handler
-//! submits (with where its memory comes from), the [`Event`]s that stream back while it runs, and
-//! the [`Finished`] outcome (or [`TurnFailure`]) at its end; and, on the way in, the [`Request`]s
-//! the model thread takes (a turn, or a memory to check).
+//! What passes between the request handlers and the model thread: the [`TurnEngine`] the API
+//! talks to, the [`Turn`] a handler submits (with where its memory comes from), the [`Event`]s that
+//! stream back while it runs, and the [`Finished`] outcome (or [`TurnFailure`]) at its end; and, on
+//! the way in, the [`Request`]s the model thread takes (a turn, or a memory to check).
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
+
+use super::stats::EngineStats;
+use crate::tokenizer::Tokenizer;
+
+/// What the API needs of the engine: the model's identity, submitting a turn (a stream of
+/// [`Event`]s, then the [`Finished`] outcome), checking a memory, and the counters that `/metrics`
+/// and the shutdown read. [`super::worker::Engine`] is the model thread; the API's tests script
+/// one, so that validation, error bodies, SSE framing and cancellation run without the model.
+pub trait TurnEngine: Send + Sync + 'static {
+    /// The loaded model's identity (None until loaded).
+    fn info(&self) -> Option<&ModelInfo>;
+
+    /// Queues one turn, or refuses it at once (past capacity, not loaded, stopped).
+    fn submit(&self, turn: Turn) -> Result<Submission, SubmitError>;
+
+    /// Reads `parts` as a session memory of this server's model and layout and tries it; the
+    /// verdict (its statistics, or why a turn on it would fail) arrives on the receiver.
+    fn check_memory(&self, parts: MemoryParts) -> Result<MemoryVerdict, SubmitError>;
+
+    /// Turns in the system, cancellations, queue depth, batch sizes and latencies.
+    fn stats(&self) -> &EngineStats;
+
+    /// Turns queued or running.
+    fn load(&self) -> usize {
+        self.stats().in_system.load(Ordering::SeqCst)
+    }
+
+    /// Turns ended early because their client left.
+    fn cancelled(&self) -> usize {
+        self.stats().cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Ends every running and queued turn at its next token (graceful shutdown's deadline).
+    fn cut_all(&self) {
+        self.stats().cut_all.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Where a memory check's verdict arrives.
+pub type MemoryVerdict = oneshot::Receiver<Result<MemoryStats, SessionFormatError>>;
+
+/// What the engine knows once the model is loaded.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub fingerprint: String,
+    /// Every session memory's layout on this server, as a memory's core names it.
+    pub layout: String,
+    pub tokenizer: Arc<Tokenizer>,
+}
 
 use super::sampler::ValidSampling;
 use super::stop::StopRules;

@@ -11,10 +11,34 @@
 
 use tch::Tensor;
 
-use super::generate::NextToken;
+use super::sampler::Sampler;
 use super::stop::{StopChecker, StopRules};
 use crate::model::ModelError;
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
+
+/// Picks the next token from the last position's logits `[V]` (f32) and the tokens so far
+/// (prompt and generated).
+pub trait NextToken {
+    fn next(&mut self, logits: &Tensor, history: &[u32]) -> Result<u32, ModelError>;
+}
+
+/// The most likely token (ties: the lowest id, as `argmax` does).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Greedy;
+
+impl NextToken for Greedy {
+    fn next(&mut self, logits: &Tensor, _history: &[u32]) -> Result<u32, ModelError> {
+        Ok(logits.argmax(-1, false).int64_value(&[]) as u32)
+    }
+}
+
+/// The full sampler (temperature, top-k/p, min-p, penalties, seed) of `sampler.rs`.
+impl NextToken for Sampler {
+    fn next(&mut self, logits: &Tensor, history: &[u32]) -> Result<u32, ModelError> {
+        self.sample(logits, history)
+            .map_err(|e| ModelError::BadInput(e.to_string()))
+    }
+}
 
 /// How a generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

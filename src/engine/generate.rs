@@ -8,33 +8,9 @@ use std::time::{Duration, Instant};
 use tch::{Kind, Tensor};
 
 use super::decode::Decoding;
-pub use super::decode::FinishReason;
+pub use super::decode::{FinishReason, Greedy, NextToken};
 use crate::model::{LayerCache, Llama, LogitsAt, ModelError};
 use crate::tokenizer::Tokenizer;
-
-/// Picks the next token from the last position's logits `[V]` (f32) and the tokens so far
-/// (prompt and generated).
-pub trait NextToken {
-    fn next(&mut self, logits: &Tensor, history: &[u32]) -> Result<u32, ModelError>;
-}
-
-/// The most likely token (ties: the lowest id, as `argmax` does).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Greedy;
-
-impl NextToken for Greedy {
-    fn next(&mut self, logits: &Tensor, _history: &[u32]) -> Result<u32, ModelError> {
-        Ok(logits.argmax(-1, false).int64_value(&[]) as u32)
-    }
-}
-
-/// The full sampler (temperature, top-k/p, min-p, penalties, seed) of `sampler.rs`.
-impl NextToken for super::sampler::Sampler {
-    fn next(&mut self, logits: &Tensor, history: &[u32]) -> Result<u32, ModelError> {
-        self.sample(logits, history)
-            .map_err(|e| ModelError::BadInput(e.to_string()))
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {

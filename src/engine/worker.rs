@@ -17,22 +17,14 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::channel::{Job, MemoryCheck, Request, Submission, SubmitError, Turn};
+use super::channel::{
+    Job, MemoryCheck, MemoryVerdict, ModelInfo, Request, Submission, SubmitError, Turn, TurnEngine,
+};
 use super::scheduler::Scheduler;
 use super::stats::EngineStats;
-use crate::session::{model_fingerprint, MemoryParts, MemoryStats, SessionFormatError};
-use crate::tokenizer::Tokenizer;
+use crate::session::{model_fingerprint, MemoryParts};
 
 pub use super::scheduler::EngineOptions;
-
-/// What the engine knows once the model is loaded.
-#[derive(Debug, Clone)]
-pub struct ModelInfo {
-    pub fingerprint: String,
-    /// Every session memory's layout on this server, as a memory's core names it.
-    pub layout: String,
-    pub tokenizer: Arc<Tokenizer>,
-}
 
 /// The handle handlers share.
 #[derive(Clone)]
@@ -79,14 +71,15 @@ impl Engine {
             .expect("the engine thread starts");
         (engine, loaded_rx)
     }
+}
 
-    /// The loaded model's identity (None until loaded).
-    pub fn info(&self) -> Option<&ModelInfo> {
+impl TurnEngine for Engine {
+    fn info(&self) -> Option<&ModelInfo> {
         self.info.get()
     }
 
     /// Queues one turn. The returned events end when the turn does; `finished` always arrives.
-    pub fn submit(&self, turn: Turn) -> Result<Submission, SubmitError> {
+    fn submit(&self, turn: Turn) -> Result<Submission, SubmitError> {
         if self.info.get().is_none() {
             return Err(SubmitError::NotReady);
         }
@@ -112,12 +105,8 @@ impl Engine {
     }
 
     /// Reads `parts` as a session memory of this server's model and layout, and feeds it one
-    /// token to prove every tier readable, on the model thread between two batch steps; the
-    /// memory's statistics, or why it cannot be used.
-    pub async fn check_memory(
-        &self,
-        parts: MemoryParts,
-    ) -> Result<Result<MemoryStats, SessionFormatError>, SubmitError> {
+    /// token to prove every tier readable, on the model thread between two batch steps.
+    fn check_memory(&self, parts: MemoryParts) -> Result<MemoryVerdict, SubmitError> {
         if self.info.get().is_none() {
             return Err(SubmitError::NotReady);
         }
@@ -125,21 +114,10 @@ impl Engine {
         self.jobs
             .send(Request::Check(MemoryCheck { parts, verdict }))
             .map_err(|_| SubmitError::Stopped)?;
-        answer.await.map_err(|_| SubmitError::Stopped)
+        Ok(answer)
     }
 
-    /// Turns queued or running.
-    pub fn load(&self) -> usize {
-        self.stats.in_system.load(Ordering::SeqCst)
-    }
-
-    /// Turns ended early because their client left.
-    pub fn cancelled(&self) -> usize {
-        self.stats.cancelled.load(Ordering::SeqCst)
-    }
-
-    /// Ends every running and queued turn at its next token (graceful shutdown's deadline).
-    pub fn cut_all(&self) {
-        self.stats.cut_all.store(true, Ordering::SeqCst);
+    fn stats(&self) -> &EngineStats {
+        &self.stats
     }
 }
