@@ -188,10 +188,8 @@ impl ChunkFormat for ChatChunks {
     responses(
         (status = 200, description = "The reply; with `stream: true`, `text/event-stream` of `ChatCompletionChunk`s ending in `data: [DONE]`", body = ChatCompletion),
         (status = 400, description = "Invalid request (the field is named in `param`)", body = ErrorBody),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
         (status = 404, description = "Unknown model or session", body = ErrorBody),
         (status = 409, description = "The session is already running a turn", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
         (status = 429, description = "The server is at capacity (running plus waiting turns); retry after `Retry-After` seconds", body = ErrorBody),
         (status = 503, description = "Loading or shutting down", body = ErrorBody),
     ),
@@ -341,9 +339,7 @@ impl ChunkFormat for TextChunks {
     responses(
         (status = 200, description = "The continuation; with `stream: true`, `text/event-stream` of `Completion` chunks ending in `data: [DONE]`", body = Completion),
         (status = 400, description = "Invalid request (the field is named in `param`)", body = ErrorBody),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
         (status = 404, description = "Unknown model", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
         (status = 429, description = "The server is at capacity (running plus waiting turns); retry after `Retry-After` seconds", body = ErrorBody),
         (status = 503, description = "Loading or shutting down", body = ErrorBody),
     ),
