@@ -8,7 +8,7 @@ use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
-use super::error::ApiError;
+use super::error::{ApiError, RequestError};
 use super::AppState;
 
 /// One configured key.
@@ -119,19 +119,18 @@ impl FromRequestParts<AppState> for Caller {
         if keys.is_open() {
             return Ok(Caller("anonymous".into()));
         }
-        let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
-            ApiError::unauthorized("missing `Authorization: Bearer <key>` header")
-        })?;
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .ok_or_else(|| ApiError::from(RequestError::MissingKey))?;
         let token = header
             .to_str()
             .ok()
             .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                ApiError::unauthorized("the Authorization header must be `Bearer <key>`")
-            })?;
+            .ok_or_else(|| ApiError::from(RequestError::NotBearer))?;
         keys.owner_of(token.trim().as_bytes())
             .map(Caller)
-            .ok_or_else(|| ApiError::unauthorized("invalid API key"))
+            .ok_or_else(|| RequestError::InvalidKey.into())
     }
 }
 

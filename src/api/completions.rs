@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::auth::Caller;
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ErrorBody, RequestError};
 use super::json::ApiJson;
 use super::stream::{sse, ChunkFormat};
 use super::turn::{begin, TurnEvent, TurnInput};
@@ -47,11 +47,11 @@ impl ReplyMeta {
 
 fn check_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
     match model {
-        Some(name) if name != &*state.model_name => Err(ApiError::not_found(format!(
-            "the model `{name}` does not exist; this server serves `{}`",
-            state.model_name
-        ))
-        .with_code("model_not_found")),
+        Some(name) if name != &*state.model_name => Err(RequestError::UnknownModel {
+            name: name.to_string(),
+            ours: state.model_name.to_string(),
+        }
+        .into()),
         _ => Ok(()),
     }
 }
@@ -89,7 +89,7 @@ async fn collect(mut events: mpsc::Receiver<TurnEvent>) -> Result<Collected, Api
             TurnEvent::Failed(error) => return Err(error),
         }
     }
-    Err(ApiError::internal("the turn ended without a result"))
+    Err(RequestError::Internal("the turn ended without a result".into()).into())
 }
 
 fn chat_logprob_entries(logprobs: Vec<TokenLogprob>) -> Vec<TokenLogprobEntry> {
@@ -210,7 +210,7 @@ pub async fn chat_completions(
         .get(SESSION_HEADER)
         .map(|v| v.to_str().map(str::to_string))
         .transpose()
-        .map_err(|_| ApiError::invalid("X-Session-Id", "the X-Session-Id header is not text"))?;
+        .map_err(|_| RequestError::SessionHeaderNotText)?;
     let session = session_id(request.session_id, header)?;
     let (stream, include_usage) = (params.stream, params.include_usage);
     let events = begin(

@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use super::error::ApiError;
 use super::types::MessageView;
 use crate::engine::channel::ModelInfo;
 use crate::log_text::Escaped;
@@ -122,45 +121,29 @@ impl SessionExport {
     }
 
     /// Every check that needs no model thread: framing, checksum, identity, layout, transcript,
-    /// counters. The memory itself is read afterwards ([`Self::check_counted`] closes the loop).
-    pub fn check(self, info: ThisServer<'_>) -> Result<CheckedImport, ApiError> {
+    /// counters. The memory itself is read afterwards ([`CheckedImport::check_counted`] closes
+    /// the loop).
+    pub fn check(self, info: ThisServer<'_>) -> Result<CheckedImport, ImportError> {
         if self.format != EXPORT_FORMAT {
-            return Err(ApiError::invalid(
-                "format",
-                format!(
-                    "format must be `{EXPORT_FORMAT}`, got `{}`",
-                    shown(&self.format)
-                ),
-            ));
+            return Err(ImportError::Format(shown(&self.format)));
         }
         if !(OLDEST_READABLE_VERSION..=EXPORT_VERSION).contains(&self.format_version) {
-            return Err(ApiError::invalid(
-                "format_version",
-                format!(
-                    "this server reads session format versions {OLDEST_READABLE_VERSION} to \
-                     {EXPORT_VERSION}, the file has {}",
-                    self.format_version
-                ),
-            ));
+            return Err(ImportError::Version(self.format_version));
         }
         if self.model_fingerprint != info.fingerprint {
-            return Err(model_mismatch(
+            return Err(ImportError::model_mismatch(
                 "model_fingerprint",
                 &self.model_fingerprint,
                 info.fingerprint,
             ));
         }
         if self.tokens_seen < 0 {
-            return Err(ApiError::invalid(
-                "tokens_seen",
-                format!("tokens_seen must not be negative, got {}", self.tokens_seen),
-            ));
+            return Err(ImportError::NegativeTokens(self.tokens_seen));
         }
         let bytes = BASE64
             .decode(self.memory.as_bytes())
-            .map_err(|e| invalid_memory("memory", format!("memory is not base64: {e}")))?;
-        let memory = MemoryParts::split(&bytes)
-            .map_err(|e| invalid_memory("memory", format!("memory cannot be read: {e}")))?;
+            .map_err(|e| ImportError::NotBase64(e.to_string()))?;
+        let memory = MemoryParts::split(&bytes).map_err(ImportError::Unreadable)?;
         self.check_sum(&bytes)?;
         check_header(&memory, info)?;
         let transcript = self.check_transcript(info, memory.core.is_empty())?;
@@ -171,31 +154,18 @@ impl SessionExport {
         })
     }
 
-    fn check_sum(&self, bytes: &[u8]) -> Result<(), ApiError> {
+    fn check_sum(&self, bytes: &[u8]) -> Result<(), ImportError> {
         let given = match (&self.memory_sha256, self.format_version) {
             (Some(given), _) => given,
             (None, 1) => return Ok(()),
-            (None, _) => {
-                return Err(ApiError::invalid(
-                    "memory_sha256",
-                    format!(
-                        "format version {} files carry memory_sha256 (the memory's SHA-256)",
-                        self.format_version
-                    ),
-                ))
-            }
+            (None, version) => return Err(ImportError::ChecksumMissing(version)),
         };
         let actual = sha256_hex(bytes);
         if !given.eq_ignore_ascii_case(&actual) {
-            return Err(ApiError::invalid(
-                "memory_sha256",
-                format!(
-                    "the memory does not match its checksum (memory_sha256 {}, the bytes hash to \
-                     {actual}): the file was changed or damaged after export",
-                    shown(given)
-                ),
-            )
-            .with_code("checksum_mismatch"));
+            return Err(ImportError::ChecksumMismatch {
+                given: shown(given),
+                actual,
+            });
         }
         Ok(())
     }
@@ -206,57 +176,44 @@ impl SessionExport {
         &self,
         info: ThisServer<'_>,
         memory_empty: bool,
-    ) -> Result<Transcript, ApiError> {
+    ) -> Result<Transcript, ImportError> {
         let messages: Vec<ChatMessage> = self
             .transcript
             .iter()
             .map(|m| ChatMessage::new(m.role.clone(), m.content.clone()))
             .collect();
-        for (i, message) in messages.iter().enumerate() {
+        for (index, message) in messages.iter().enumerate() {
             if !["system", "user", "assistant"].contains(&message.role.as_str()) {
-                return Err(ApiError::invalid(
-                    format!("transcript[{i}].role"),
-                    format!(
-                        "unknown role `{}` (a transcript holds system, user and assistant \
-                         messages)",
-                        shown(&message.role)
-                    ),
-                ));
+                return Err(ImportError::Role {
+                    index,
+                    role: shown(&message.role),
+                });
             }
         }
-        let transcript_error = |why: &str| {
-            ApiError::invalid(
-                "fed",
-                format!("the transcript does not match its memory: {why}"),
-            )
-            .with_code("transcript_mismatch")
-        };
+        let mismatch = |why: &str| ImportError::Transcript(why.to_string());
         let Some((reply, asked)) = messages.split_last() else {
             if !self.fed.is_empty() || !memory_empty || self.tokens_seen != 0 {
-                return Err(transcript_error(
+                return Err(mismatch(
                     "an empty transcript comes with an empty fed, memory and tokens_seen",
                 ));
             }
             return Ok(Transcript::new());
         };
         if reply.role != "assistant" {
-            return Err(transcript_error(
-                "a stored turn ends with the assistant's reply",
-            ));
+            return Err(mismatch("a stored turn ends with the assistant's reply"));
         }
-        let template = info
+        let rendered = info
             .template
-            .ok_or_else(|| ApiError::internal("the model has no chat template"))?;
-        let rendered = template
+            .ok_or_else(|| mismatch("this server's model has no chat template"))?
             .render(asked, true)
-            .map_err(|e| transcript_error(&e.to_string()))?;
+            .map_err(|e| mismatch(&e.to_string()))?;
         if self.fed != format!("{rendered}{}", reply.content) {
-            return Err(transcript_error(
+            return Err(mismatch(
                 "fed is not the chat template's rendering of the messages",
             ));
         }
         if memory_empty || self.tokens_seen == 0 {
-            return Err(transcript_error(
+            return Err(mismatch(
                 "a conversation with turns has a memory that has taken them in",
             ));
         }
@@ -269,68 +226,95 @@ impl SessionExport {
 
 impl CheckedImport {
     /// The memory, read on the model thread, holds as many tokens as the file says.
-    pub fn check_counted(&self, memory_tokens: u64) -> Result<(), ApiError> {
+    pub fn check_counted(&self, memory_tokens: u64) -> Result<(), ImportError> {
         if u64::try_from(self.tokens_seen).ok() != Some(memory_tokens) {
-            return Err(ApiError::invalid(
-                "tokens_seen",
-                format!(
-                    "tokens_seen is {}, but the memory has taken in {memory_tokens} tokens",
-                    self.tokens_seen
-                ),
-            ));
+            return Err(ImportError::TokensMismatch {
+                file: self.tokens_seen,
+                memory: memory_tokens,
+            });
         }
         Ok(())
     }
 }
 
 /// The core's own header names this server's model and memory layout.
-fn check_header(memory: &MemoryParts, info: ThisServer<'_>) -> Result<(), ApiError> {
+fn check_header(memory: &MemoryParts, info: ThisServer<'_>) -> Result<(), ImportError> {
     if memory.core.is_empty() {
         return Ok(());
     }
-    let header = CoreHeader::of(&memory.core)
-        .map_err(|e| invalid_memory("memory", format!("memory cannot be read: {e}")))?;
+    let header = CoreHeader::of(&memory.core).map_err(ImportError::Unreadable)?;
     if header.fingerprint != info.fingerprint {
-        return Err(model_mismatch(
+        return Err(ImportError::model_mismatch(
             "memory",
             &header.fingerprint,
             info.fingerprint,
         ));
     }
     if header.layout != info.layout {
-        return Err(ApiError::invalid(
-            "memory",
-            format!(
-                "the memory was made with the memory layout {}, but this server uses {}; import \
-                 it into a server started with the memory flags it was made with",
-                shown(&header.layout),
-                info.layout
-            ),
-        )
-        .with_code("memory_layout_mismatch"));
+        return Err(ImportError::LayoutMismatch {
+            found: shown(&header.layout),
+            ours: info.layout.to_string(),
+        });
     }
     Ok(())
 }
 
-/// The model thread could not use the memory.
-pub fn unusable_memory(error: SessionFormatError) -> ApiError {
-    invalid_memory("memory", format!("memory cannot be used: {error}"))
+/// An export file that cannot be imported (status and body: `error.rs`). Text from the file is
+/// quoted escaped and cut to 200 characters.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("format must be `{EXPORT_FORMAT}`, got `{0}`")]
+    Format(String),
+    #[error(
+        "this server reads session format versions {OLDEST_READABLE_VERSION} to {EXPORT_VERSION}, \
+         the file has {0}"
+    )]
+    Version(u32),
+    #[error(
+        "the session was made with model {found}, but this server runs model {ours}; its memory \
+         cannot be used here"
+    )]
+    ModelMismatch {
+        param: &'static str,
+        found: String,
+        ours: String,
+    },
+    #[error("tokens_seen must not be negative, got {0}")]
+    NegativeTokens(i64),
+    #[error("memory is not base64: {0}")]
+    NotBase64(String),
+    #[error("memory cannot be read: {0}")]
+    Unreadable(SessionFormatError),
+    #[error("format version {0} files carry memory_sha256 (the memory's SHA-256)")]
+    ChecksumMissing(u32),
+    #[error(
+        "the memory does not match its checksum (memory_sha256 {given}, the bytes hash to \
+         {actual}): the file was changed or damaged after export"
+    )]
+    ChecksumMismatch { given: String, actual: String },
+    #[error(
+        "the memory was made with the memory layout {found}, but this server uses {ours}; import \
+         it into a server started with the memory flags it was made with"
+    )]
+    LayoutMismatch { found: String, ours: String },
+    #[error("unknown role `{role}` (a transcript holds system, user and assistant messages)")]
+    Role { index: usize, role: String },
+    #[error("the transcript does not match its memory: {0}")]
+    Transcript(String),
+    #[error("tokens_seen is {file}, but the memory has taken in {memory} tokens")]
+    TokensMismatch { file: i64, memory: u64 },
+    #[error("memory cannot be used: {0}")]
+    Unusable(SessionFormatError),
 }
 
-fn invalid_memory(param: &str, message: String) -> ApiError {
-    ApiError::invalid(param, message).with_code("invalid_memory")
-}
-
-fn model_mismatch(param: &str, found: &str, ours: &str) -> ApiError {
-    ApiError::invalid(
-        param,
-        format!(
-            "the session was made with model {}, but this server runs model {ours}; its memory \
-             cannot be used here",
-            shown(found)
-        ),
-    )
-    .with_code("model_mismatch")
+impl ImportError {
+    pub(crate) fn model_mismatch(param: &'static str, found: &str, ours: &str) -> Self {
+        Self::ModelMismatch {
+            param,
+            found: shown(found),
+            ours: ours.to_string(),
+        }
+    }
 }
 
 /// A client's text quoted back in a message: control characters escaped, at most 200 characters.

@@ -24,6 +24,35 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// A body that cannot be taken (status and body: `error.rs`).
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the request body is too large: {0}")]
+    TooLarge(String),
+    #[error("cannot read the request body: {0}")]
+    Unreadable(String),
+    #[error(
+        "the request body must be JSON, sent with `Content-Type: application/json`; {}",
+        .0.as_ref().map_or("the request has no Content-Type".to_string(), |t| format!("got `{t}`"))
+    )]
+    NotJsonContentType(Option<String>),
+    #[error("the request body is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("the request body is not valid JSON: {0} (one JSON value, nothing after it)")]
+    Trailing(String),
+    #[error("invalid request body: {0}")]
+    Invalid(String),
+    #[error("invalid value for `{path}`: {detail}")]
+    WrongValue { path: String, detail: String },
+}
+
+impl BodyError {
+    /// The field at fault, when the error names one.
+    fn names_a_field(&self) -> bool {
+        matches!(self, Self::WrongValue { .. })
+    }
+}
+
 /// A request body that is empty or declared `application/json` (not yet parsed).
 #[derive(Debug, Clone)]
 pub struct JsonBody(pub Bytes);
@@ -37,14 +66,14 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             .await
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::too_large(format!("the request body is too large: {rejection}"))
+                    BodyError::TooLarge(rejection.to_string())
                 } else {
-                    ApiError::bad_body(format!("cannot read the request body: {rejection}"))
+                    BodyError::Unreadable(rejection.to_string())
                 }
             })?;
         match declared {
             Err(found) if !bytes.is_empty() || found.is_some() => {
-                Err(ApiError::unsupported_media_type(found))
+                Err(BodyError::NotJsonContentType(found).into())
             }
             _ => Ok(Self(bytes)),
         }
@@ -77,35 +106,36 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         Ok(value) => return Ok(value),
         Err(error) => error,
     };
-    if error.detail.param.is_some() {
-        return Err(error);
+    if error.names_a_field() {
+        return Err(error.into());
     }
     // serde loses the path inside `#[serde(flatten)]` fields: the shared sampling fields are
     // read again on their own to name the one at fault.
     match path_aware::<SamplingFields>(bytes) {
-        Err(inner) if inner.detail.param.is_some() => Err(inner),
-        _ => Err(error),
+        Err(inner) if inner.names_a_field() => Err(inner.into()),
+        _ => Err(error.into()),
     }
 }
 
-fn path_aware<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+fn path_aware<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BodyError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
         if inner.is_syntax() || inner.is_eof() {
-            ApiError::bad_body(format!("the request body is not valid JSON: {inner}"))
+            BodyError::NotJson(inner.to_string())
         } else if path == "." {
-            ApiError::bad_body(format!("invalid request body: {inner}"))
+            BodyError::Invalid(inner.to_string())
         } else {
-            ApiError::invalid(path.clone(), format!("invalid value for `{path}`: {inner}"))
+            BodyError::WrongValue {
+                path,
+                detail: inner.to_string(),
+            }
         }
     })?;
-    deserializer.end().map_err(|error| {
-        ApiError::bad_body(format!(
-            "the request body is not valid JSON: {error} (one JSON value, nothing after it)"
-        ))
-    })?;
+    deserializer
+        .end()
+        .map_err(|error| BodyError::Trailing(error.to_string()))?;
     Ok(value)
 }
 

@@ -87,7 +87,7 @@ pub fn router(state: AppState, limits: BodyLimits) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(openapi::openapi))
         .route("/docs", get(openapi::docs))
-        .fallback(|| async { error::ApiError::not_found("no such route") })
+        .fallback(|| async { error::ApiError::from(error::RequestError::NoRoute) })
         .layer(middleware::from_fn_with_state(limits.any, body::settle))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(DefaultBodyLimit::max(limits.any))

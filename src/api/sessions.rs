@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
-use super::error::{ApiError, ErrorBody};
-use super::export_file::{unusable_memory, SessionExport, ThisServer};
+use super::error::{ApiError, ErrorBody, RequestError};
+use super::export_file::{ImportError, SessionExport, ThisServer};
 use super::json::{parse, ApiJson, JsonBody};
 use super::types::{now, MessageView};
 use super::AppState;
@@ -122,7 +122,7 @@ impl<S: Send + Sync> FromRequestParts<S> for SessionId {
         Path::<String>::from_request_parts(parts, state)
             .await
             .map(|Path(id)| Self(id))
-            .map_err(|e| ApiError::invalid("id", format!("invalid session id in the path: {e}")))
+            .map_err(|e| RequestError::BadPathId(e.to_string()).into())
     }
 }
 
@@ -139,7 +139,7 @@ fn fingerprint(state: &AppState) -> Result<String, ApiError> {
         .engine
         .info()
         .map(|info| info.fingerprint.clone())
-        .ok_or_else(|| ApiError::unavailable("the model is still loading"))
+        .ok_or_else(|| RequestError::Loading.into())
 }
 
 /// The caller's session, or 404.
@@ -149,7 +149,7 @@ async fn owned(state: &AppState, id: &str, caller: &Caller) -> Result<SessionHea
         .head(id)
         .await?
         .filter(|head| head.owner == caller.0)
-        .ok_or_else(|| ApiError::unknown_session(id))
+        .ok_or_else(|| RequestError::UnknownSession(id.to_string()).into())
 }
 
 /// The caller's session with its memory bytes, or 404.
@@ -163,7 +163,7 @@ async fn owned_with_memory(
         .store
         .memory(id)
         .await?
-        .ok_or_else(|| ApiError::unknown_session(id))?;
+        .ok_or_else(|| RequestError::UnknownSession(id.to_string()))?;
     Ok((head, memory))
 }
 
@@ -230,13 +230,10 @@ pub async fn list(
     caller: Caller,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<SessionList>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_body(format!("invalid query: {e}")))?;
+    let Query(query) = query.map_err(|e| RequestError::BadQuery(e.to_string()))?;
     let limit = query.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
-        return Err(ApiError::invalid(
-            "limit",
-            format!("limit must be between 1 and 100, got {limit}"),
-        ));
+        return Err(RequestError::ListLimit(limit).into());
     }
     let mut heads = state
         .store
@@ -281,7 +278,7 @@ pub async fn delete(
     SessionId(id): SessionId,
 ) -> Result<Json<Deleted>, ApiError> {
     if !state.store.delete(&id, &caller.0).await? {
-        return Err(ApiError::unknown_session(&id));
+        return Err(RequestError::UnknownSession(id).into());
     }
     state.hot.forget(&id);
     Ok(Json(Deleted {
@@ -310,7 +307,7 @@ pub async fn fork(
         .store
         .fork(fork)
         .await?
-        .ok_or_else(|| ApiError::unknown_session(&id))?;
+        .ok_or_else(|| RequestError::UnknownSession(id.clone()))?;
     Ok((StatusCode::CREATED, Json(SessionObject::of(head, false))).into_response())
 }
 
@@ -345,10 +342,7 @@ pub async fn import(
     caller: Caller,
     ApiJson(file): ApiJson<SessionExport>,
 ) -> Result<Response, ApiError> {
-    let info = state
-        .engine
-        .info()
-        .ok_or_else(|| ApiError::unavailable("the model is still loading"))?;
+    let info = state.engine.info().ok_or(RequestError::Loading)?;
     let checked = file.check(ThisServer::of(info))?;
     let stats = if checked.memory.core.is_empty() {
         serde_json::json!({})
@@ -357,7 +351,7 @@ pub async fn import(
         let stats = verdict
             .await
             .map_err(|_| SubmitError::Stopped)?
-            .map_err(unusable_memory)?;
+            .map_err(ImportError::Unusable)?;
         checked.check_counted(stats.tokens_seen)?;
         serde_json::to_value(stats).unwrap_or_default()
     };

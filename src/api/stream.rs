@@ -112,7 +112,10 @@ async fn next_event<F: ChunkFormat>(
         ),
         None => (
             serde_json::to_value(
-                super::error::ApiError::internal("the turn ended without a result").body(),
+                super::error::ApiError::from(super::error::RequestError::Internal(
+                    "the turn ended without a result".into(),
+                ))
+                .body(),
             )
             .unwrap_or_default(),
             Phase::Done,

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::error::ApiError;
+use super::error::{ApiError, RequestError};
 use super::types::{now, Usage};
 use super::validate::{check_prompt_len, GenParams};
 use super::AppState;
@@ -66,18 +66,15 @@ pub async fn begin(
     params: GenParams,
 ) -> Result<mpsc::Receiver<TurnEvent>, ApiError> {
     if state.draining.load(Ordering::SeqCst) {
-        return Err(ApiError::unavailable("the server is shutting down"));
+        return Err(RequestError::ShuttingDown.into());
     }
-    let info = state
-        .engine
-        .info()
-        .ok_or_else(|| ApiError::unavailable("the model is still loading"))?;
+    let info = state.engine.info().ok_or(RequestError::Loading)?;
     let tokenizer = &info.tokenizer;
-    let encode_error = |e: crate::tokenizer::TokenizerError| ApiError::internal(e.to_string());
+    let encode_error = |e: crate::tokenizer::TokenizerError| RequestError::Internal(e.to_string());
     let template = || {
         tokenizer
             .chat_template()
-            .ok_or_else(|| ApiError::internal("the model has no chat template"))
+            .ok_or_else(|| RequestError::Internal("the model has no chat template".into()))
     };
     // The prompt's tokens, the field they came from, and a session's row and new transcript.
     let (prompt, field, continued) = match input {
@@ -92,7 +89,7 @@ pub async fn begin(
         } => {
             let text = template()?
                 .render(&messages, true)
-                .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+                .map_err(|e| RequestError::Template(e.to_string()))?;
             let prompt = tokenizer.encode(&text).map_err(encode_error)?;
             (prompt, "messages", None)
         }
@@ -105,11 +102,11 @@ pub async fn begin(
                 .head(&id)
                 .await?
                 .filter(|head| head.owner == owner)
-                .ok_or_else(|| ApiError::unknown_session(&id))?;
+                .ok_or_else(|| RequestError::UnknownSession(id.clone()))?;
             let mut transcript = head.transcript.clone();
             let text = transcript
                 .next_prompt(template()?, &messages)
-                .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+                .map_err(|e| RequestError::Template(e.to_string()))?;
             let prompt = if head.transcript.messages.is_empty() {
                 tokenizer.encode(&text)
             } else {
@@ -124,12 +121,10 @@ pub async fn begin(
         None => (MemorySource::Fresh, None),
         Some((head, transcript)) => {
             let id = head.id.clone();
-            let mut slot = state.hot.try_claim(&id).ok_or_else(|| {
-                ApiError::conflict(format!(
-                    "session `{id}` is already running a turn; send the next message when it has finished"
-                ))
-                .with_code("session_busy")
-            })?;
+            let mut slot = state
+                .hot
+                .try_claim(&id)
+                .ok_or_else(|| RequestError::SessionBusy(id.clone()))?;
             let memory = match slot.live.take() {
                 Some(live) if live.version == head.version => MemorySource::Live(live.memory),
                 _ => {
@@ -137,9 +132,11 @@ pub async fn begin(
                         .store
                         .memory(&id)
                         .await?
-                        .ok_or_else(|| ApiError::unknown_session(&id))?;
-                    readable_here(&parts, info)
-                        .map_err(|reason| ApiError::unreadable_session(&id, reason))?;
+                        .ok_or_else(|| RequestError::UnknownSession(id.clone()))?;
+                    readable_here(&parts, info).map_err(|reason| RequestError::Unreadable {
+                        id: id.clone(),
+                        reason: reason.to_string(),
+                    })?;
                     MemorySource::Stored(parts)
                 }
             };
@@ -217,7 +214,9 @@ async fn drive(
     drop(events);
     let last = match finished.await {
         Ok(finished) => finish(&state, finished, session, started).await,
-        Err(_) => TurnEvent::Failed(ApiError::internal("the engine stopped during the turn")),
+        Err(_) => TurnEvent::Failed(
+            RequestError::Internal("the engine stopped during the turn".into()).into(),
+        ),
     };
     let _ = tx.send(last).await;
 }
@@ -249,11 +248,19 @@ async fn finish(
         (None, _) => {}
         (Some(TurnFailure::Memory(reason)), Some(turn)) => {
             tracing::warn!(session = %Escaped(&turn.head.id), reason = %Escaped(&reason), "session memory unreadable");
-            return TurnEvent::Failed(ApiError::unreadable_session(&turn.head.id, reason));
+            return TurnEvent::Failed(
+                RequestError::Unreadable {
+                    id: turn.head.id.clone(),
+                    reason: reason.to_string(),
+                }
+                .into(),
+            );
         }
         (Some(error), _) => {
             tracing::error!(error = %Escaped(&error), "turn failed");
-            return TurnEvent::Failed(ApiError::internal(format!("generation failed: {error}")));
+            return TurnEvent::Failed(
+                RequestError::Internal(format!("generation failed: {error}")).into(),
+            );
         }
     }
     let usage = Usage::new(finished.prompt_tokens, finished.completion_tokens);
@@ -298,13 +305,7 @@ async fn finish(
         }
         Ok(None) => {
             metrics.turn_conflicts.fetch_add(1, Ordering::Relaxed);
-            TurnEvent::Failed(
-                ApiError::conflict(format!(
-                    "session `{}` was changed or deleted by another request while this turn ran; the turn was not stored",
-                    turn.head.id
-                ))
-                .with_code("session_version_conflict"),
-            )
+            TurnEvent::Failed(RequestError::VersionConflict(turn.head.id.clone()).into())
         }
         Err(error) => TurnEvent::Failed(error.into()),
     }

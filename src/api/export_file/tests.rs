@@ -1,6 +1,7 @@
 use axum::http::StatusCode;
 
 use super::*;
+use crate::api::error::ApiError;
 use crate::memory::codec::Writer;
 use crate::session::parts;
 
@@ -59,7 +60,7 @@ fn one_turn() -> SessionExport {
 /// The (param, code) of a refused file.
 fn refused(file: SessionExport) -> (String, Option<&'static str>) {
     let template = template();
-    let error = file.check(server(&template)).unwrap_err();
+    let error = ApiError::from(file.check(server(&template)).unwrap_err());
     assert_eq!(error.status, StatusCode::BAD_REQUEST, "{error:?}");
     (error.detail.param.unwrap(), error.detail.code)
 }
@@ -72,9 +73,7 @@ fn an_exported_file_passes_and_an_empty_session_too() {
     assert_eq!(checked.tokens_seen, 17);
     assert!(checked.check_counted(17).is_ok());
     assert_eq!(
-        checked
-            .check_counted(18)
-            .unwrap_err()
+        ApiError::from(checked.check_counted(18).unwrap_err())
             .detail
             .param
             .as_deref(),
@@ -142,7 +141,7 @@ fn another_model_or_layout_is_named_both_ways() {
         let bytes = memory.join();
         file.memory = BASE64.encode(&bytes);
         file.memory_sha256 = Some(sha256_hex(&bytes));
-        file.check(server(&template)).unwrap_err()
+        ApiError::from(file.check(server(&template)).unwrap_err())
     };
     let error = with_memory(memory("llama-00000000000000bb", LAYOUT));
     assert_eq!(error.detail.code, Some("model_mismatch"));
