@@ -52,7 +52,7 @@ impl HttpBody for SharedBody {
 }
 
 /// Runs the request, then reads whatever of its body the handler left (at most `limit` bytes
-/// within [`DRAIN_TIME`]); past that, the response closes the connection.
+/// within `DRAIN_TIME`); past that, the response closes the connection.
 pub async fn settle(State(limit): State<usize>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
     if body.is_end_stream() {

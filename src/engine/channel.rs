@@ -1,7 +1,7 @@
 //! What passes between the request handlers and the model thread: the [`TurnEngine`] the API
 //! talks to, the [`Turn`] a handler submits (with where its memory comes from), the [`Event`]s that
 //! stream back while it runs, and the [`Finished`] outcome (or [`TurnFailure`]) at its end; and, on
-//! the way in, the [`Request`]s the model thread takes (a turn, or a memory to check).
+//! the way in, the `Request`s the model thread takes (a turn, or a memory to check).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -1,14 +1,14 @@
 //! The model thread's handle (`architecture.md`, "Engine"): one OS thread owns the model and every
 //! live memory while it runs turns, many at once by continuous batching (`scheduler.rs`); async
-//! handlers talk to it only through [`Engine::submit`], which returns a stream of [`Event`]s and,
-//! separately, the turn's [`Finished`] outcome. Past capacity (running plus waiting), `submit`
-//! refuses at once ([`SubmitError::Busy`], a 429 with `Retry-After`).
+//! handlers talk to it only through its [`TurnEngine`] face: `submit` returns a stream of events
+//! and, separately, the turn's outcome (`channel.rs`). Past capacity (running plus waiting),
+//! `submit` refuses at once (`SubmitError::Busy`, a 429 with `Retry-After`).
 //!
 //! A dropped event receiver is the cancellation signal: the engine checks it before admitting a
 //! waiting turn, before each prompt chunk and after each token, and ends that sequence (the outcome
 //! is still delivered, so a session's memory is kept).
 //!
-//! [`Engine::check_memory`] reads a memory on the model thread without running a turn (a session
+//! `check_memory` reads a memory on the model thread without running a turn (a session
 //! import proves its memory usable before anything is stored).
 
 use std::sync::atomic::Ordering;
