@@ -300,6 +300,13 @@ impl ApiError {
     }
 }
 
+/// The JSON extractors' rejection (`json.rs`), answered through the one mapping.
+impl IntoResponse for BodyError {
+    fn into_response(self) -> Response {
+        ApiError::from(self).into_response()
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let busy = self.status == StatusCode::TOO_MANY_REQUESTS;

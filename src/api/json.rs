@@ -8,7 +8,6 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
-use super::error::ApiError;
 use super::types::SamplingFields;
 
 /// A parsed JSON body.
@@ -16,7 +15,7 @@ use super::types::SamplingFields;
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
-    type Rejection = ApiError;
+    type Rejection = BodyError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
         let JsonBody(bytes) = JsonBody::from_request(request, state).await?;
@@ -58,7 +57,7 @@ impl BodyError {
 pub struct JsonBody(pub Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
-    type Rejection = ApiError;
+    type Rejection = BodyError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
         let declared = declared_json(request.headers());
@@ -73,7 +72,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             })?;
         match declared {
             Err(found) if !bytes.is_empty() || found.is_some() => {
-                Err(BodyError::NotJsonContentType(found).into())
+                Err(BodyError::NotJsonContentType(found))
             }
             _ => Ok(Self(bytes)),
         }
@@ -101,19 +100,19 @@ fn declared_json(headers: &HeaderMap) -> Result<(), Option<String>> {
 }
 
 /// Parses `bytes` as `T`, naming the field at fault.
-pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BodyError> {
     let error = match path_aware::<T>(bytes) {
         Ok(value) => return Ok(value),
         Err(error) => error,
     };
     if error.names_a_field() {
-        return Err(error.into());
+        return Err(error);
     }
     // serde loses the path inside `#[serde(flatten)]` fields: the shared sampling fields are
     // read again on their own to name the one at fault.
     match path_aware::<SamplingFields>(bytes) {
-        Err(inner) if inner.names_a_field() => Err(inner.into()),
-        _ => Err(error.into()),
+        Err(inner) if inner.names_a_field() => Err(inner),
+        _ => Err(error),
     }
 }
 
@@ -142,11 +141,11 @@ fn path_aware<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BodyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::error::ApiError;
     use crate::api::types::ChatCompletionRequest;
 
     fn param(body: &str) -> Option<String> {
-        parse::<ChatCompletionRequest>(body.as_bytes())
-            .unwrap_err()
+        ApiError::from(parse::<ChatCompletionRequest>(body.as_bytes()).unwrap_err())
             .detail
             .param
     }
@@ -177,8 +176,9 @@ mod tests {
         assert!(parse::<ChatCompletionRequest>(body.as_bytes()).is_ok());
         assert!(parse::<ChatCompletionRequest>(format!("{body}  \n").as_bytes()).is_ok());
         for tail in ["}}}", "{}", "x", "\u{0}"] {
-            let error =
-                parse::<ChatCompletionRequest>(format!("{body}{tail}").as_bytes()).unwrap_err();
+            let error = ApiError::from(
+                parse::<ChatCompletionRequest>(format!("{body}{tail}").as_bytes()).unwrap_err(),
+            );
             assert_eq!(error.status, StatusCode::BAD_REQUEST, "{tail:?}");
             assert!(
                 error.detail.message.contains("nothing after it"),
