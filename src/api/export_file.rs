@@ -243,20 +243,19 @@ fn check_header(memory: &MemoryParts, info: ThisServer<'_>) -> Result<(), Import
         return Ok(());
     }
     let header = CoreHeader::of(&memory.core).map_err(ImportError::Unreadable)?;
-    if header.fingerprint != info.fingerprint {
-        return Err(ImportError::model_mismatch(
-            "memory",
-            &header.fingerprint,
-            info.fingerprint,
-        ));
+    match header.made_for(info.fingerprint, info.layout) {
+        Err(SessionFormatError::OtherModel { found, expected }) => {
+            Err(ImportError::model_mismatch("memory", &found, &expected))
+        }
+        Err(SessionFormatError::OtherLayout { found, expected }) => {
+            Err(ImportError::LayoutMismatch {
+                found: shown(&found),
+                ours: expected,
+            })
+        }
+        Err(other) => Err(ImportError::Unreadable(other)),
+        Ok(()) => Ok(()),
     }
-    if header.layout != info.layout {
-        return Err(ImportError::LayoutMismatch {
-            found: shown(&header.layout),
-            ours: info.layout.to_string(),
-        });
-    }
-    Ok(())
 }
 
 /// An export file that cannot be imported (status and body: `error.rs`). Text from the file is

@@ -12,9 +12,8 @@ use super::error::{ApiError, RequestError};
 use super::types::{now, Usage};
 use super::validate::{check_prompt_len, GenParams};
 use super::AppState;
-use crate::engine::channel::ModelInfo;
 use crate::engine::channel::{
-    Event, Finished, MemorySource, Submission, TokenLogprob, Turn, TurnFailure,
+    Event, Finished, MemorySource, ModelInfo, Submission, TokenLogprob, Turn, TurnFailure,
 };
 use crate::log_text::Escaped;
 use crate::session::{CoreHeader, MemoryParts, SessionFormatError};
@@ -169,20 +168,7 @@ fn readable_here(parts: &MemoryParts, info: &ModelInfo) -> Result<(), SessionFor
     if parts.core.is_empty() {
         return Ok(());
     }
-    let header = CoreHeader::of(&parts.core)?;
-    if header.fingerprint != info.fingerprint {
-        return Err(SessionFormatError::OtherModel {
-            found: header.fingerprint,
-            expected: info.fingerprint.clone(),
-        });
-    }
-    if header.layout != info.layout {
-        return Err(SessionFormatError::OtherLayout {
-            found: header.layout,
-            expected: info.layout.clone(),
-        });
-    }
-    Ok(())
+    CoreHeader::of(&parts.core)?.made_for(&info.fingerprint, &info.layout)
 }
 
 /// Forwards the engine's events to the client, then stores a session's turn, then ends the

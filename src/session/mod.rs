@@ -164,21 +164,8 @@ impl SessionMemory {
     ) -> Result<Self, SessionFormatError> {
         let mut r = Reader::new(core);
         let header = CoreHeader::read(&mut r)?;
-        let expected = model_fingerprint(model);
-        if header.fingerprint != expected {
-            return Err(SessionFormatError::OtherModel {
-                found: header.fingerprint,
-                expected,
-            });
-        }
+        header.made_for(&model_fingerprint(model), &layout_text(layout))?;
         let config = layout.config();
-        let expected = layout_config_text(Some(config));
-        if header.layout != expected {
-            return Err(SessionFormatError::OtherLayout {
-                found: header.layout,
-                expected,
-            });
-        }
         let cfg = model.config();
         let layers = i64::from(header.layers);
         if layers != cfg.num_layers {

@@ -49,6 +49,24 @@ impl CoreHeader {
     pub fn of(core: &[u8]) -> Result<Self, SessionFormatError> {
         Self::read(&mut Reader::new(core))
     }
+
+    /// Whether the memory was made for the model `fingerprint` and the memory layout `layout`
+    /// (as [`super::layout_text`] writes it); otherwise which one differs, naming both.
+    pub fn made_for(&self, fingerprint: &str, layout: &str) -> Result<(), SessionFormatError> {
+        if self.fingerprint != fingerprint {
+            return Err(SessionFormatError::OtherModel {
+                found: self.fingerprint.clone(),
+                expected: fingerprint.to_string(),
+            });
+        }
+        if self.layout != layout {
+            return Err(SessionFormatError::OtherLayout {
+                found: self.layout.clone(),
+                expected: layout.to_string(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// A memory as a store keeps it: the core and the held blocks, oldest first.
