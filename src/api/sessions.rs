@@ -343,15 +343,16 @@ pub async fn import(
     ApiJson(file): ApiJson<SessionExport>,
 ) -> Result<Response, ApiError> {
     let info = state.engine.info().ok_or(RequestError::Loading)?;
-    let checked = file.check(ThisServer::of(info))?;
+    let mut checked = file.check(ThisServer::of(info))?;
     let stats = if checked.memory.core.is_empty() {
         serde_json::json!({})
     } else {
-        let verdict = state.engine.check_memory(checked.memory.clone())?;
-        let stats = verdict
-            .await
-            .map_err(|_| SubmitError::Stopped)?
-            .map_err(ImportError::Unusable)?;
+        let verdict = state
+            .engine
+            .check_memory(std::mem::take(&mut checked.memory))?;
+        let (memory, read) = verdict.await.map_err(|_| SubmitError::Stopped)?;
+        checked.memory = memory;
+        let stats = read.map_err(ImportError::Unusable)?;
         checked.check_counted(stats.tokens_seen)?;
         serde_json::to_value(stats).unwrap_or_default()
     };

@@ -24,7 +24,8 @@ pub trait TurnEngine: Send + Sync + 'static {
     fn submit(&self, turn: Turn) -> Result<Submission, SubmitError>;
 
     /// Reads `parts` as a session memory of this server's model and layout and tries it; the
-    /// verdict (its statistics, or why a turn on it would fail) arrives on the receiver.
+    /// verdict (its statistics, or why a turn on it would fail) arrives on the receiver with
+    /// `parts` handed back.
     fn check_memory(&self, parts: MemoryParts) -> Result<MemoryVerdict, SubmitError>;
 
     /// Turns in the system, cancellations, queue depth, batch sizes and latencies.
@@ -46,8 +47,9 @@ pub trait TurnEngine: Send + Sync + 'static {
     }
 }
 
-/// Where a memory check's verdict arrives.
-pub type MemoryVerdict = oneshot::Receiver<Result<MemoryStats, SessionFormatError>>;
+/// Where a memory check's verdict arrives, with the checked memory handed back (an import then
+/// stores it without having copied it).
+pub type MemoryVerdict = oneshot::Receiver<(MemoryParts, Result<MemoryStats, SessionFormatError>)>;
 
 /// What the engine knows once the model is loaded.
 #[derive(Debug, Clone)]
@@ -183,7 +185,7 @@ pub(crate) struct Job {
 /// A memory to read and try on the model thread, and where its verdict goes.
 pub(crate) struct MemoryCheck {
     pub parts: MemoryParts,
-    pub verdict: oneshot::Sender<Result<MemoryStats, SessionFormatError>>,
+    pub verdict: oneshot::Sender<(MemoryParts, Result<MemoryStats, SessionFormatError>)>,
 }
 
 /// What the model thread receives.

@@ -169,7 +169,8 @@ impl Scheduler {
         match request {
             Request::Turn(job) => waiting.push_back(*job),
             Request::Check(MemoryCheck { parts, verdict }) => {
-                let _ = verdict.send(self.check(parts));
+                let result = self.check(&parts);
+                let _ = verdict.send((parts, result));
             }
         }
     }
@@ -187,13 +188,13 @@ impl Scheduler {
     /// Reads `parts` as a session memory here and feeds it one token, so that every tier it
     /// holds is read once by the model: its statistics, or why a turn on it would fail. A memory
     /// crafted to make libtorch or the arithmetic fail (a panic) is refused like any other.
-    fn check(&self, parts: MemoryParts) -> Result<MemoryStats, SessionFormatError> {
+    fn check(&self, parts: &MemoryParts) -> Result<MemoryStats, SessionFormatError> {
         let unreadable = |why: &str| {
             SessionFormatError::Corrupt(format!("the model cannot read the memory: {why}"))
         };
         let probe = self.stop_tokens.first().copied().unwrap_or(0);
         let read = catch_unwind(AssertUnwindSafe(|| {
-            let mut memory = self.memory(MemorySource::Stored(parts))?;
+            let mut memory = self.rebuild(parts)?;
             let stats = memory.stats();
             let logits = self
                 .model
@@ -232,14 +233,18 @@ impl Scheduler {
     fn memory(&self, source: MemorySource) -> Result<SessionMemory, SessionFormatError> {
         match source {
             MemorySource::Live(memory) => Ok(memory),
-            MemorySource::Stored(parts) if !parts.core.is_empty() => {
-                let blocks: Vec<&[u8]> = parts.blocks.iter().map(Vec::as_slice).collect();
-                SessionMemory::from_parts(&parts.core, &blocks, &self.model, &self.layout)
-            }
-            MemorySource::Fresh | MemorySource::Stored(_) => {
-                Ok(SessionMemory::new(&self.model, &self.layout))
-            }
+            MemorySource::Stored(parts) => self.rebuild(&parts),
+            MemorySource::Fresh => Ok(SessionMemory::new(&self.model, &self.layout)),
         }
+    }
+
+    /// A memory from its stored core and blocks (an empty core: a fresh memory).
+    fn rebuild(&self, parts: &MemoryParts) -> Result<SessionMemory, SessionFormatError> {
+        if parts.core.is_empty() {
+            return Ok(SessionMemory::new(&self.model, &self.layout));
+        }
+        let blocks: Vec<&[u8]> = parts.blocks.iter().map(Vec::as_slice).collect();
+        SessionMemory::from_parts(&parts.core, &blocks, &self.model, &self.layout)
     }
 
     /// One step: prompt chunks within the token budget, then one batched decode.

@@ -62,8 +62,6 @@ pub struct Sequence {
     last_token_at: Option<Instant>,
     /// The archive blocks the memory held when the turn began (a store has them already).
     blocks_before: Range<u64>,
-    /// The turn was abandoned part-way through its prompt: its memory must not be kept.
-    discard_memory: bool,
 }
 
 impl Sequence {
@@ -99,7 +97,6 @@ impl Sequence {
             admitted,
             last_token_at: None,
             turn,
-            discard_memory: false,
         }
     }
 
@@ -167,8 +164,14 @@ impl Sequence {
     pub fn abandon(&mut self) {
         self.decoding.cancel();
         self.outcome.cancelled = true;
-        self.discard_memory = true;
         self.phase = Phase::Done;
+    }
+
+    /// Cancelled before a single token was chosen: only [`Sequence::abandon`] ends a turn so (a
+    /// chosen token is taken before any cancel, and a first stop token ends it as `Stop`).
+    fn abandoned(&self) -> bool {
+        self.decoding.finish() == Some(FinishReason::Cancelled)
+            && self.decoding.generated().is_empty()
     }
 
     /// Chooses and shows one token by the [`Decoding`] rules; ends the turn when they, the client
@@ -258,8 +261,9 @@ impl Sequence {
     /// Hands the outcome (and a session's memory) back to the turn's handler. Returns whether
     /// the client left (not counting the server's own cut).
     pub fn deliver(self) -> bool {
+        let keep = self.turn.keep_memory && !self.abandoned();
         let mut outcome = self.outcome;
-        if outcome.error.is_none() && self.turn.keep_memory && !self.discard_memory {
+        if outcome.error.is_none() && keep {
             outcome.memory = Some(KeptMemory::of(self.memory, self.blocks_before));
         }
         let left = outcome.cancelled;

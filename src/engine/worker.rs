@@ -34,8 +34,8 @@ pub struct Engine {
     capacity: usize,
     info: Arc<std::sync::OnceLock<ModelInfo>>,
     /// Turns in the system, cancellations, queue depth, batch sizes and latencies: counted by the
-    /// handle and the model thread, read by `/metrics`.
-    pub stats: Arc<EngineStats>,
+    /// handle and the model thread, read through [`TurnEngine::stats`].
+    stats: Arc<EngineStats>,
 }
 
 impl Engine {
