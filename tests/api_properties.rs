@@ -8,26 +8,20 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::{atomic::AtomicBool, Arc};
-use std::time::Duration;
 
 use axum::body::{to_bytes, Body};
 use axum::http::Request;
 use axum::Router;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use common::{require_model, root, TempDir};
-use infini::api::auth::ApiKeys;
-use infini::api::metrics::Metrics;
+use common::{in_process_router, require_model, root, TempDir};
 use infini::api::validate::Limits;
-use infini::api::{router, AppState, BodyLimits};
 use infini::engine::scheduler::BatchLimits;
 use infini::engine::worker::{Engine, EngineOptions};
 use infini::memory::MemoryConfig;
 use infini::model::ModelArgs;
-use infini::store::hot::HotSessions;
-use infini::store::sql::SqlStore;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Value};
@@ -54,8 +48,6 @@ fn app() -> &'static App {
             .build()
             .unwrap();
         let router = runtime.block_on(async {
-            let url = format!("sqlite://{}?mode=rwc", dir.0.join("infini.db").display());
-            let store = SqlStore::connect(&url).await.unwrap();
             let (engine, loaded) = Engine::start(EngineOptions {
                 load: ModelArgs {
                     model: root().join(infini::model::DEFAULT_MODEL),
@@ -68,29 +60,11 @@ fn app() -> &'static App {
                 max_waiting: 64,
             });
             loaded.await.unwrap().unwrap();
-            let state = AppState {
-                engine: Arc::new(engine),
-                store: Arc::new(store),
-                hot: Arc::new(HotSessions::default()),
-                keys: Arc::new(ApiKeys::default()),
-                metrics: Arc::new(Metrics::default()),
-                limits: Limits {
-                    max_tokens: 2,
-                    max_prompt_tokens: 96,
-                },
-                model_name: "smollm2".into(),
-                draining: Arc::new(AtomicBool::new(false)),
-                keep_alive: Duration::from_secs(1),
-                started_at: 0,
-                log_memory_stats: false,
+            let limits = Limits {
+                max_tokens: 2,
+                max_prompt_tokens: 96,
             };
-            router(
-                state,
-                BodyLimits {
-                    any: 1 << 20,
-                    import: 64 << 20,
-                },
-            )
+            in_process_router(Arc::new(engine), &dir, limits, 64 << 20).await
         });
         let mut app = App {
             runtime,

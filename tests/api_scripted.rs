@@ -13,12 +13,9 @@ use std::time::{Duration, Instant};
 use axum::body::{to_bytes, Body};
 use axum::http::Request;
 use axum::Router;
-use common::{require_model, root, TempDir};
+use common::{in_process_router, require_model, root, TempDir};
 use futures_util::StreamExt;
-use infini::api::auth::ApiKeys;
-use infini::api::metrics::Metrics;
 use infini::api::validate::Limits;
-use infini::api::{router, AppState, BodyLimits};
 use infini::engine::channel::{
     Event, Finished, MemoryVerdict, ModelInfo, Submission, SubmitError, Turn, TurnEngine,
     TurnFailure,
@@ -26,8 +23,6 @@ use infini::engine::channel::{
 use infini::engine::stats::EngineStats;
 use infini::gguf::GgufFile;
 use infini::session::MemoryParts;
-use infini::store::hot::HotSessions;
-use infini::store::sql::SqlStore;
 use infini::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -121,30 +116,13 @@ async fn app(pieces: &[&str], failure: Option<&'static str>, busy: bool) -> App 
         saw_cancel: Arc::new(AtomicBool::new(false)),
     });
     let dir = TempDir::new("scripted");
-    let url = format!("sqlite://{}?mode=rwc", dir.0.join("infini.db").display());
-    let store = SqlStore::connect(&url).await.unwrap();
-    let state = AppState {
-        engine: engine.clone(),
-        store: Arc::new(store),
-        hot: Arc::new(HotSessions::default()),
-        keys: Arc::new(ApiKeys::default()),
-        metrics: Arc::new(Metrics::default()),
-        limits: Limits {
-            max_tokens: 16,
-            max_prompt_tokens: 256,
-        },
-        model_name: "scripted".into(),
-        draining: Arc::new(AtomicBool::new(false)),
-        keep_alive: Duration::from_secs(1),
-        started_at: 0,
-        log_memory_stats: false,
+    let limits = Limits {
+        max_tokens: 16,
+        max_prompt_tokens: 256,
     };
-    let limits = BodyLimits {
-        any: 1 << 20,
-        import: 1 << 20,
-    };
+    let router = in_process_router(engine.clone(), &dir, limits, 1 << 20).await;
     App {
-        router: router(state, limits),
+        router,
         engine,
         _dir: dir,
     }

@@ -504,3 +504,34 @@ impl Drop for PgSchema {
         psql(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
     }
 }
+
+/// The server's router in-process over `engine` (the real one or a scripted one), sessions in a
+/// SQLite file under `dir`, no keys, `limits` per request and `import_bytes` for an import.
+pub async fn in_process_router(
+    engine: std::sync::Arc<dyn infini::engine::channel::TurnEngine>,
+    dir: &TempDir,
+    limits: infini::api::validate::Limits,
+    import_bytes: usize,
+) -> axum::Router {
+    use std::sync::Arc;
+    let url = format!("sqlite://{}?mode=rwc", dir.0.join("infini.db").display());
+    let store = infini::store::sql::SqlStore::connect(&url).await.unwrap();
+    let state = infini::api::AppState {
+        engine,
+        store: Arc::new(store),
+        hot: Arc::new(infini::store::hot::HotSessions::default()),
+        keys: Arc::new(infini::api::auth::ApiKeys::default()),
+        metrics: Arc::new(infini::api::metrics::Metrics::default()),
+        limits,
+        model_name: "in-process".into(),
+        draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        keep_alive: Duration::from_secs(1),
+        started_at: 0,
+        log_memory_stats: false,
+    };
+    let bodies = infini::api::BodyLimits {
+        any: 1 << 20,
+        import: import_bytes,
+    };
+    infini::api::router(state, bodies)
+}
