@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 CARGO ?= cargo
 
-.PHONY: setup build demo demo-memory demo-client test lint lint-deploy fuzz-tools fuzz image bench bench-model bench-memory bench-load evaluate
+.PHONY: setup build demo demo-memory demo-client test lint lint-deploy fuzz-tools browser-tools fuzz image bench bench-model bench-memory bench-load evaluate
 setup:
 	./scripts/setup.sh
 
@@ -43,12 +43,17 @@ lint-deploy: setup
 image:
 	./scripts/build_image.sh
 
-test: lint fuzz-tools
+test: lint fuzz-tools browser-tools
 	$(CARGO) test
 
 # schemathesis (pinned) into .venv, for tests/api_fuzz.rs.
 fuzz-tools: setup
 	./scripts/fuzz_tools.sh
+
+# Debian's chromium and chromium-driver (apt, when missing) and selenium (pinned) into .venv, for
+# the playground's browser test (tests/playground.rs).
+browser-tools: setup
+	./scripts/browser_tools.sh
 
 # The API fuzzers with a larger budget than `make test` gives them (25 cases per operation and
 # phase there): schemathesis against an open server and one with keys, and the property tests.

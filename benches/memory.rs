@@ -7,7 +7,9 @@
 //! serialised form), and one plain KV cache is prefilled to each point that fits the context;
 //! then every one of them decodes a few tokens in turn, round after round, so that a drift of the
 //! machine's speed (a shared VM's is ±30% over minutes) falls on every point alike. The figure is
-//! the median time per decoded token (steps that evict a block are the slow tail).
+//! the median time per decoded token (steps that evict a block are the slow tail). Each point also
+//! decodes from a second copy that does not count the archive's reads (`--no-read-counts`, the
+//! memory map's heat strip), so the table gives what counting costs, measured in the same rounds.
 //!
 //! Run: `make bench-memory` (or `cargo bench --bench memory`). Environment: `INFINI_BENCH_THREADS`
 //! (decode threads, default: libtorch's, the core count; prefill uses every core),
@@ -67,6 +69,10 @@ fn median(mut values: Vec<f64>) -> f64 {
 struct Point {
     history: usize,
     memory: SessionMemory,
+    /// The same memory, not counting its archive's reads.
+    uncounted: SessionMemory,
+    uncounted_last: u32,
+    uncounted_times: Vec<f64>,
     plain: Option<Vec<KvCache>>,
     /// The next token each of the two feeds (decoded tokens join the history).
     last: (u32, u32),
@@ -91,6 +97,14 @@ fn main() -> Result<()> {
     let context = model.config().max_position_embeddings as usize;
     let config = MemoryConfig::default();
     let layout = MemoryLayout::new(config.clone(), context, model.options().device)?;
+    let uncounted_layout = MemoryLayout::new(
+        MemoryConfig {
+            count_reads: false,
+            ..config.clone()
+        },
+        context,
+        model.options().device,
+    )?;
     let text = prompt(*points.iter().max().unwrap_or(&100));
     let decoded = decode * rounds;
     println!(
@@ -127,7 +141,9 @@ fn main() -> Result<()> {
             let _ = prefill(&model, growing.caches(), &text[seen..target], 512)?;
             seen = target;
         }
-        let memory = SessionMemory::from_bytes(&growing.to_bytes(), &model, &layout)?;
+        let bytes = growing.to_bytes();
+        let memory = SessionMemory::from_bytes(&bytes, &model, &layout)?;
+        let uncounted = SessionMemory::from_bytes(&bytes, &model, &uncounted_layout)?;
         eprintln!("memory: prefilled {history} tokens of history");
         let plain = (history + decoded < context)
             .then(|| -> Result<Vec<KvCache>> {
@@ -140,6 +156,9 @@ fn main() -> Result<()> {
         pasts.push(Point {
             history,
             memory,
+            uncounted,
+            uncounted_last: text[target],
+            uncounted_times: Vec::new(),
             plain,
             last,
             times: (Vec::new(), Vec::new()),
@@ -155,6 +174,14 @@ fn main() -> Result<()> {
             let (ours, last) = decode_steps(&model, point.memory.caches(), point.last.0, decode)?;
             point.times.0.extend(ours);
             point.last.0 = last;
+            let (quiet, last) = decode_steps(
+                &model,
+                point.uncounted.caches(),
+                point.uncounted_last,
+                decode,
+            )?;
+            point.uncounted_times.extend(quiet);
+            point.uncounted_last = last;
             if let Some(cache) = point.plain.as_mut() {
                 let (plain, last) = decode_steps(&model, cache, point.last.1, decode)?;
                 point.times.1.extend(plain);
@@ -163,8 +190,8 @@ fn main() -> Result<()> {
         }
     }
 
-    println!("| history | ours tok/s | ms/token | vs 1k | plain KV cache tok/s | llama.cpp tok/s | ours/peer | sinks | STM | archive | LTM tokens | bytes: STM | archive | LTM | total |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| history | ours tok/s | ms/token | vs 1k | ms/token, reads not counted | counting's cost | plain KV cache tok/s | llama.cpp tok/s | ours/peer | sinks | STM | archive | LTM tokens | bytes: STM | archive | LTM | total |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let seconds = |p: &Point| median(p.times.0.clone());
     let first = pasts.iter().find(|p| p.history >= 1000).map(seconds);
     for point in &pasts {
@@ -179,12 +206,15 @@ fn main() -> Result<()> {
             .position(|&p| p == point.history)
             .and_then(|i| peer_speeds.get(i));
         let s = point.memory.stats();
+        let uncounted = median(point.uncounted_times.clone());
         println!(
-            "| {} | {:.1} | {:.2} | {} | {plain} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {:.1} | {:.2} | {} | {:.2} | {:+.1}% | {plain} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             point.history,
             1.0 / ours,
             1000.0 * ours,
             first.map_or("—".into(), |f| format!("{:+.1}%", (ours / f - 1.0) * 100.0)),
+            1000.0 * uncounted,
+            (ours / uncounted - 1.0) * 100.0,
             peer.map_or("—".into(), |p| format!("{:.1}", p.decode)),
             peer.map_or("—".into(), |p| format!("{:.2}", 1.0 / ours / p.decode)),
             s.tiers.sink_tokens,

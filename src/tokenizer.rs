@@ -27,7 +27,7 @@ use crate::gguf::{GgufError, GgufFile};
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use incremental::IncrementalDecoder;
-pub use transcript::Transcript;
+pub use transcript::{Transcript, TurnEnd};
 
 /// GGUF token types (llama.cpp's `llama_token_type`) that matter here.
 const TOKEN_TYPE_CONTROL: i64 = 3;
@@ -275,6 +275,19 @@ impl Tokenizer {
             .encode_fast(text, false)
             .map_err(|e| TokenizerError::Encode(e.to_string()))?;
         Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The byte in `text` where each token of its [`Tokenizer::encode_continuation`] begins.
+    pub fn token_starts(&self, text: &str) -> Result<Vec<usize>, TokenizerError> {
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        Ok(encoding
+            .get_offsets()
+            .iter()
+            .map(|&(start, _)| start)
+            .collect())
     }
 
     /// The text of `ids`; special tokens are kept unless `skip_special`.

@@ -28,6 +28,8 @@ fn committed_openapi_matches_the_code() {
         "/v1/sessions/{id}/fork",
         "/v1/sessions/{id}/export",
         "/v1/sessions/import",
+        "/v1/sessions/{id}/memory",
+        "/playground",
         "/health",
         "/ready",
         "/metrics",

@@ -12,7 +12,7 @@ use infini::store::sql::SqlStore;
 use infini::store::{
     Committed, ForkOf, SessionHead, SessionRecord, SessionStore, StoreError, TurnCommit,
 };
-use infini::tokenizer::{ChatMessage, Transcript};
+use infini::tokenizer::{ChatMessage, Transcript, TurnEnd};
 use serde_json::json;
 
 fn record(id: &str, owner: &str) -> SessionRecord {
@@ -68,6 +68,11 @@ async fn version_guard(store: &SqlStore) {
             ChatMessage::new("assistant", "hello"),
         ],
         fed: "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello".into(),
+        // Where the turn ended, stored with the transcript (the memory map's text of a span).
+        turns: vec![TurnEnd {
+            tokens: 7,
+            bytes: 43,
+        }],
     };
     let stats = json!({"tokens_seen": 7});
     let commit = |read_version, core: &'static [u8]| TurnCommit {

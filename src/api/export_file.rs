@@ -220,6 +220,7 @@ impl SessionExport {
         Ok(Transcript {
             messages,
             fed: self.fed.clone(),
+            turns: Vec::new(),
         })
     }
 }

@@ -9,9 +9,11 @@ pub mod completions;
 pub mod error;
 pub mod export_file;
 pub mod json;
+pub mod memory_map;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
+pub mod playground;
 pub mod sessions;
 pub mod stream;
 pub mod turn;
@@ -82,11 +84,16 @@ pub fn router(state: AppState, limits: BodyLimits) -> Router {
         )
         .route("/v1/sessions/{id}/fork", post(sessions::fork))
         .route("/v1/sessions/{id}/export", get(sessions::export))
+        .route("/v1/sessions/{id}/memory", get(memory_map::memory_map))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(openapi::openapi))
         .route("/docs", get(openapi::docs))
+        .route("/", get(playground::page))
+        .route("/playground", get(playground::page))
+        .route("/playground/app.js", get(playground::script))
+        .route("/playground/app.css", get(playground::style))
         .fallback(|| async { error::ApiError::from(error::RequestError::NoRoute) })
         .layer(middleware::from_fn_with_state(limits.any, body::settle))
         .layer(middleware::from_fn_with_state(state.clone(), observe))

@@ -9,7 +9,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{completions, error, ops, sessions, types};
+use super::{completions, error, memory_map, ops, playground, sessions, types};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,11 +29,13 @@ use super::{completions, error, ops, sessions, types};
         sessions::fork,
         sessions::export,
         sessions::import,
+        memory_map::memory_map,
         ops::health,
         ops::ready,
         ops::metrics,
         openapi,
         docs,
+        playground::page,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail, types::ChatCompletionChunk, types::Usage)),
     modifiers(&BearerAuth, &Conventions),
@@ -41,6 +43,7 @@ use super::{completions, error, ops, sessions, types};
         (name = "openai", description = "OpenAI-compatible endpoints"),
         (name = "sessions", description = "Sessions whose memory the server keeps"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
+        (name = "playground", description = "The browser page: a chat beside its memory map"),
     )
 )]
 pub struct ApiDoc;

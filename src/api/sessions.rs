@@ -51,6 +51,11 @@ pub struct SessionObject {
 
 impl SessionObject {
     fn of(head: SessionHead, with_messages: bool) -> Self {
+        // What the last turn read is the memory map's (`GET /v1/sessions/{id}/memory`).
+        let mut memory = head.stats;
+        if let Some(fields) = memory.as_object_mut() {
+            fields.remove("last_turn");
+        }
         Self {
             object: "session",
             created_at: head.created_at,
@@ -59,7 +64,7 @@ impl SessionObject {
             version: head.version,
             tokens_seen: head.tokens_seen,
             message_count: head.transcript.messages.len(),
-            memory: head.stats,
+            memory,
             messages: with_messages.then(|| {
                 head.transcript
                     .messages
@@ -143,7 +148,11 @@ fn fingerprint(state: &AppState) -> Result<String, ApiError> {
 }
 
 /// The caller's session, or 404.
-async fn owned(state: &AppState, id: &str, caller: &Caller) -> Result<SessionHead, ApiError> {
+pub(super) async fn owned(
+    state: &AppState,
+    id: &str,
+    caller: &Caller,
+) -> Result<SessionHead, ApiError> {
     state
         .store
         .head(id)

@@ -258,8 +258,9 @@ async fn finish(
         return done;
     };
     let mut transcript = turn.transcript;
-    transcript.record_reply(&finished.text);
-    let stats = serde_json::to_value(kept.stats).unwrap_or_default();
+    transcript.record_reply(&finished.text, kept.stats.tokens_seen);
+    let mut stats = serde_json::to_value(kept.stats).unwrap_or_default();
+    stats["last_turn"] = serde_json::to_value(&kept.reading).unwrap_or_default();
     if state.log_memory_stats {
         tracing::info!(session = %Escaped(&turn.head.id), %stats, "session memory");
     }

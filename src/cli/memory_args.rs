@@ -37,6 +37,9 @@ pub struct MemoryArgs {
     /// Switch the ∞-former continuous signal off (what leaves the archive is then dropped).
     #[arg(long, env = "INFINI_NO_LTM")]
     pub no_ltm: bool,
+    /// Do not count which archive blocks each turn reads (the memory map's heat strip).
+    #[arg(long, env = "INFINI_NO_READ_COUNTS")]
+    pub no_read_counts: bool,
     /// Print the memory's statistics (tokens and bytes per tier) after each reply.
     #[arg(long, env = "INFINI_MEMORY_STATS")]
     pub memory_stats: bool,
@@ -53,6 +56,7 @@ impl MemoryArgs {
             ltm: (!self.no_ltm).then(LtmConfig::default),
             archive_int8: self.archive_int8,
             spill_dir: self.spill_dir.clone(),
+            count_reads: !self.no_read_counts,
             ..MemoryConfig::default()
         }
     }

@@ -246,7 +246,7 @@ pub fn run_chat(args: &ChatArgs) -> Result<()> {
         let prompt = session.tokenizer.encode(&text)?;
         let reply = session.reply_in(&mut caches, &prompt, &mut out)?;
         writeln!(out)?;
-        transcript.record_reply(&reply);
+        transcript.record_reply(&reply, caches.tokens_seen());
     }
     Ok(())
 }

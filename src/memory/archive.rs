@@ -3,11 +3,14 @@
 //! compute per token stays fixed while storage grows up to the budget.
 
 mod ranking;
+mod reads;
 mod rows;
+pub use reads::LayerReads;
 pub use rows::{quantise, StoredRows};
 
 use super::spill::{SpillError, Storage};
 use super::window::Window;
+use reads::ReadCounts;
 use rows::Rows;
 use tch::{Kind, Tensor};
 
@@ -23,6 +26,8 @@ pub struct Archive {
     /// Blocks ever pushed: the oldest held block is number `pushed − blocks` of the session, so a
     /// store can append new blocks and forget popped ones without rewriting the rest.
     pushed: u64,
+    /// How often each held block was selected since the last take; `None`: not counted.
+    reads: Option<ReadCounts>,
 }
 
 /// One block as it is stored: keys and values `[B, H_kv, block_len, D]` (with their scales when
@@ -51,7 +56,23 @@ impl Archive {
             values: Rows::new(int8, storage, block_len as i64),
             representatives: Window::new(),
             pushed: 0,
+            reads: None,
         }
+    }
+
+    /// The same archive counting how often each block is selected ([`Archive::take_reads`]).
+    pub fn counting_reads(self) -> Self {
+        Self {
+            reads: Some(ReadCounts::default()),
+            ..self
+        }
+    }
+
+    /// The selections counted since the last take (empty when not counting), and a fresh count.
+    pub fn take_reads(&mut self) -> LayerReads {
+        self.reads
+            .as_mut()
+            .map_or_else(LayerReads::default, ReadCounts::take)
     }
 
     /// The session-wide number of the oldest held block (blocks are numbered from 0 as pushed).
@@ -115,6 +136,9 @@ impl Archive {
         self.representatives
             .append(&keys.mean_dim(2, true, keys.kind()));
         self.pushed += 1;
+        if let Some(reads) = &mut self.reads {
+            reads.pushed();
+        }
         Ok(())
     }
 
@@ -122,6 +146,9 @@ impl Archive {
     /// in the model's dtype.
     pub fn pop_oldest(&mut self, blocks: i64) -> (Tensor, Tensor) {
         let _ = self.representatives.take_front(blocks);
+        if let Some(reads) = &mut self.reads {
+            reads.popped(blocks);
+        }
         (
             self.keys.take_front(blocks * self.block_len),
             self.values.take_front(blocks * self.block_len),
@@ -133,11 +160,14 @@ impl Archive {
     /// rotated) of q·r, r its representative key, computed as (Σ q)·r in f32
     /// ([`ranking::best_blocks`]). Only the chosen blocks are dequantised. `None` when the archive
     /// is empty.
-    pub fn select(&self, grouped_queries: &Tensor, k: usize) -> Option<Selection> {
+    pub fn select(&mut self, grouped_queries: &Tensor, k: usize) -> Option<Selection> {
         let representatives = self.representatives.view()?;
         let k = (k as i64).min(self.blocks());
         let query = grouped_queries.sum_dim_intlist(2, true, Kind::Float); // [B, H_kv, 1, D]
         let chosen = ranking::best_blocks(&representatives, &query, k);
+        if let Some(reads) = &mut self.reads {
+            reads.count(&chosen, self.representatives.len());
+        }
         Some(Selection {
             keys: self.keys.gather_blocks(&chosen, self.block_len)?,
             values: self.values.gather_blocks(&chosen, self.block_len)?,

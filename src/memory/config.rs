@@ -39,10 +39,19 @@ pub struct MemoryConfig {
     /// live changes no number, so it is no part of a session's stored layout.
     #[serde(skip)]
     pub spill_dir: Option<PathBuf>,
+    /// Count how often each archive block is selected during a turn (the memory map's heat
+    /// strip, `GET /v1/sessions/{id}/memory`). It changes no number of the memory, so it is no
+    /// part of a session's stored layout.
+    #[serde(skip, default = "counting_reads")]
+    pub count_reads: bool,
 }
 
 fn is_false(value: &bool) -> bool {
     !value
+}
+
+fn counting_reads() -> bool {
+    true
 }
 
 impl Default for MemoryConfig {
@@ -57,6 +66,7 @@ impl Default for MemoryConfig {
             ltm_chunk_len: 512,
             archive_int8: false,
             spill_dir: None,
+            count_reads: true,
         }
     }
 }

@@ -18,7 +18,7 @@
 mod persist;
 pub use persist::LayerShape;
 
-use super::archive::Archive;
+use super::archive::{Archive, LayerReads};
 use super::config::MemoryConfig;
 use super::continuous::ContinuousTier;
 use super::spill::{SpillError, Storage};
@@ -30,7 +30,8 @@ use crate::rope::RopeTable;
 use tch::{Device, Kind, Tensor};
 
 /// Tokens and bytes held by each tier of one layer.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct TierStats {
     pub sink_tokens: i64,
     pub stm_tokens: i64,
@@ -61,6 +62,18 @@ pub struct LayerMemory {
     continuous: Option<ContinuousTier>,
     evicted: bool,
     dropped: u64,
+    /// The attention mass the queries put on the signal's points since the last take, summed
+    /// over (KV head, query) rows of session row 0, and the rows; counted with the archive's reads.
+    signal_mass: Option<(Tensor, u64)>,
+}
+
+/// One layer's reads since the last [`LayerMemory::take_reads`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LayerTurnReads {
+    pub archive: LayerReads,
+    /// Σ over rows of the softmax mass on the signal's points, and the rows (none: not measured,
+    /// which is when the points are read without sticky memories or there are no points).
+    pub signal_mass: Option<(f64, u64)>,
 }
 
 impl LayerMemory {
@@ -77,6 +90,18 @@ impl LayerMemory {
             continuous: operators.map(ContinuousTier::new),
             evicted: false,
             dropped: 0,
+            signal_mass: None,
+        }
+    }
+
+    /// What this layer read since the last take (the memory map's heat), and a fresh count.
+    pub fn take_reads(&mut self) -> LayerTurnReads {
+        LayerTurnReads {
+            archive: self.archive.take_reads(),
+            signal_mass: self
+                .signal_mass
+                .take()
+                .map(|(sum, rows)| (sum.double_value(&[]), rows)),
         }
     }
 
@@ -182,7 +207,12 @@ impl LayerMemory {
 /// An empty archive laid out as `config` says (int8 or exact, in RAM or spilled).
 fn new_archive(config: &MemoryConfig) -> Archive {
     let storage = Storage::new(config.spill_dir.as_deref());
-    Archive::new(config.block_len, config.archive_int8, &storage)
+    let archive = Archive::new(config.block_len, config.archive_int8, &storage);
+    if config.count_reads {
+        archive.counting_reads()
+    } else {
+        archive
+    }
 }
 
 /// What one query segment reads past the sinks and the STM: the selected archive blocks and the
@@ -280,8 +310,12 @@ impl LayerCache for LayerMemory {
             masses.extend(mass);
         }
         if !masses.is_empty() {
+            let masses = Tensor::cat(&masses, 2); // [B, H_kv, rows, R]
+            if self.config.count_reads {
+                self.count_signal_mass(&masses);
+            }
             if let Some(tier) = self.continuous.as_mut() {
-                tier.record_attention(&Tensor::cat(&masses, 2));
+                tier.record_attention(&masses);
             }
         }
         self.evict_overflow(rope)?;
@@ -315,11 +349,14 @@ impl LayerMemory {
         causal: Option<&Tensor>,
     ) -> (Tensor, Option<Tensor>) {
         let points = self.continuous.as_ref().and_then(|c| c.points());
+        // The mass on the points is wanted by sticky memories (§4) and by the memory map; reading
+        // it means one explicit softmax instead of the fused call, and only once points exist.
         let record = points.is_some()
-            && self
-                .continuous
-                .as_ref()
-                .is_some_and(ContinuousTier::wants_attention);
+            && (self.config.count_reads
+                || self
+                    .continuous
+                    .as_ref()
+                    .is_some_and(ContinuousTier::wants_attention));
         let selected = self.archive.select(q, self.config.top_k_blocks);
         let mut memory = MemoryRows {
             keys: vec![],
@@ -367,6 +404,17 @@ impl LayerMemory {
         let r = points.map_or(0, |p| p.keys.size()[2]);
         let mass = read.probabilities[0].narrow(3, read_keys.size()[2] - r, r);
         (read.context, Some(mass))
+    }
+
+    /// Adds the mass `[B, H_kv, rows, R]` that session row 0's queries put on the points.
+    fn count_signal_mass(&mut self, masses: &Tensor) {
+        let (_, h_kv, rows, _) = masses.size4().expect("masses are [B, H_kv, rows, R]");
+        let sum = masses.select(0, 0).sum(Kind::Float);
+        let added = (h_kv * rows) as u64;
+        self.signal_mass = Some(match self.signal_mass.take() {
+            Some((before, n)) => (before + sum, n + added),
+            None => (sum, added),
+        });
     }
 
     /// Moves whole blocks out of an STM longer than `stm_len` into the archive (§9.7).

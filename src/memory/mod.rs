@@ -13,7 +13,7 @@ pub mod window;
 
 pub use codec::SessionFormatError;
 pub use config::{MemoryConfig, MemoryConfigError};
-pub use layer::{LayerMemory, LayerShape, TierStats};
+pub use layer::{LayerMemory, LayerShape, LayerTurnReads, TierStats};
 
 use crate::ltm::MemoryOperators;
 use tch::{Device, Kind};

@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use super::{MemoryStats, SessionMemory};
+use super::{MemoryStats, SessionMemory, TurnReading};
 
 /// A session's memory after a turn, ready to store: its core and the archive blocks the turn
 /// added (the store has those the memory held before the turn).
@@ -16,11 +16,14 @@ pub struct KeptMemory {
     /// The blocks held now that were not held when the turn began, numbered.
     pub new_blocks: Vec<(u64, Vec<u8>)>,
     pub stats: MemoryStats,
+    /// What the turn read (the memory map's heat strip).
+    pub reading: TurnReading,
 }
 
 impl KeptMemory {
     /// What to store of `memory`, which held the blocks `before` when the turn began.
-    pub fn of(memory: SessionMemory, before: Range<u64>) -> Self {
+    pub fn of(mut memory: SessionMemory, before: Range<u64>) -> Self {
+        let reading = memory.take_reading();
         let blocks = memory.archive_blocks();
         let new_blocks = (before.end.max(blocks.start)..blocks.end)
             .map(|n| (n, memory.block_bytes(n).expect("the block is held")))
@@ -30,6 +33,7 @@ impl KeptMemory {
             stats: memory.stats(),
             blocks,
             new_blocks,
+            reading,
             memory,
         }
     }

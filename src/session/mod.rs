@@ -24,10 +24,12 @@ pub use crate::memory::SessionFormatError;
 pub use kept::KeptMemory;
 pub use parts::{CoreHeader, MemoryParts};
 pub use past::Past;
+pub use reading::TurnReading;
 
 mod kept;
 pub mod parts;
 mod past;
+mod reading;
 
 /// The version of the byte layout this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -47,7 +49,8 @@ pub struct SessionMemory {
 
 /// What a session remembers: tokens per tier (every layer holds the same) and bytes summed over
 /// layers. Serialises flat: `tokens_seen`, the [`TierStats`] fields, `total_bytes`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct MemoryStats {
     /// Every token the session has taken in (prompts and replies).
     pub tokens_seen: u64,
@@ -95,6 +98,19 @@ impl SessionMemory {
             tiers,
             total_bytes: tiers.sink_bytes + tiers.stm_bytes + tiers.archive_bytes + tiers.ltm_bytes,
         }
+    }
+
+    /// What the memory read since the last call, over every layer (see [`TurnReading`]), and a
+    /// fresh count.
+    pub fn take_reading(&mut self) -> TurnReading {
+        let block_len = self.layers.first().map_or(0, |l| l.config().block_len);
+        let held = self.archive_blocks();
+        let layers = self
+            .layers
+            .iter_mut()
+            .map(LayerMemory::take_reads)
+            .collect();
+        TurnReading::of_layers(layers, block_len, held)
     }
 
     /// The session-wide numbers of the archive blocks held now (the same in every layer).

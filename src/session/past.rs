@@ -4,7 +4,7 @@
 
 use super::SessionMemory;
 use crate::memory::MemoryLayout;
-use crate::model::{KvCache, Llama};
+use crate::model::{KvCache, LayerCache, Llama};
 
 /// A fresh past of either kind; callers match on it to hand the model the caches it extends.
 pub enum Past {
@@ -18,6 +18,14 @@ impl Past {
         match layout {
             Some(layout) => Self::Memory(Box::new(SessionMemory::new(model, layout))),
             None => Self::Plain(model.new_cache()),
+        }
+    }
+
+    /// Tokens taken in: every one the memory has seen, or those the plain cache holds.
+    pub fn tokens_seen(&self) -> u64 {
+        match self {
+            Self::Plain(caches) => caches.first().map_or(0, |c| c.len() as u64),
+            Self::Memory(memory) => memory.tokens_seen(),
         }
     }
 }

@@ -32,6 +32,7 @@ fn layout_with(archive_int8: bool, spill_dir: Option<&std::path::Path>) -> Memor
         ltm_chunk_len: 8,
         archive_int8,
         spill_dir: spill_dir.map(std::path::Path::to_path_buf),
+        count_reads: true,
     };
     MemoryLayout::new(config, 128, Device::Cpu).unwrap()
 }
@@ -75,6 +76,41 @@ fn every_tier_fills_and_the_counts_add_up() {
             + stats.tiers.stm_bytes
             + stats.tiers.archive_bytes
             + stats.tiers.ltm_bytes
+    );
+}
+
+/// A turn's reading counts every block the archive picked: layers × KV heads × k per query
+/// segment (a chunk of 3 new tokens is one segment, blocks being 4 long), the held blocks' counts
+/// plus those of blocks that left add up to the picks, and the mass on the signal's points is
+/// measured once the signal holds some. A second take starts from nothing.
+#[test]
+fn a_turns_reading_counts_every_pick_once() {
+    let (model, layout) = (tiny(Precision::F32), layout());
+    let mut memory = filled(&model, &layout, 100);
+    let _ = memory.take_reading();
+    for part in tokens(12, 3).chunks(3) {
+        let _ = prefill(&model, memory.caches(), part, 3).unwrap();
+    }
+    let reading = memory.take_reading();
+    let config = model.config();
+    let (layers, kv_heads) = (config.num_layers as u64, config.num_kv_heads as u64);
+    assert_eq!(reading.segments, 4, "{reading:?}");
+    assert_eq!(reading.picks, layers * kv_heads * 2 * 4, "{reading:?}");
+    assert_eq!(
+        reading.selected.iter().sum::<u64>() + reading.selected_then_left,
+        reading.picks
+    );
+    assert_eq!(
+        reading.blocks,
+        memory.archive_blocks().end - reading.first_block
+    );
+    assert_eq!(reading.block_len, 4);
+    let mass = reading.signal_mass.expect("the signal holds points");
+    assert!(mass > 0.0 && mass < 1.0, "{mass}");
+    let again = memory.take_reading();
+    assert_eq!(
+        (again.picks, again.segments, again.signal_mass),
+        (0, 0, None)
     );
 }
 

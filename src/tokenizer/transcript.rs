@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{ChatMessage, ChatTemplate, TokenizerError};
+use super::{ChatMessage, ChatTemplate, Tokenizer, TokenizerError};
 
 /// The messages of a session and the text its memory holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,6 +17,17 @@ pub struct Transcript {
     pub messages: Vec<ChatMessage>,
     /// The rendered text the memory has taken in so far.
     pub fed: String,
+    /// Where each turn ended in the memory's tokens and in `fed` (the memory map's text of a
+    /// token span). Empty in sessions stored or imported without it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub turns: Vec<TurnEnd>,
+}
+
+/// The end of one turn: tokens the memory had taken in, and bytes of `fed`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnEnd {
+    pub tokens: u64,
+    pub bytes: usize,
 }
 
 impl Transcript {
@@ -47,10 +58,55 @@ impl Transcript {
         Ok(suffix)
     }
 
-    /// Records the assistant's reply, which the memory took in as it was generated.
-    pub fn record_reply(&mut self, reply: &str) {
+    /// Records the assistant's reply, which the memory took in as it was generated, and the end
+    /// of the turn: the memory has now taken in `tokens_seen` tokens.
+    pub fn record_reply(&mut self, reply: &str, tokens_seen: u64) {
         self.messages.push(ChatMessage::new("assistant", reply));
         self.fed.push_str(reply);
+        self.turns.push(TurnEnd {
+            tokens: tokens_seen,
+            bytes: self.fed.len(),
+        });
+    }
+
+    /// The byte of `fed` where each of the memory's first `tokens` tokens begins (one more entry:
+    /// `fed.len()`). Within a turn the turn's text is tokenized again: exact when that gives the
+    /// turn's token count (a prompt always does), else spread evenly over the turn's tokens (a
+    /// reply whose text tokenizes differently from how it was generated, a stop string cut from
+    /// the text, a BOS). Turns not recorded count as one.
+    pub fn token_starts(
+        &self,
+        tokenizer: &Tokenizer,
+        tokens: u64,
+    ) -> Result<Vec<usize>, TokenizerError> {
+        let mut ends: Vec<TurnEnd> = self
+            .turns
+            .iter()
+            .copied()
+            .filter(|end| end.tokens <= tokens && end.bytes <= self.fed.len())
+            .collect();
+        if ends.last().is_none_or(|end| end.tokens < tokens) {
+            ends.push(TurnEnd {
+                tokens,
+                bytes: self.fed.len(),
+            });
+        }
+        let mut starts = Vec::with_capacity(tokens as usize + 1);
+        let mut from = TurnEnd::default();
+        for end in ends {
+            let n = end.tokens.saturating_sub(from.tokens) as usize;
+            let (b0, b1) = (from.bytes.min(end.bytes), end.bytes);
+            let text = self.fed.get(b0..b1).unwrap_or("");
+            let within = tokenizer.token_starts(text)?;
+            let m = within.len();
+            for i in 0..n {
+                let j = if m == n { i } else { i * m / n };
+                starts.push(b0 + within.get(j).copied().unwrap_or(b1 - b0));
+            }
+            from = end;
+        }
+        starts.push(self.fed.len());
+        Ok(starts)
     }
 }
 
@@ -68,7 +124,7 @@ mod tests {
             .next_prompt(&template, &[ChatMessage::new("user", "My name is Ada.")])
             .unwrap();
         assert!(first.starts_with("<|im_start|>system\nYou are helpful."));
-        transcript.record_reply("Hello Ada!");
+        transcript.record_reply("Hello Ada!", 30);
         let second = transcript
             .next_prompt(&template, &[ChatMessage::new("user", "What is my name?")])
             .unwrap();
@@ -87,7 +143,7 @@ mod tests {
         transcript
             .next_prompt(&template, &[ChatMessage::new("user", "one")])
             .unwrap();
-        transcript.record_reply("two");
+        transcript.record_reply("two", 2);
         let before = transcript.clone();
         assert!(transcript
             .next_prompt(&template, &[ChatMessage::new("user", "three")])

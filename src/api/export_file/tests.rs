@@ -46,6 +46,7 @@ fn one_turn() -> SessionExport {
             ChatMessage::new("assistant", "Hello Ada!"),
         ],
         fed,
+        turns: Vec::new(),
     };
     SessionExport::new(
         FINGERPRINT.into(),

@@ -303,6 +303,7 @@ impl LayerMemory {
             continuous,
             evicted,
             dropped,
+            signal_mass: None,
         })
     }
 }
