@@ -50,6 +50,9 @@ pub struct ServeConfig {
     /// A file of API keys, one per line (`NAME:KEY` or `KEY`; `#` starts a comment).
     #[arg(long, env = "INFINI_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
+    /// Do not serve the playground page at `/` and `/playground` (the API is unchanged).
+    #[arg(long, env = "INFINI_NO_PLAYGROUND")]
+    pub no_playground: bool,
     /// Largest request body in bytes (413 past it).
     #[arg(long, env = "INFINI_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,

@@ -113,6 +113,24 @@ fn the_memory_map_places_every_token_once_and_counts_what_the_turn_read() {
         ],
         &dir.0,
     );
+    // The page and its two files, from this server only (the policy says so to the browser).
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/playground", "text/html"),
+        ("/playground/app.js", "text/javascript"),
+        ("/playground/app.css", "text/css"),
+    ] {
+        let response = server.get(path, None);
+        assert_eq!(response.status, 200, "{path}");
+        assert!(
+            response.header("content-type").unwrap().starts_with(kind),
+            "{path}"
+        );
+        let policy = response.header("content-security-policy").unwrap();
+        assert!(policy.contains("default-src 'none'") && policy.contains("connect-src 'self'"));
+    }
+    assert!(server.get("/", None).text().contains("/playground/app.js"));
+
     let session = create_session(&server, KEY);
     let empty = memory_map(&server, &session);
     assert_eq!(empty["tokens_seen"], 0);
@@ -195,9 +213,12 @@ fn past_the_archive_budget_the_map_shows_the_signal_and_the_mass_it_drew() {
             ("INFINI_STM_LEN", "128".to_string()),
             ("INFINI_TOP_K_BLOCKS", "2".to_string()),
             ("INFINI_ARCHIVE_BUDGET", "512".to_string()),
+            ("INFINI_NO_PLAYGROUND", "true".to_string()),
         ],
         &dir.0,
     );
+    server.get("/", None).expect_error(404);
+    server.get("/playground", None).expect_error(404);
     let session = create_session(&server, KEY);
     turn(&server, &session, &long_text(), 4);
     turn(&server, &session, "What is the secret password?", 8);

@@ -58,6 +58,8 @@ pub struct AppState {
     pub started_at: i64,
     /// Log each session's memory statistics after its turn (`--memory-stats`).
     pub log_memory_stats: bool,
+    /// Serve the playground page (off with `--no-playground`).
+    pub playground: bool,
 }
 
 /// Request body limits: every route's, and the session import's (which carries a whole memory).
@@ -69,7 +71,17 @@ pub struct BodyLimits {
 
 /// Every route.
 pub fn router(state: AppState, limits: BodyLimits) -> Router {
+    let pages = if state.playground {
+        Router::new()
+            .route("/", get(playground::page))
+            .route("/playground", get(playground::page))
+            .route("/playground/app.js", get(playground::script))
+            .route("/playground/app.css", get(playground::style))
+    } else {
+        Router::new()
+    };
     Router::new()
+        .merge(pages)
         .route("/v1/chat/completions", post(completions::chat_completions))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/models", get(ops::models))
@@ -90,10 +102,6 @@ pub fn router(state: AppState, limits: BodyLimits) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(openapi::openapi))
         .route("/docs", get(openapi::docs))
-        .route("/", get(playground::page))
-        .route("/playground", get(playground::page))
-        .route("/playground/app.js", get(playground::script))
-        .route("/playground/app.css", get(playground::style))
         .fallback(|| async { error::ApiError::from(error::RequestError::NoRoute) })
         .layer(middleware::from_fn_with_state(limits.any, body::settle))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
@@ -174,6 +182,7 @@ async fn run(config: ServeConfig, keys: ApiKeys) -> Result<()> {
         keep_alive: Duration::from_secs(config.keep_alive_secs.max(1)),
         started_at: types::now(),
         log_memory_stats: config.memory.memory_stats,
+        playground: !config.no_playground,
     };
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await

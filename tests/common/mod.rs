@@ -528,6 +528,7 @@ pub async fn in_process_router(
         keep_alive: Duration::from_secs(1),
         started_at: 0,
         log_memory_stats: false,
+        playground: true,
     };
     let bodies = infini::api::BodyLimits {
         any: 1 << 20,
