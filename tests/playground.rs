@@ -30,6 +30,19 @@ fn long_text() -> String {
     text
 }
 
+/// A server with API key `key-a` and a memory small enough for a few hundred tokens to reach the
+/// archive: an STM of 128 tokens, 2 blocks read per segment; `more` flags on top.
+fn small_memory_server(dir: &TempDir, more: &[(&str, &str)]) -> Server {
+    let mut env = vec![
+        ("INFINI_DATA_DIR", dir.0.display().to_string()),
+        ("INFINI_API_KEYS", "alice:key-a".to_string()),
+        ("INFINI_STM_LEN", "128".to_string()),
+        ("INFINI_TOP_K_BLOCKS", "2".to_string()),
+    ];
+    env.extend(more.iter().map(|&(k, v)| (k, v.to_string())));
+    Server::start(&env, &dir.0)
+}
+
 fn turn(server: &Server, session: &str, text: &str, max_tokens: u32) -> String {
     let mut body = chat(user(text), max_tokens);
     body["session_id"] = json!(session);
@@ -99,20 +112,26 @@ fn check_spans(map: &Value, stats: &Value) -> Vec<Value> {
     spans
 }
 
+/// Two turns (the long text, then a question about its first sentence) and the memory map after
+/// them, its spans checked by [`check_spans`].
+fn remember_then_ask(server: &Server, session: &str) -> (Value, Vec<Value>) {
+    turn(server, session, &long_text(), 4);
+    turn(server, session, "What is the secret password?", 8);
+    let map = memory_map(server, session);
+    let stats = server
+        .get(&format!("/v1/sessions/{session}"), Some(KEY))
+        .json()["memory"]
+        .clone();
+    let spans = check_spans(&map, &stats);
+    (map, spans)
+}
+
 #[test]
 fn the_memory_map_places_every_token_once_and_counts_what_the_turn_read() {
     require_model();
     let (layers, kv_heads) = layers_and_kv_heads();
     let dir = TempDir::new("memory-map");
-    let server = Server::start(
-        &[
-            ("INFINI_DATA_DIR", dir.0.display().to_string()),
-            ("INFINI_API_KEYS", "alice:key-a".to_string()),
-            ("INFINI_STM_LEN", "128".to_string()),
-            ("INFINI_TOP_K_BLOCKS", "2".to_string()),
-        ],
-        &dir.0,
-    );
+    let server = small_memory_server(&dir, &[]);
     // The page and its two files, from this server only (the policy says so to the browser).
     for (path, kind) in [
         ("/", "text/html"),
@@ -137,17 +156,9 @@ fn the_memory_map_places_every_token_once_and_counts_what_the_turn_read() {
     assert_eq!(empty["spans"], json!([]));
     assert_eq!(empty["last_turn"], Value::Null);
 
-    let text = long_text();
-    turn(&server, &session, &text, 4);
-    // The second turn reads an archive of several blocks from its first segment on, so every
+    // The question reads an archive of several blocks from its first segment on, so every
     // segment of every layer picks k = 2 blocks per KV head.
-    turn(&server, &session, "What is the secret password?", 8);
-    let map = memory_map(&server, &session);
-    let stats = server
-        .get(&format!("/v1/sessions/{session}"), Some(KEY))
-        .json()["memory"]
-        .clone();
-    let spans = check_spans(&map, &stats);
+    let (map, spans) = remember_then_ask(&server, &session);
     let joined: String = spans.iter().map(|s| s["text"].as_str().unwrap()).collect();
     assert!(
         joined.contains("The secret password is PELICAN-42."),
@@ -206,28 +217,17 @@ fn the_memory_map_places_every_token_once_and_counts_what_the_turn_read() {
 fn past_the_archive_budget_the_map_shows_the_signal_and_the_mass_it_drew() {
     require_model();
     let dir = TempDir::new("memory-map-signal");
-    let server = Server::start(
+    let server = small_memory_server(
+        &dir,
         &[
-            ("INFINI_DATA_DIR", dir.0.display().to_string()),
-            ("INFINI_API_KEYS", "alice:key-a".to_string()),
-            ("INFINI_STM_LEN", "128".to_string()),
-            ("INFINI_TOP_K_BLOCKS", "2".to_string()),
-            ("INFINI_ARCHIVE_BUDGET", "512".to_string()),
-            ("INFINI_NO_PLAYGROUND", "true".to_string()),
+            ("INFINI_ARCHIVE_BUDGET", "512"),
+            ("INFINI_NO_PLAYGROUND", "true"),
         ],
-        &dir.0,
     );
     server.get("/", None).expect_error(404);
     server.get("/playground", None).expect_error(404);
     let session = create_session(&server, KEY);
-    turn(&server, &session, &long_text(), 4);
-    turn(&server, &session, "What is the secret password?", 8);
-    let map = memory_map(&server, &session);
-    let stats = server
-        .get(&format!("/v1/sessions/{session}"), Some(KEY))
-        .json()["memory"]
-        .clone();
-    let spans = check_spans(&map, &stats);
+    let (map, spans) = remember_then_ask(&server, &session);
     assert_eq!(spans[0]["tier"], "sinks");
     assert_eq!(spans[1]["tier"], "signal", "{map}");
     assert!(
@@ -273,15 +273,7 @@ fn the_page_works_in_a_real_browser() {
         "selenium is missing from .venv: run ./scripts/browser_tools.sh (make test does)"
     );
     let dir = TempDir::new("playground");
-    let server = Server::start(
-        &[
-            ("INFINI_DATA_DIR", dir.0.display().to_string()),
-            ("INFINI_API_KEYS", "alice:key-a".to_string()),
-            ("INFINI_STM_LEN", "128".to_string()),
-            ("INFINI_TOP_K_BLOCKS", "2".to_string()),
-        ],
-        &dir.0,
-    );
+    let server = small_memory_server(&dir, &[]);
     let shots = root().join("target/playground");
     let output = Command::new(&python)
         .arg(root().join("scripts/playground_browser.py"))
