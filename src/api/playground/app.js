@@ -16,6 +16,7 @@ const TIERS = [
   ['stm', 'STM', 'the last tokens: the short-term window, exact'],
 ];
 const TIER_LABEL = Object.fromEntries(TIERS.map(([tier, label]) => [tier, label]));
+const TIER_WHAT = Object.fromEntries(TIERS.map(([tier, , what]) => [tier, what]));
 
 const MIN_SPAN_PX = 8; // so that every span, however short, stays visible and clickable
 const KEY_STORE = 'infini.apiKey';
@@ -30,6 +31,11 @@ const state = {
   memory: null, // the last memory map drawn
   activeSpan: null, // index of the span whose detail is shown
 };
+
+/** What identifies a span across refreshes: its block number, or its tier. */
+function spanKey(span) {
+  return span.block !== null && span.block !== undefined ? `block ${span.block}` : span.tier;
+}
 
 // ---------------------------------------------------------------------------------------------
 // The API
@@ -112,13 +118,24 @@ function revealKeyField(needed) {
 }
 
 let keyTimer = null;
+
+/** Another key sees other sessions: forget this key's, then load that key's. */
+async function reloadForKey() {
+  if (state.controller) state.controller.abort();
+  state.sessions = [];
+  state.current = null;
+  renderSessions();
+  renderMessages([]);
+  renderMemory(null);
+  await loadEverything();
+}
 function onKeyInput() {
   state.key = $('api-key').value.trim();
   if (state.key) localStorage.setItem(KEY_STORE, state.key);
   else localStorage.removeItem(KEY_STORE);
   $('api-key-box').classList.remove('needed');
   clearTimeout(keyTimer);
-  keyTimer = setTimeout(() => guarded(loadEverything), 400);
+  keyTimer = setTimeout(() => guarded(reloadForKey), 400);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -190,6 +207,8 @@ function upsertSession(session) {
 /** Selects a session: its messages in the chat, its memory in the panel. */
 async function selectSession(id) {
   if (state.controller) state.controller.abort();
+  // The speed shown is of a reply in this view; another session has not had one yet.
+  if (id !== state.current) $('reply-speed').textContent = 'Send a message to time a reply.';
   state.current = id;
   localStorage.setItem(SESSION_STORE, id);
   disarmDelete();
@@ -199,7 +218,7 @@ async function selectSession(id) {
   upsertSession(withoutMessages(session));
   renderSessions();
   renderMessages(session.messages || []);
-  await loadMemory(id, session);
+  await loadMemory(id);
 }
 
 function withoutMessages(session) {
@@ -318,6 +337,9 @@ function addMessage(role, content, done = true) {
 function renderMessages(messages) {
   for (const el of $('chat').querySelectorAll('.msg')) el.remove();
   $('chat-empty').hidden = messages.length > 0;
+  $('chat-empty').textContent = state.current
+    ? 'No messages yet: say something below.'
+    : 'Create or pick a session, then say something.';
   for (const m of messages) addMessage(m.role, m.content);
 }
 
@@ -495,7 +517,7 @@ async function refreshAfterTurn(id, outcome) {
     const session = await apiJson(`/v1/sessions/${encodeURIComponent(id)}`);
     upsertSession(withoutMessages(session));
     renderSessions();
-    await loadMemory(id, session);
+    await loadMemory(id);
   });
 }
 
@@ -513,56 +535,24 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 // ---------------------------------------------------------------------------------------------
 // Memory
 
-/** The session's memory map; from its statistics alone when the server has no map route. */
-async function loadMemory(id, session) {
-  let map;
-  try {
-    map = await apiJson(`/v1/sessions/${encodeURIComponent(id)}/memory`);
-  } catch (e) {
-    if (e.status !== 404 || !session) throw e;
-    map = mapFromStats(id, session.memory || {});
-  }
+/** Fetches and draws the session's memory map (the route ships in the same binary as this page). */
+async function loadMemory(id) {
+  const map = await apiJson(`/v1/sessions/${encodeURIComponent(id)}/memory`);
   if (state.current === id) renderMemory(map);
 }
 
-/** A coarse map (tiers only, no text or blocks) from a session's memory statistics. */
-function mapFromStats(id, stats) {
-  const sizes = {
-    sinks: [stats.sink_tokens, stats.sink_bytes],
-    signal: [stats.ltm_tokens, stats.ltm_bytes],
-    dropped: [stats.dropped_tokens, 0],
-    archive: [stats.archive_tokens, stats.archive_bytes],
-    stm: [stats.stm_tokens, stats.stm_bytes],
-  };
-  const tiers = TIERS.map(([tier]) => ({
-    tier,
-    tokens: sizes[tier][0] || 0,
-    bytes: sizes[tier][1] || 0,
-  }));
-  const spans = [];
-  let at = 0;
-  for (const { tier, tokens } of tiers) {
-    if (!tokens) continue;
-    spans.push({ tier, start: at, end: at + tokens, text: '', block: null, selected: null });
-    at += tokens;
-  }
-  return {
-    object: 'session.memory',
-    session_id: id,
-    tokens_seen: stats.tokens_seen || at,
-    tiers,
-    total_bytes: stats.total_bytes || 0,
-    spans,
-    last_turn: null,
-    coarse: true,
-  };
+/** The index in `next` of the span shown at `index` in `previous` (same session), or null. */
+function sameSpanIn(previous, next, index) {
+  if (!previous || !next || index === null || previous.session_id !== next.session_id) return null;
+  const shown = previous.spans[index];
+  const at = shown ? next.spans.findIndex((s) => spanKey(s) === spanKey(shown)) : -1;
+  return at >= 0 ? at : null;
 }
 
 /** Draws a memory map (null: nothing selected). */
 function renderMemory(map) {
-  const changed = !state.memory || !map || state.memory.session_id !== map.session_id;
+  state.activeSpan = sameSpanIn(state.memory, map, state.activeSpan);
   state.memory = map;
-  if (changed) state.activeSpan = null;
   renderSummary(map);
   renderTimeline(map);
   renderTierTable(map);
@@ -694,8 +684,7 @@ function renderDetail() {
   }
   const head = textEl('div', facts.join(' · '), 'detail-head');
   head.prepend(swatch(span.tier));
-  const text = span.text || (state.memory.coarse ? '(this server does not send span text)' : '');
-  box.append(head, textEl('pre', text, 'detail-text'));
+  box.append(head, textEl('pre', span.text, 'detail-text'));
 }
 
 function swatch(tier) {
@@ -705,15 +694,15 @@ function swatch(tier) {
 function renderLegend() {
   const legend = $('legend');
   legend.replaceChildren();
-  for (const [tier, label, what] of TIERS) {
-    const item = document.createElement('li');
-    item.append(swatch(tier), textEl('strong', label), document.createTextNode(` ${what}`));
-    legend.append(item);
-  }
-  const heat = document.createElement('li');
-  heat.append(textEl('span', '', 'swatch heat-swatch'), textEl('strong', 'heat'),
-    document.createTextNode(' how often the last reply read each archive block'));
-  legend.append(heat);
+  const item = (swatchEl, label, what) => {
+    const li = document.createElement('li');
+    li.title = what;
+    li.append(swatchEl, document.createTextNode(label));
+    legend.append(li);
+  };
+  for (const [tier, label, what] of TIERS) item(swatch(tier), label, what);
+  item(textEl('span', '', 'swatch heat-swatch'), 'heat',
+    'under the archive: how often the last reply read each block (darker: more)');
 }
 
 /** Tokens and bytes per tier, and the total. */
@@ -724,6 +713,7 @@ function renderTierTable(map) {
   for (const t of map.tiers) {
     const row = document.createElement('tr');
     row.dataset.tier = t.tier;
+    row.title = TIER_WHAT[t.tier] || '';
     const name = document.createElement('td');
     name.append(swatch(t.tier), document.createTextNode(TIER_LABEL[t.tier] || t.tier));
     row.append(name, textEl('td', fmtInt(t.tokens)), textEl('td', fmtBytes(t.bytes)));
@@ -739,7 +729,7 @@ function renderTierTable(map) {
 function renderLastTurn(map) {
   const turn = map && map.last_turn;
   if (!turn) {
-    $('last-turn').textContent = map && map.coarse ? 'This server sends tier sizes only.' : '';
+    $('last-turn').textContent = '';
     return;
   }
   const parts = [
@@ -799,6 +789,7 @@ function wire() {
   $('api-key').value = state.key;
   if (state.key) revealKeyField(false);
   $('api-key').addEventListener('input', onKeyInput);
+  $('api-key-box').addEventListener('submit', (event) => event.preventDefault());
   $('new-session').addEventListener('click', () => guarded(createSession));
   $('fork-session').addEventListener('click', () => guarded(forkSession));
   $('delete-session').addEventListener('click', () => guarded(deleteSession));
