@@ -65,19 +65,45 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// One point's past: a session memory, and the plain KV cache when the point fits the context.
+/// One memory decoding at a point: the memory, the next token it feeds (decoded tokens join the
+/// history) and the seconds of each step so far.
+struct Decoder {
+    memory: SessionMemory,
+    last: u32,
+    times: Vec<f64>,
+}
+
+impl Decoder {
+    fn new(memory: SessionMemory, last: u32) -> Self {
+        Self {
+            memory,
+            last,
+            times: Vec::new(),
+        }
+    }
+
+    /// Decodes `n` tokens; the median step of this run.
+    fn run(&mut self, model: &Llama, n: usize) -> Result<f64> {
+        let (times, last) = decode_steps(model, self.memory.caches(), self.last, n)?;
+        self.last = last;
+        let middle = median(times.clone());
+        self.times.extend(times);
+        Ok(middle)
+    }
+}
+
+/// One point's past: the session memory counting its archive's reads and a copy that does not
+/// (`--no-read-counts`), and the plain KV cache when the point fits the context.
 struct Point {
     history: usize,
-    memory: SessionMemory,
-    /// The same memory, not counting its archive's reads.
-    uncounted: SessionMemory,
-    uncounted_last: u32,
-    uncounted_times: Vec<f64>,
+    /// Counting, then not counting.
+    ours: [Decoder; 2],
+    /// Per round: the median step counting over the median step not counting (paired, so that
+    /// the machine's drift between rounds cancels).
+    counting_ratios: Vec<f64>,
     plain: Option<Vec<KvCache>>,
-    /// The next token each of the two feeds (decoded tokens join the history).
-    last: (u32, u32),
-    /// Seconds per decoded token, ours and the plain cache's.
-    times: (Vec<f64>, Vec<f64>),
+    plain_last: u32,
+    plain_times: Vec<f64>,
 }
 
 fn main() -> Result<()> {
@@ -152,16 +178,16 @@ fn main() -> Result<()> {
                 Ok(cache)
             })
             .transpose()?;
-        let last = (text[target], text[target]);
         pasts.push(Point {
             history,
-            memory,
-            uncounted,
-            uncounted_last: text[target],
-            uncounted_times: Vec::new(),
+            ours: [
+                Decoder::new(memory, text[target]),
+                Decoder::new(uncounted, text[target]),
+            ],
+            counting_ratios: Vec::new(),
             plain,
-            last,
-            times: (Vec::new(), Vec::new()),
+            plain_last: text[target],
+            plain_times: Vec::new(),
         });
     }
     drop(growing);
@@ -169,44 +195,41 @@ fn main() -> Result<()> {
     // A warm-up, then the rounds.
     tch::set_num_threads(threads);
     let _ = decode_steps(&model, &mut model.new_cache(), text[0], 16)?;
-    for _ in 0..rounds {
+    for round in 0..rounds {
         for point in pasts.iter_mut() {
-            let (ours, last) = decode_steps(&model, point.memory.caches(), point.last.0, decode)?;
-            point.times.0.extend(ours);
-            point.last.0 = last;
-            let (quiet, last) = decode_steps(
-                &model,
-                point.uncounted.caches(),
-                point.uncounted_last,
-                decode,
-            )?;
-            point.uncounted_times.extend(quiet);
-            point.uncounted_last = last;
+            // Counting and not counting take turns going first, so that whatever the first of
+            // the two pays (caches cold after the other points) falls on both alike.
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            let mut medians = [0.0; 2];
+            for i in order {
+                medians[i] = point.ours[i].run(&model, decode)?;
+            }
+            point.counting_ratios.push(medians[0] / medians[1]);
             if let Some(cache) = point.plain.as_mut() {
-                let (plain, last) = decode_steps(&model, cache, point.last.1, decode)?;
-                point.times.1.extend(plain);
-                point.last.1 = last;
+                let (plain, last) = decode_steps(&model, cache, point.plain_last, decode)?;
+                point.plain_times.extend(plain);
+                point.plain_last = last;
             }
         }
     }
 
-    println!("| history | ours tok/s | ms/token | vs 1k | ms/token, reads not counted | counting's cost | plain KV cache tok/s | llama.cpp tok/s | ours/peer | sinks | STM | archive | LTM tokens | bytes: STM | archive | LTM | total |");
+    println!("| history | ours tok/s | ms/token | vs 1k | ms/token, reads not counted | counting's cost (median of paired rounds) | plain KV cache tok/s | llama.cpp tok/s | ours/peer | sinks | STM | archive | LTM tokens | bytes: STM | archive | LTM | total |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    let seconds = |p: &Point| median(p.times.0.clone());
+    let seconds = |p: &Point| median(p.ours[0].times.clone());
     let first = pasts.iter().find(|p| p.history >= 1000).map(seconds);
     for point in &pasts {
         let ours = seconds(point);
-        let plain = if point.times.1.is_empty() {
+        let plain = if point.plain_times.is_empty() {
             "— (context full)".into()
         } else {
-            format!("{:.1}", 1.0 / median(point.times.1.clone()))
+            format!("{:.1}", 1.0 / median(point.plain_times.clone()))
         };
         let peer = peer_points
             .iter()
             .position(|&p| p == point.history)
             .and_then(|i| peer_speeds.get(i));
-        let s = point.memory.stats();
-        let uncounted = median(point.uncounted_times.clone());
+        let s = point.ours[0].memory.stats();
+        let uncounted = median(point.ours[1].times.clone());
         println!(
             "| {} | {:.1} | {:.2} | {} | {:.2} | {:+.1}% | {plain} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             point.history,
@@ -214,7 +237,7 @@ fn main() -> Result<()> {
             1000.0 * ours,
             first.map_or("—".into(), |f| format!("{:+.1}%", (ours / f - 1.0) * 100.0)),
             1000.0 * uncounted,
-            (ours / uncounted - 1.0) * 100.0,
+            (median(point.counting_ratios.clone()) - 1.0) * 100.0,
             peer.map_or("—".into(), |p| format!("{:.1}", p.decode)),
             peer.map_or("—".into(), |p| format!("{:.2}", 1.0 / ours / p.decode)),
             s.tiers.sink_tokens,

@@ -1,18 +1,115 @@
 //! How often each archive block was read since the last [`ReadCounts::take`]: the memory map's
-//! heat strip (`GET /v1/sessions/{id}/memory`). Counting is one `scatter_add_` on the tensor of
-//! chosen indices where they already are (no copy to the host, so a GPU step does not wait), and
-//! only while the archive holds blocks.
+//! heat strip (`GET /v1/sessions/{id}/memory`). Counting happens where the chosen indices already
+//! are, so it costs a decode step nothing measurable: indices in host memory (the CPU's ranking
+//! loop writes them there) are tallied in a plain vector without a libtorch call; indices on a GPU
+//! are added with one `scatter_add_` there, with no copy to the host for the step to wait on.
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
-/// Per-block read counts, aligned with the archive's held blocks.
+/// Per-block read counts `[B, blocks]`, aligned with the archive's held blocks (oldest first).
+#[derive(Debug)]
+enum Tally {
+    /// Row-major counts in host memory, and the rows.
+    Host { counts: Vec<u64>, rows: usize },
+    /// int64 counts on the device.
+    Device(Tensor),
+}
+
+impl Tally {
+    /// Zero counts for `rows` × `blocks`, where `chosen` lives.
+    fn zeros(rows: i64, blocks: i64, device: Device) -> Self {
+        match device {
+            Device::Cpu => Self::Host {
+                counts: vec![0; (rows * blocks) as usize],
+                rows: rows as usize,
+            },
+            device => Self::Device(Tensor::zeros([rows, blocks], (Kind::Int64, device))),
+        }
+    }
+
+    /// Adds one read of every index in `chosen` `[B, H_kv, k]` to its row.
+    fn add(&mut self, chosen: &Tensor) {
+        let (b, h, k) = chosen.size3().expect("chosen blocks are [B, H_kv, k]");
+        match self {
+            Self::Host { counts, rows } => {
+                let blocks = counts.len() / *rows;
+                let chosen = chosen.contiguous();
+                // SAFETY: `chosen` is a live, contiguous int64 tensor in host memory of b·h·k
+                // elements, read only while it lives.
+                let indices = unsafe {
+                    std::slice::from_raw_parts(
+                        chosen.data_ptr() as *const i64,
+                        (b * h * k) as usize,
+                    )
+                };
+                for (row, picked) in indices.chunks_exact((h * k) as usize).enumerate() {
+                    for &index in picked {
+                        counts[row * blocks + index as usize] += 1;
+                    }
+                }
+            }
+            Self::Device(counts) => {
+                let chosen = chosen.reshape([b, h * k]);
+                let _ = counts.scatter_add_(1, &chosen, &Tensor::ones_like(&chosen));
+            }
+        }
+    }
+
+    /// The counts of the oldest `front` blocks of each row (removed), and the rest, with `back`
+    /// zero columns appended.
+    fn split_front(self, front: usize, back: usize) -> (Vec<u64>, Self) {
+        match self {
+            Self::Host { counts, rows } => {
+                let blocks = counts.len() / rows;
+                let mut gone = vec![0; rows];
+                let mut kept = Vec::with_capacity(rows * (blocks - front + back));
+                for (row, counts) in counts.chunks_exact(blocks).enumerate() {
+                    gone[row] = counts[..front].iter().sum();
+                    kept.extend_from_slice(&counts[front..]);
+                    kept.extend(std::iter::repeat_n(0, back));
+                }
+                (gone, Self::Host { counts: kept, rows })
+            }
+            Self::Device(counts) => {
+                let (rows, blocks) = (counts.size()[0], counts.size()[1]);
+                let gone = counts
+                    .narrow(1, 0, front as i64)
+                    .sum_dim_intlist(1, false, Kind::Int64);
+                let fresh = Tensor::zeros([rows, back as i64], (Kind::Int64, counts.device()));
+                let kept = Tensor::cat(
+                    &[counts.narrow(1, front as i64, blocks - front as i64), fresh],
+                    1,
+                );
+                (row_values(&gone), Self::Device(kept))
+            }
+        }
+    }
+
+    /// Session row 0's counts.
+    fn first_row(&self) -> Vec<u64> {
+        match self {
+            Self::Host { counts, rows } => counts[..counts.len() / rows].to_vec(),
+            Self::Device(counts) => row_values(&counts.select(0, 0)),
+        }
+    }
+}
+
+/// An int64 vector tensor's values, copied to the host.
+fn row_values(values: &Tensor) -> Vec<u64> {
+    Vec::<i64>::try_from(values.to_device(Device::Cpu))
+        .expect("int64 counts convert")
+        .into_iter()
+        .map(|c| c as u64)
+        .collect()
+}
+
+/// Per-block read counts since the last take.
 #[derive(Debug, Default)]
 pub struct ReadCounts {
-    /// `[B, blocks]` int64 on the archive's device: reads of each held block (oldest first);
     /// `None` until the first read since the last take.
-    per_block: Option<Tensor>,
-    /// `[B]` reads of blocks that have since left the archive.
-    of_blocks_gone: Option<Tensor>,
+    per_block: Option<Tally>,
+    /// Reads of session row 0's blocks that have since left the archive.
+    of_blocks_gone: u64,
     /// Blocks picked per session row: Σ over the reads of KV heads × k.
     picks: u64,
     /// Query segments that read the archive.
@@ -34,57 +131,36 @@ impl ReadCounts {
     /// Counts one segment's choice `[B, H_kv, k]` among `blocks` held blocks.
     pub fn count(&mut self, chosen: &Tensor, blocks: i64) {
         let (b, h, k) = chosen.size3().expect("chosen blocks are [B, H_kv, k]");
-        let chosen = chosen.reshape([b, h * k]);
-        let counts = self
-            .per_block
-            .get_or_insert_with(|| Tensor::zeros([b, blocks], (Kind::Int64, chosen.device())));
-        let _ = counts.scatter_add_(1, &chosen, &Tensor::ones_like(&chosen));
+        self.per_block
+            .get_or_insert_with(|| Tally::zeros(b, blocks, chosen.device()))
+            .add(chosen);
         self.picks += (h * k) as u64;
         self.segments += 1;
     }
 
     /// One block joined the archive (it has not been read yet).
     pub fn pushed(&mut self) {
-        if let Some(counts) = &self.per_block {
-            let fresh = Tensor::zeros([counts.size()[0], 1], (Kind::Int64, counts.device()));
-            self.per_block = Some(Tensor::cat(&[counts, &fresh], 1));
-        }
+        self.per_block = self.per_block.take().map(|t| t.split_front(0, 1).1);
     }
 
     /// The oldest `blocks` blocks left the archive: their reads move to `of_blocks_gone`.
     pub fn popped(&mut self, blocks: i64) {
-        let Some(counts) = self.per_block.take() else {
-            return;
-        };
-        let held = counts.size()[1];
-        let gone = counts
-            .narrow(1, 0, blocks)
-            .sum_dim_intlist(1, false, Kind::Int64);
-        self.of_blocks_gone = Some(match self.of_blocks_gone.take() {
-            Some(before) => before + gone,
-            None => gone,
-        });
-        self.per_block = Some(counts.narrow(1, blocks, held - blocks));
+        if let Some(tally) = self.per_block.take() {
+            let (gone, kept) = tally.split_front(blocks as usize, 0);
+            self.of_blocks_gone += gone.first().copied().unwrap_or(0);
+            self.per_block = Some(kept);
+        }
     }
 
     /// The counts since the last take, and a fresh start.
     pub fn take(&mut self) -> LayerReads {
-        let first_row = |t: Option<Tensor>| -> Vec<u64> {
-            t.map_or_else(Vec::new, |t| {
-                Vec::<i64>::try_from(t.select(0, 0).to_device(tch::Device::Cpu))
-                    .expect("int64 counts convert")
-                    .into_iter()
-                    .map(|c| c as u64)
-                    .collect()
-            })
-        };
         let counts = std::mem::take(self);
         LayerReads {
-            per_block: first_row(counts.per_block),
-            of_blocks_gone: first_row(counts.of_blocks_gone.map(|t| t.unsqueeze(1)))
-                .first()
-                .copied()
-                .unwrap_or(0),
+            per_block: counts
+                .per_block
+                .as_ref()
+                .map_or_else(Vec::new, Tally::first_row),
+            of_blocks_gone: counts.of_blocks_gone,
             picks: counts.picks,
             segments: counts.segments,
         }
@@ -95,22 +171,32 @@ impl ReadCounts {
 mod tests {
     use super::*;
 
+    /// The same reads, pushes and pops tallied in host memory and as a tensor (the GPU's way,
+    /// here on the CPU) give the same counts.
     #[test]
     fn counts_follow_the_blocks_as_they_join_and_leave() {
-        let mut reads = ReadCounts::default();
         let chosen = |v: &[i64]| Tensor::from_slice(v).view([1, 2, v.len() as i64 / 2]);
-        reads.count(&chosen(&[0, 2, 2, 1]), 3); // two heads, k = 2
-        reads.pushed();
-        reads.count(&chosen(&[3, 0, 3, 2]), 4);
-        reads.popped(1); // block 0 (read twice) leaves
-        let taken = reads.take();
-        assert_eq!(taken.per_block, vec![1, 3, 2]);
-        assert_eq!(taken.of_blocks_gone, 2);
-        assert_eq!((taken.picks, taken.segments), (8, 2));
-        assert_eq!(
-            taken.per_block.iter().sum::<u64>() + taken.of_blocks_gone,
-            taken.picks
-        );
-        assert_eq!(reads.take(), LayerReads::default(), "a take starts afresh");
+        let on_device = || ReadCounts {
+            per_block: Some(Tally::Device(Tensor::zeros(
+                [1, 3],
+                (Kind::Int64, Device::Cpu),
+            ))),
+            ..ReadCounts::default()
+        };
+        for mut reads in [ReadCounts::default(), on_device()] {
+            reads.count(&chosen(&[0, 2, 2, 1]), 3); // two heads, k = 2
+            reads.pushed();
+            reads.count(&chosen(&[3, 0, 3, 2]), 4);
+            reads.popped(1); // block 0 (read twice) leaves
+            let taken = reads.take();
+            assert_eq!(taken.per_block, vec![1, 3, 2]);
+            assert_eq!(taken.of_blocks_gone, 2);
+            assert_eq!((taken.picks, taken.segments), (8, 2));
+            assert_eq!(
+                taken.per_block.iter().sum::<u64>() + taken.of_blocks_gone,
+                taken.picks
+            );
+            assert_eq!(reads.take(), LayerReads::default(), "a take starts afresh");
+        }
     }
 }
