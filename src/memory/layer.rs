@@ -71,8 +71,8 @@ pub struct LayerMemory {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LayerTurnReads {
     pub archive: LayerReads,
-    /// Σ over rows of the softmax mass on the signal's points, and the rows (none: not measured,
-    /// which is when the points are read without sticky memories or there are no points).
+    /// Σ over rows of the softmax mass on the signal's points, and the rows (none: no points were
+    /// read, or counting is off).
     pub signal_mass: Option<(f64, u64)>,
 }
 

@@ -27,7 +27,7 @@ pub struct TurnReading {
     /// Query segments that read the archive (per layer: every layer reads the same segments).
     pub segments: u64,
     /// Mean softmax mass the turn's queries put on the signal's points, over layers, heads and
-    /// queries; `None` when not measured (no points, or read without sticky memories).
+    /// queries; `None` when not measured (the signal had no points, or counting is off).
     pub signal_mass: Option<f64>,
 }
 
