@@ -53,7 +53,7 @@ impl GaussianReading {
     /// Continuous attention of queries `[B, H, T, d]` over keys and values `[B, H, N, d]` derived
     /// from the coefficients (K = B W^K, V = B W^V, §1.4):
     /// s = q·Kᵀ/√d ∈ R^N, μ = sigmoid(w_μᵀ s), σ² = softplus(w_σᵀ s) clamped below,
-    /// r = E_{N(μ,σ²)}[ψ] in closed form, z = Vᵀ r (§2.1–2.3).
+    /// r = E_{N(μ,σ²)}\[ψ\] in closed form, z = Vᵀ r (§2.1–2.3).
     pub fn read(
         &self,
         basis: &Basis,

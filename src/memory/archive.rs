@@ -15,7 +15,7 @@ use rows::Rows;
 use tch::{Kind, Tensor};
 
 /// Blocks of `block_len` tokens, keys already rotated to the memory position; keys and values
-/// exact or int8 ([`Rows`]), in RAM or spilled ([`Storage`]); representatives always exact.
+/// exact or int8 (`Rows`), in RAM or spilled ([`Storage`]); representatives always exact.
 #[derive(Debug)]
 pub struct Archive {
     block_len: i64,
@@ -158,7 +158,7 @@ impl Archive {
     /// The `k` blocks most relevant to a query segment, per key/value head, most relevant first:
     /// a block's score is the sum over the segment's queries (grouped `[B, H_kv, G·T, D]`,
     /// rotated) of q·r, r its representative key, computed as (Σ q)·r in f32
-    /// ([`ranking::best_blocks`]). Only the chosen blocks are dequantised. `None` when the archive
+    /// (`ranking::best_blocks`). Only the chosen blocks are dequantised. `None` when the archive
     /// is empty.
     pub fn select(&mut self, grouped_queries: &Tensor, k: usize) -> Option<Selection> {
         let representatives = self.representatives.view()?;

@@ -270,11 +270,11 @@ impl LayerCache for LayerMemory {
         self.keys.len()
     }
 
-    /// The new tokens join their tiers (§9.7, [`LayerMemory::take_in`]); then each query segment
+    /// The new tokens join their tiers (§9.7, `LayerMemory::take_in`); then each query segment
     /// (the new tokens in runs of one block's length; a decode step is one) selects its own top-k
     /// archive blocks and reads sinks, STM, those blocks and the signal's points in one softmax
-    /// (§9.2, [`LayerMemory::read_segment`]); then the STM's overflow leaves for the archive
-    /// ([`LayerMemory::evict_overflow`]).
+    /// (§9.2, `LayerMemory::read_segment`); then the STM's overflow leaves for the archive
+    /// (`LayerMemory::evict_overflow`).
     fn attend(
         &mut self,
         queries: &Tensor,

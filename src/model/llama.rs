@@ -351,7 +351,7 @@ impl Llama {
         })
     }
 
-    /// The model's identity (see [`fingerprint`]), e.g. `llama-1a2b3c4d5e6f7a8b-int4`.
+    /// The model's identity (see `fingerprint`), e.g. `llama-1a2b3c4d5e6f7a8b-int4`.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
     }

@@ -1,8 +1,8 @@
 //! A small decoder for the sorting task, trained from scratch, with an ∞-former long-term memory
 //! in every layer (`infinity-former.md` §1.4, §2, §3, §5.1), or without it (the baseline).
 //!
-//! Read top to bottom: [`LayerMemory`] (the learned Gaussian reading of one layer's LTM) →
-//! [`Block`] (pre-LN attention over the short-term memory and the current segment, plus the LTM
+//! Read top to bottom: `LayerMemory` (the learned Gaussian reading of one layer's LTM) →
+//! `Block` (pre-LN attention over the short-term memory and the current segment, plus the LTM
 //! output, then the MLP) → [`SortingModel`] (embedding, blocks, head, and the segment-by-segment
 //! pass over a whole sequence).
 //!
