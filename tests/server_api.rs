@@ -350,3 +350,47 @@ fn sigterm_drains_in_flight_turns_then_exits_zero() {
     );
     assert!(server.stop().success());
 }
+
+/// The README's examples, sent as written to a server on the defaults, answer what they ask: the
+/// first curl's question, and the session that remembers a name (the default precision once
+/// answered the first with nonsense while f32 answered it right: a bf16 residual stream).
+#[test]
+fn the_readmes_examples_answer_correctly_on_the_defaults() {
+    require_model();
+    let readme = std::fs::read_to_string(common::root().join("README.md")).unwrap();
+    let body = readme
+        .split("-d '")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .expect("the README's first curl has a -d '…' body");
+    let request: Value = serde_json::from_str(body).expect("the README's first body is JSON");
+    assert!(body.contains("What is the capital of France?"), "{body}");
+    for text in ["My name is Zorblax.", "What is my name?"] {
+        assert!(
+            readme.contains(text),
+            "the README's session example says {text:?}"
+        );
+    }
+    let dir = TempDir::new("readme");
+    let server = Server::start(&[("INFINI_DATA_DIR", dir.0.display().to_string())], &dir.0);
+    let reply = reply_text(&server.post("/v1/chat/completions", None, &request));
+    assert!(
+        reply.contains("Paris"),
+        "the README's first example answered {reply:?}"
+    );
+
+    let session = server.request("POST", "/v1/sessions", &[], None).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut reply = String::new();
+    for text in ["My name is Zorblax.", "What is my name?"] {
+        let mut body = chat(json!([{"role": "user", "content": text}]), 32);
+        body["session_id"] = json!(session);
+        reply = reply_text(&server.post("/v1/chat/completions", None, &body));
+    }
+    assert!(
+        reply.contains("Zorblax"),
+        "the session example answered {reply:?}"
+    );
+}

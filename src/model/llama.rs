@@ -84,11 +84,13 @@ impl Default for ModelOptions {
     }
 }
 
-/// RMSNorm: x / √(mean(x²) + ε) · weight, the statistics in f32.
+/// RMSNorm: x / √(mean(x²) + ε) · weight, read from the f32 residual stream and computed in f32,
+/// handed on in the activations' kind (what the next matrix product takes).
 #[derive(Debug)]
 struct RmsNorm {
-    weight: Tensor, // [C]
+    weight: Tensor, // [C], f32
     eps: f64,
+    out: Kind,
 }
 
 impl RmsNorm {
@@ -100,15 +102,16 @@ impl RmsNorm {
     ) -> Result<Self, ModelError> {
         let weight = weights.take(name, &[cfg.hidden_size])?;
         Ok(Self {
-            weight: weight
-                .to_device(options.device)
-                .to_kind(options.precision.activation_kind()),
+            weight: weight.to_device(options.device).to_kind(Kind::Float),
             eps: cfg.rms_norm_eps,
+            out: options.precision.activation_kind(),
         })
     }
 
+    /// `x` is the f32 residual stream.
     fn forward(&self, x: &Tensor) -> Tensor {
         x.rms_norm(self.weight.size(), Some(&self.weight), self.eps)
+            .to_kind(self.out)
     }
 }
 
@@ -261,10 +264,15 @@ impl Block {
         cache: &mut impl LayerCache,
         rope: &RopeTable,
     ) -> Result<Tensor, ModelError> {
-        let x = x + self
+        // The residual stream stays f32 whatever the activations' kind: summed over 30 layers in
+        // bf16 it drifts far enough to change greedy answers (the README's first example).
+        let attended = self
             .self_attn
             .forward(&self.input_layernorm.forward(x), cache, rope)?; // [B, T, C]
-        Ok(&x + self.mlp.forward(&self.post_attention_layernorm.forward(&x)))
+                                                                      // (f32 + bf16 promotes to f32 in the one addition kernel.)
+        let x = x + attended;
+        let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&x));
+        Ok(&x + mlp)
     }
 }
 
@@ -400,7 +408,8 @@ impl Llama {
             )));
         }
         let tokens = tokens.to_device(self.options.device).to_kind(Kind::Int64);
-        let mut x = Tensor::embedding(&self.embed_tokens, &tokens, -1, false, false); // [B, T, C]
+        let mut x =
+            Tensor::embedding(&self.embed_tokens, &tokens, -1, false, false).to_kind(Kind::Float); // [B, T, C], the f32 residual stream
         for (block, cache) in self.layers.iter().zip(caches.iter_mut()) {
             x = block.forward(&x, cache, &self.rope)?;
         }
