@@ -92,7 +92,8 @@ pub struct LastTurn {
 
 /// A session's memory map: tiers, spans with their text, and the last turn's reads.
 #[utoipa::path(get, path = "/v1/sessions/{id}/memory", tag = "sessions", params(("id" = String, Path)),
-    responses((status = 200, body = MemoryMap), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = MemoryMap), (status = 404, body = ErrorBody),
+        (status = 503, description = "The model is still loading", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn memory_map(
     State(state): State<AppState>,
@@ -104,7 +105,7 @@ pub async fn memory_map(
     let stats: MemoryStats = serde_json::from_value(head.stats.clone()).unwrap_or_default();
     let reading: Option<TurnReading> = head
         .stats
-        .get("last_turn")
+        .get(TurnReading::STATS_KEY)
         .and_then(|v| serde_json::from_value(v.clone()).ok());
     let starts = head
         .transcript

@@ -18,7 +18,7 @@ use super::json::{parse, ApiJson, JsonBody};
 use super::types::{now, MessageView};
 use super::AppState;
 use crate::engine::channel::SubmitError;
-use crate::session::MemoryParts;
+use crate::session::{MemoryParts, TurnReading};
 use crate::store::{ForkOf, SessionHead, SessionRecord};
 use crate::tokenizer::Transcript;
 
@@ -54,7 +54,7 @@ impl SessionObject {
         // What the last turn read is the memory map's (`GET /v1/sessions/{id}/memory`).
         let mut memory = head.stats;
         if let Some(fields) = memory.as_object_mut() {
-            fields.remove("last_turn");
+            fields.remove(TurnReading::STATS_KEY);
         }
         Self {
             object: "session",

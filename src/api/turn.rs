@@ -16,7 +16,7 @@ use crate::engine::channel::{
     Event, Finished, MemorySource, ModelInfo, Submission, TokenLogprob, Turn, TurnFailure,
 };
 use crate::log_text::Escaped;
-use crate::session::{CoreHeader, MemoryParts, SessionFormatError};
+use crate::session::{CoreHeader, MemoryParts, SessionFormatError, TurnReading};
 use crate::store::hot::{LiveMemory, SlotGuard};
 use crate::store::{SessionHead, TurnCommit};
 use crate::tokenizer::{ChatMessage, Transcript};
@@ -260,7 +260,7 @@ async fn finish(
     let mut transcript = turn.transcript;
     transcript.record_reply(&finished.text, kept.stats.tokens_seen);
     let mut stats = serde_json::to_value(kept.stats).unwrap_or_default();
-    stats["last_turn"] = serde_json::to_value(&kept.reading).unwrap_or_default();
+    stats[TurnReading::STATS_KEY] = serde_json::to_value(&kept.reading).unwrap_or_default();
     if state.log_memory_stats {
         tracing::info!(session = %Escaped(&turn.head.id), %stats, "session memory");
     }

@@ -265,11 +265,11 @@ impl Block {
         rope: &RopeTable,
     ) -> Result<Tensor, ModelError> {
         // The residual stream stays f32 whatever the activations' kind: summed over 30 layers in
-        // bf16 it drifts far enough to change greedy answers (the README's first example).
+        // bf16 it drifts far enough to change greedy answers (the README's first example). f32 +
+        // bf16 promotes to f32 inside the one addition kernel.
         let attended = self
             .self_attn
             .forward(&self.input_layernorm.forward(x), cache, rope)?; // [B, T, C]
-                                                                      // (f32 + bf16 promotes to f32 in the one addition kernel.)
         let x = x + attended;
         let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&x));
         Ok(&x + mlp)
@@ -408,8 +408,9 @@ impl Llama {
             )));
         }
         let tokens = tokens.to_device(self.options.device).to_kind(Kind::Int64);
-        let mut x =
-            Tensor::embedding(&self.embed_tokens, &tokens, -1, false, false).to_kind(Kind::Float); // [B, T, C], the f32 residual stream
+        // [B, T, C]: the f32 residual stream.
+        let embedded = Tensor::embedding(&self.embed_tokens, &tokens, -1, false, false);
+        let mut x = embedded.to_kind(Kind::Float);
         for (block, cache) in self.layers.iter().zip(caches.iter_mut()) {
             x = block.forward(&x, cache, &self.rope)?;
         }

@@ -32,6 +32,9 @@ pub struct TurnReading {
 }
 
 impl TurnReading {
+    /// The key a session's stored statistics keep the last turn's reading under.
+    pub const STATS_KEY: &'static str = "last_turn";
+
     /// Sums every layer's reads; `held` is the session-wide numbers of the archive's blocks now.
     pub fn of_layers(
         layers: Vec<LayerTurnReads>,
