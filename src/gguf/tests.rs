@@ -66,7 +66,7 @@ fn put_payload(out: &mut Vec<u8>, value: &MetaValue) {
 }
 
 fn pad_to(out: &mut Vec<u8>, alignment: u64) {
-    while out.len() as u64 % alignment != 0 {
+    while !(out.len() as u64).is_multiple_of(alignment) {
         out.push(0);
     }
 }

@@ -22,7 +22,9 @@ impl Basis {
     /// [`crate::ltm::LtmConfig::validate`] checks this for configured memories.
     pub fn new(num_basis: usize, widths: &[f64]) -> Self {
         assert!(
-            !widths.is_empty() && num_basis % widths.len() == 0 && num_basis / widths.len() >= 2
+            !widths.is_empty()
+                && num_basis.is_multiple_of(widths.len())
+                && num_basis / widths.len() >= 2
         );
         let count = num_basis / widths.len();
         let mut centres = Vec::with_capacity(num_basis);

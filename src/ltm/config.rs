@@ -109,7 +109,7 @@ impl LtmConfig {
         if widths == 0 || self.widths.iter().any(|w| !(w.is_finite() && *w > 0.0)) {
             return Err(LtmConfigError::BadWidths(self.widths.clone()));
         }
-        if self.num_basis % widths != 0 || self.num_basis / widths < 2 {
+        if !self.num_basis.is_multiple_of(widths) || self.num_basis / widths < 2 {
             return Err(LtmConfigError::BasisNotDivisible {
                 num_basis: self.num_basis,
                 widths,

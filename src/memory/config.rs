@@ -151,7 +151,7 @@ impl MemoryConfig {
                 format!("sinks + stm_len + block_len + 1 must fit the model's context of {context_len} tokens"),
             );
         }
-        if self.ltm_chunk_len == 0 || self.ltm_chunk_len % self.block_len != 0 {
+        if self.ltm_chunk_len == 0 || !self.ltm_chunk_len.is_multiple_of(self.block_len) {
             return out(
                 "ltm_chunk_len",
                 self.ltm_chunk_len,

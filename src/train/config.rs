@@ -145,7 +145,7 @@ impl SortingConfig {
         if let Some((flag, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{flag} must be at least 1"));
         }
-        if self.d_model % self.heads != 0 || self.head_dim() % 2 != 0 {
+        if !self.d_model.is_multiple_of(self.heads) || !self.head_dim().is_multiple_of(2) {
             return Err(format!(
                 "--d-model {} must be a multiple of --heads {} with an even head size (RoPE)",
                 self.d_model, self.heads
