@@ -16,7 +16,7 @@ pub struct Rope {
 impl Rope {
     pub fn new(head_dim: usize, base: f64) -> Self {
         assert!(
-            head_dim % 2 == 0,
+            head_dim.is_multiple_of(2),
             "RoPE needs an even head size, got {head_dim}"
         );
         let half = head_dim / 2;
@@ -93,6 +93,15 @@ impl RopeTable {
         )
     }
 
+    /// Rotates queries `[B, H, T, d]` and keys `[B, H_kv, T, d]` of the same tokens to the positions
+    /// `start..start + T` in one pass over both (one set of element-wise ops instead of two).
+    pub fn rotate_pair(&self, queries: &Tensor, keys: &Tensor, start: i64) -> (Tensor, Tensor) {
+        let h = queries.size()[1];
+        let both = self.rotate(&Tensor::cat(&[queries, keys], 1), start);
+        let h_kv = both.size()[1] - h;
+        (both.narrow(1, 0, h), both.narrow(1, h, h_kv))
+    }
+
     /// Rotates every token of `x` `[..., T, d]` to the one position `position` (the memory's, §9.2).
     pub fn rotate_all_to(&self, x: &Tensor, position: i64) -> Tensor {
         assert!(
@@ -118,6 +127,19 @@ fn rotate_with(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rotating_a_pair_equals_rotating_each() {
+        let table = Rope::new(16, 10000.0).table(64, Kind::Float, Device::Cpu);
+        let q = Tensor::arange(960, (Kind::Float, Device::Cpu))
+            .sin()
+            .reshape([2, 6, 5, 16]);
+        let k = Tensor::arange(480, (Kind::Float, Device::Cpu))
+            .cos()
+            .reshape([2, 3, 5, 16]);
+        let (rq, rk) = table.rotate_pair(&q, &k, 7);
+        assert!(rq.equal(&table.rotate(&q, 7)) && rk.equal(&table.rotate(&k, 7)));
+    }
 
     #[test]
     fn scores_depend_only_on_relative_position() {

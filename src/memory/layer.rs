@@ -292,8 +292,9 @@ impl LayerCache for LayerMemory {
                 capacity: rope.len(),
             });
         }
-        let queries = rope.rotate(queries, start).reshape([b, h_kv, group, t, d]);
-        self.take_in(keys, values, start, rope);
+        let (queries, rotated_keys) = rope.rotate_pair(queries, keys, start);
+        let queries = queries.reshape([b, h_kv, group, t, d]);
+        self.take_in(keys, &rotated_keys, values);
         let held = self.keys.len();
         let causal = causal_bias(t, held, (queries.kind(), queries.device()));
         let segment = if self.archive.blocks() > 0 {
@@ -324,13 +325,13 @@ impl LayerCache for LayerMemory {
 }
 
 impl LayerMemory {
-    /// Takes in T new keys (pre-RoPE) and values from window position `start`: the first ones
-    /// become sinks until there are `sinks`, the rest the STM; both in token order in one run, so
-    /// that the causal mask over that run covers them all.
-    fn take_in(&mut self, keys: &Tensor, values: &Tensor, start: i64, rope: &RopeTable) {
+    /// Takes in T new keys (pre-RoPE, and `rotated` to their window positions) and values: the
+    /// first ones become sinks until there are `sinks`, the rest the STM; both in token order in
+    /// one run, so that the causal mask over that run covers them all.
+    fn take_in(&mut self, keys: &Tensor, rotated: &Tensor, values: &Tensor) {
         let t = keys.size()[2];
         let to_sinks = (self.config.sinks as i64 - self.sinks_held()).clamp(0, t);
-        self.keys.append(&rope.rotate(keys, start));
+        self.keys.append(rotated);
         self.values.append(values);
         if t > to_sinks {
             self.stm_keys

@@ -55,6 +55,12 @@ impl ModelArgs {
             device: self.device,
             precision: self.precision(),
         })?;
+        tracing::info!(
+            precision = self.precision().name(),
+            native_bf16 = super::linear::cpu_has_native_bf16(),
+            paths = %model.matmul_paths(),
+            "model loaded"
+        );
         Ok((model, tokenizer))
     }
 }

@@ -183,8 +183,7 @@ impl LayerCache for KvCache {
                 )));
             }
         }
-        let queries = rope.rotate(queries, start); // [B, H, T, D]
-        let keys = rope.rotate(keys, start); // [B, H_kv, T, D]
+        let (queries, keys) = rope.rotate_pair(queries, keys, start); // [B, H, T, D], [B, H_kv, T, D]
         self.reserve(&keys, needed);
         let (held_keys, held_values) = (
             self.keys.as_ref().expect("reserved"),

@@ -3,10 +3,15 @@
 //! * int4 weight-only: groups of 32 input features share a scale and a zero
 //!   (w = (q − 8)·scale + zero, q ∈ 0..15), packed by libtorch's `_convert_weight_to_int4pack_for_cpu`
 //!   and multiplied by `_weight_int4pack_mm_for_cpu` with bf16 activations, its fast path on this CPU.
-//!   GGUF Q4_1 blocks (w = d·q + m over 32 weights) are the same thing with zero = m + 8·d.
+//!   GGUF Q4_1 blocks (w = d·q + m over 32 weights) are the same thing with zero = m + 8·d;
+//! * on the CPU, the LM head in Q8_0 (`super::q8`), whatever the precision when that loses nothing.
+//!
+//! Products of more than [`INT4_MAX_ROWS`] rows (prefill) use a dense copy of the int4 weights, in
+//! bf16 where the CPU multiplies bf16 natively and in f32 where it does not ([`prefill_kind`]).
 
 use tch::{Device, Kind, Tensor};
 
+use super::q8::Q8Matrix;
 use super::ModelError;
 use crate::gguf::Q4_1Blocks;
 
@@ -45,7 +50,8 @@ impl Precision {
 }
 
 impl Precision {
-    /// The precision of the LM head: int4 keeps it in bf16. The GGUF stores this head (the tied
+    /// The precision of a dense LM head (off the CPU; see [`Linear::lm_head`]): int4 keeps it in
+    /// bf16. The GGUF stores this head (the tied
     /// embeddings) as Q8_0, and quantising it to int4 cost the most fidelity of all the weights
     /// (tests/model_reference.rs states the figures).
     pub fn lm_head(self) -> Precision {
@@ -212,15 +218,43 @@ impl Matrix {
 #[derive(Debug)]
 pub enum Linear {
     Dense(Tensor),
+    /// Q8_0 groups multiplied by our own kernel (the LM head on the CPU, see [`Linear::lm_head`]).
+    Q8(Q8Matrix),
     Int4 {
         /// libtorch's packed layout of the codes.
         packed: Tensor,
         /// `[K/32, N, 2]` bf16: scale and zero per group and output feature.
         scales_and_zeros: Tensor,
         out_features: i64,
-        /// The same weights dequantised to bf16 `[N, K]`, for products of many rows (prefill).
+        /// The same weights dequantised `[N, K]`, in [`prefill_kind`], for products of many rows
+        /// (prefill).
         dense: Tensor,
     },
+}
+
+/// Whether this CPU multiplies bf16 natively (AVX512-BF16, which every CPU with AMX has as well).
+/// Without it libtorch widens bf16 to f32 in software for every product: on a 2-core AVX2 EPYC,
+/// prefill ran at 78 tok/s through dense bf16 against 393 through f32 (issue #16's table).
+pub fn cpu_has_native_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The kind of the dense copy of int4 weights that products of many rows (prefill) use: bf16 where
+/// the CPU multiplies it natively, else f32 (twice the bytes, 424 MB instead of 212 MB for
+/// SmolLM2-135M's layers; docs/OPERATIONS.md).
+pub fn prefill_kind() -> Kind {
+    if cpu_has_native_bf16() {
+        Kind::BFloat16
+    } else {
+        Kind::Float
+    }
 }
 
 /// Most rows for which the int4 kernel beats a dense bf16 product. Measured here (2-core EPYC,
@@ -255,6 +289,47 @@ impl Linear {
         }
     }
 
+    /// The LM head `[V, C]`. On the CPU it is Q8_0 ([`Q8Matrix`]: half the bytes of bf16, read by
+    /// our own kernel) whenever that loses nothing against the precision's own head: below f32
+    /// always (Q8_0 is as close to the weights as bf16 is, and for a GGUF's Q8_0 embeddings closer),
+    /// and in f32 when the weights are Q8_0 values already (they quantise back exactly). Otherwise,
+    /// and on other devices, dense in [`Precision::lm_head`].
+    pub fn lm_head(
+        weight: &Tensor,
+        precision: Precision,
+        device: Device,
+    ) -> Result<Self, ModelError> {
+        if device == Device::Cpu {
+            let q8 = Q8Matrix::quantise(weight)?;
+            if precision != Precision::F32 || q8.dequantise().equal(&weight.to_kind(Kind::Float)) {
+                return Ok(Linear::Q8(q8));
+            }
+        }
+        Self::new(weight, precision.lm_head(), device)
+    }
+
+    /// The kind of activations this matrix multiplies at full fidelity: the dense weights' kind,
+    /// bf16 for the int4 kernel, f32 for Q8_0.
+    pub fn input_kind(&self) -> Kind {
+        match self {
+            Linear::Dense(weight) => weight.kind(),
+            Linear::Q8(_) => Kind::Float,
+            Linear::Int4 { .. } => Kind::BFloat16,
+        }
+    }
+
+    /// How this matrix is multiplied, for the start-up log (`infini serve` prints it).
+    pub fn describe(&self) -> String {
+        match self {
+            Linear::Dense(weight) => format!("dense {:?}", weight.kind()),
+            Linear::Q8(_) => format!("Q8_0 ({} kernel)", super::q8::kernel_isa()),
+            Linear::Int4 { dense, .. } => format!(
+                "int4 kernel up to {INT4_MAX_ROWS} rows, dense {:?} beyond",
+                dense.kind()
+            ),
+        }
+    }
+
     /// Packs int4 groups for libtorch's CPU kernel.
     pub fn from_int4(groups: &Int4Groups, device: Device) -> Result<Self, ModelError> {
         if device != Device::Cpu {
@@ -276,14 +351,15 @@ impl Linear {
             packed,
             scales_and_zeros,
             out_features: n,
-            dense: groups.dequantise().to_kind(Kind::BFloat16),
+            dense: groups.dequantise().to_kind(prefill_kind()),
         })
     }
 
-    /// `x [..., in]` → `[..., out]`, in the kind of `x`.
+    /// `x [..., in]` → `[..., out]`, in the kind of `x` (f32 for Q8_0).
     pub fn forward(&self, x: &Tensor) -> Tensor {
         match self {
             Linear::Dense(weight) => x.linear::<&Tensor>(weight, None),
+            Linear::Q8(matrix) => matrix.forward(x),
             Linear::Int4 {
                 packed,
                 scales_and_zeros,
@@ -294,7 +370,10 @@ impl Linear {
                 let k = *shape.last().expect("x has a feature dimension");
                 let rows = x.reshape([-1, k]); // [M, K]
                 if rows.size()[0] > INT4_MAX_ROWS {
-                    return x.linear::<&Tensor>(dense, None);
+                    return x
+                        .to_kind(dense.kind())
+                        .linear::<&Tensor>(dense, None)
+                        .to_kind(x.kind());
                 }
                 let y =
                     rows.internal_weight_int4pack_mm_for_cpu(packed, INT4_GROUP, scales_and_zeros); // [M, N]

@@ -1,0 +1,341 @@
+//! The LM head as GGUF's Q8_0 stores it: groups of 32 input features share one scale d, and each
+//! weight is d·q with q ∈ −127..=127 (`w = d·q`, d = max|w| / 127 over the group).
+//!
+//! A decode step multiplies one row of activations by the whole head, V × C = 49,152 × 576 weights
+//! for SmolLM2: the largest matrix of the model, 56 MB in bf16, which libtorch read in about 7 ms on
+//! two threads of the 2-core Xeon VM (12 ms on one) out of a ~25 ms step. Here the head is 1 byte a
+//! weight (30 MB with the scales), read by a kernel of our own that widens each code to f32 and
+//! accumulates in f32 against f32 activations: 4.5–5.5 ms on one thread, and no loss, since it
+//! multiplies by exactly the weights the GGUF holds (bf16 rounds them). Products of many rows (logits at every position, for
+//! perplexity) go through libtorch on dequantised f32 tiles instead, where a GEMM's blocking pays.
+//!
+//! The kernel runs on the calling thread alone. The head is memory-bound, and on the 2-core VMs
+//! measured a second thread lost more to libtorch's OpenMP workers (which spin for a while after
+//! each parallel region) than it gained: 41.7/39.3/39.4 tok/s decode with one thread against
+//! 38.9/34.7/36.8 with two, in alternating runs of `infini generate`.
+
+use tch::{Device, Kind, Tensor};
+
+use super::ModelError;
+
+/// Input features that share one scale (GGUF's Q8_0 block).
+pub const Q8_GROUP: usize = 32;
+/// Most rows of activations that the vector kernel takes; more go through libtorch tiles.
+pub const Q8_MAX_ROWS: usize = 8;
+/// Output features dequantised at a time for a product of many rows: 4,096 × 576 f32 is 9 MB.
+const TILE: usize = 4096;
+
+/// A `[N, K]` weight matrix in Q8_0 groups, in host memory for the kernel below.
+#[derive(Debug)]
+pub struct Q8Matrix {
+    rows: usize,
+    cols: usize,
+    /// `[N·K]`, row-major.
+    codes: Vec<i8>,
+    /// `[N·K/32]`: the scale of each group, row-major.
+    scales: Vec<f32>,
+}
+
+impl Q8Matrix {
+    /// Quantises dense weights `[N, K]` per group of 32 as llama.cpp's Q8_0 does
+    /// (d = max|w| / 127, q = round(w / d)). Weights that already are Q8_0 values (a GGUF Q8_0
+    /// tensor dequantised: d·q with d an f16 and some |q| = 127 in each group) come back exactly,
+    /// because d·127 / 127 and d·q / d are exact in f32.
+    pub fn quantise(weight: &Tensor) -> Result<Self, ModelError> {
+        let (n, k) = weight.size2()?;
+        let group = Q8_GROUP as i64;
+        if k % group != 0 {
+            return Err(ModelError::Unsupported(format!(
+                "Q8_0 needs input features in multiples of {Q8_GROUP}, got {k}"
+            )));
+        }
+        let groups =
+            weight
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float)
+                .reshape([n, k / group, group]);
+        let scales = groups.abs().amax(-1, true) / 127.0; // [N, K/32, 1]
+        let codes = (groups / scales.clamp_min(f64::from(f32::MIN_POSITIVE)))
+            .round()
+            .clamp(-127.0, 127.0)
+            .to_kind(Kind::Int8);
+        Ok(Self {
+            rows: n as usize,
+            cols: k as usize,
+            codes: Vec::<i8>::try_from(codes.reshape([-1]))?,
+            scales: Vec::<f32>::try_from(scales.reshape([-1]))?,
+        })
+    }
+
+    /// Output rows `start..start + count` as dense f32 `[count, K]`.
+    fn dequantise_rows(&self, start: usize, count: usize) -> Tensor {
+        let (k, groups) = (self.cols, self.cols / Q8_GROUP);
+        let codes = Tensor::from_slice(&self.codes[start * k..(start + count) * k])
+            .to_kind(Kind::Float)
+            .reshape([count as i64, groups as i64, Q8_GROUP as i64]);
+        let scales = Tensor::from_slice(&self.scales[start * groups..(start + count) * groups])
+            .reshape([count as i64, groups as i64, 1]);
+        (codes * scales).reshape([count as i64, k as i64])
+    }
+
+    /// The dense weights these codes stand for, `[N, K]` f32.
+    pub fn dequantise(&self) -> Tensor {
+        self.dequantise_rows(0, self.rows)
+    }
+
+    /// `x [..., K]` (any float kind) → `[..., N]` f32: `x Wᵀ`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let mut shape = x.size();
+        let k = *shape.last().expect("x has a feature dimension");
+        *shape.last_mut().expect("non-empty") = self.rows as i64;
+        let rows = x.reshape([-1, k]).to_kind(Kind::Float);
+        let m = rows.size()[0] as usize;
+        if m > Q8_MAX_ROWS {
+            let tiles: Vec<Tensor> = (0..self.rows)
+                .step_by(TILE)
+                .map(|start| {
+                    let tile = self.dequantise_rows(start, TILE.min(self.rows - start));
+                    rows.linear::<&Tensor>(&tile, None)
+                })
+                .collect();
+            return Tensor::cat(&tiles, 1).reshape(shape);
+        }
+        let input = Vec::<f32>::try_from(rows.contiguous().reshape([-1]))
+            .expect("f32 activations copy to host memory");
+        let mut output = vec![0f32; m * self.rows];
+        for (x, y) in input
+            .chunks_exact(self.cols)
+            .zip(output.chunks_exact_mut(self.rows))
+        {
+            kernel::rows(&self.codes, &self.scales, x, y);
+        }
+        Tensor::from_slice(&output)
+            .reshape(shape)
+            .to_device(x.device())
+    }
+
+    /// Bytes the codes and scales take.
+    pub fn bytes(&self) -> usize {
+        self.codes.len() + 4 * self.scales.len()
+    }
+}
+
+/// `y[r] = Σ_g d[r, g] · Σ_{j<32} q[r, 32g + j] · x[32g + j]` in f32, with the widest vectors the
+/// CPU has (chosen at run time): each group's 32 codes are widened to f32 and multiplied with fused
+/// multiply-adds; two accumulators (even and odd groups) keep the adder busy.
+mod kernel {
+    use super::Q8_GROUP;
+
+    /// How far ahead of the group being read its codes are requested from memory, in bytes.
+    #[cfg(target_arch = "x86_64")]
+    const PREFETCH: usize = 1024;
+
+    /// Any CPU: one group at a time, in scalar code.
+    fn rows_scalar(codes: &[i8], scales: &[f32], x: &[f32], y: &mut [f32]) {
+        let groups = x.len() / Q8_GROUP;
+        for (r, out) in y.iter_mut().enumerate() {
+            *out = (0..groups)
+                .map(|g| {
+                    let at = (r * groups + g) * Q8_GROUP;
+                    let dot: f32 = codes[at..at + Q8_GROUP]
+                        .iter()
+                        .zip(&x[g * Q8_GROUP..(g + 1) * Q8_GROUP])
+                        .map(|(&q, &x)| f32::from(q) * x)
+                        .sum();
+                    dot * scales[r * groups + g]
+                })
+                .sum();
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn rows_avx512(codes: &[i8], scales: &[f32], x: &[f32], y: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let groups = x.len() / Q8_GROUP;
+        assert!(codes.len() >= y.len() * x.len() && scales.len() >= y.len() * groups);
+        // SAFETY: every load below reads codes[(r·groups + g)·32 ..][..32], x[g·32 ..][..32] and
+        // scales[r·groups + g] for r < y.len(), g < groups: within the lengths asserted above.
+        unsafe {
+            let group = |r: usize, g: usize| {
+                let q = codes.as_ptr().add((r * groups + g) * Q8_GROUP);
+                _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(PREFETCH).cast());
+                let xs = x.as_ptr().add(g * Q8_GROUP);
+                let low = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.cast())));
+                let high =
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.add(16).cast())));
+                let dot = _mm512_fmadd_ps(
+                    high,
+                    _mm512_loadu_ps(xs.add(16)),
+                    _mm512_mul_ps(low, _mm512_loadu_ps(xs)),
+                );
+                (dot, _mm512_set1_ps(*scales.get_unchecked(r * groups + g)))
+            };
+            for (r, out) in y.iter_mut().enumerate() {
+                let (mut even, mut odd) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+                let mut g = 0;
+                while g + 1 < groups {
+                    let (dot, d) = group(r, g);
+                    even = _mm512_fmadd_ps(dot, d, even);
+                    let (dot, d) = group(r, g + 1);
+                    odd = _mm512_fmadd_ps(dot, d, odd);
+                    g += 2;
+                }
+                if g < groups {
+                    let (dot, d) = group(r, g);
+                    even = _mm512_fmadd_ps(dot, d, even);
+                }
+                *out = _mm512_reduce_add_ps(_mm512_add_ps(even, odd));
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn rows_avx2(codes: &[i8], scales: &[f32], x: &[f32], y: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let groups = x.len() / Q8_GROUP;
+        assert!(codes.len() >= y.len() * x.len() && scales.len() >= y.len() * groups);
+        // SAFETY: as in `rows_avx512`, every read lies within the lengths asserted above.
+        unsafe {
+            for (r, out) in y.iter_mut().enumerate() {
+                let mut total = _mm256_setzero_ps();
+                for g in 0..groups {
+                    let q = codes.as_ptr().add((r * groups + g) * Q8_GROUP);
+                    let xs = x.as_ptr().add(g * Q8_GROUP);
+                    let mut dot = _mm256_setzero_ps();
+                    for part in 0..4 {
+                        let codes8 = _mm_loadl_epi64(q.add(8 * part).cast());
+                        let weights = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(codes8));
+                        dot = _mm256_fmadd_ps(weights, _mm256_loadu_ps(xs.add(8 * part)), dot);
+                    }
+                    let d = _mm256_set1_ps(*scales.get_unchecked(r * groups + g));
+                    total = _mm256_fmadd_ps(dot, d, total);
+                }
+                let halves = _mm_add_ps(
+                    _mm256_castps256_ps128(total),
+                    _mm256_extractf128_ps(total, 1),
+                );
+                let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
+                *out = _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)));
+            }
+        }
+    }
+
+    pub(super) fn rows(codes: &[i8], scales: &[f32], x: &[f32], y: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F, checked on the line above.
+                return unsafe { rows_avx512(codes, scales, x, y) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: the CPU has AVX2 and FMA, checked on the lines above.
+                return unsafe { rows_avx2(codes, scales, x, y) };
+            }
+        }
+        rows_scalar(codes, scales, x, y)
+    }
+
+    #[cfg(test)]
+    pub(super) fn rows_reference(codes: &[i8], scales: &[f32], x: &[f32], y: &mut [f32]) {
+        rows_scalar(codes, scales, x, y)
+    }
+}
+
+/// The vector extension the kernel runs with on this CPU, for the start-up log.
+pub fn kernel_isa() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "avx512f";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return "avx2";
+        }
+    }
+    "generic"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in −1..1 of `shape` (no draw from the global generator, which other
+    /// tests running at the same time seed).
+    fn values(shape: &[i64], salt: f64) -> Tensor {
+        let n: i64 = shape.iter().product();
+        (Tensor::arange(n, (Kind::Double, Device::Cpu)) * 0.61 + salt)
+            .sin()
+            .to_kind(Kind::Float)
+            .reshape(shape)
+    }
+
+    #[test]
+    fn gguf_q8_0_values_quantise_back_exactly() {
+        // Q8_0 as llama.cpp writes it: an f16 scale per group and codes with max |q| = 127.
+        let (n, k) = (24i64, 96i64);
+        let scales = (values(&[n, k / 32, 1], 0.3).abs() * 0.01 + 1e-4)
+            .to_kind(Kind::Half)
+            .to_kind(Kind::Float);
+        let mut codes = (values(&[n, k / 32, 32], 1.1) * 127.0).round();
+        let _ = codes.narrow(-1, 5, 1).fill_(127.0);
+        let dense = (codes.shallow_clone() * &scales).reshape([n, k]);
+        let q8 = Q8Matrix::quantise(&dense).unwrap();
+        assert!(
+            q8.dequantise().equal(&dense),
+            "re-quantised Q8_0 weights changed"
+        );
+        codes = codes.reshape([n, k]).to_kind(Kind::Int8);
+        let back = Tensor::from_slice(&q8.codes).reshape([n, k]);
+        assert!(back.equal(&codes), "codes differ");
+    }
+
+    #[test]
+    fn the_vector_kernel_equals_the_scalar_loop() {
+        // Three groups (an odd count: the AVX-512 path pairs groups) and five rows.
+        let weight = values(&[5, 96], 0.5);
+        let q8 = Q8Matrix::quantise(&weight).unwrap();
+        let x: Vec<f32> = (0..96).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
+        let (mut fast, mut scalar) = (vec![0f32; 5], vec![0f32; 5]);
+        kernel::rows(&q8.codes, &q8.scales, &x, &mut fast);
+        kernel::rows_reference(&q8.codes, &q8.scales, &x, &mut scalar);
+        for (a, b) in fast.iter().zip(&scalar) {
+            assert!(
+                (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                "{kernel} kernel {a} against scalar {b}",
+                kernel = kernel_isa()
+            );
+        }
+    }
+
+    #[test]
+    fn products_equal_the_dense_product_for_few_and_many_rows() {
+        // f32 accumulation in another order than libtorch's: 1e-5 of the outputs' scale.
+        let weight = values(&[4100, 64], 0.2) * 0.05;
+        let q8 = Q8Matrix::quantise(&weight).unwrap();
+        let dense = q8.dequantise();
+        // Rounding: within half a step (d/2) of each weight.
+        let half_step = Tensor::from_slice(&q8.scales).reshape([4100, 2, 1]) * 0.5 + 1e-9;
+        let error = (&dense - &weight).abs().reshape([4100, 2, 32]);
+        assert!(
+            bool::try_from(error.le_tensor(&half_step).all()).unwrap(),
+            "rounding error above half a step"
+        );
+        for shape in [vec![1i64, 64], vec![2, 3, 64], vec![3, 5, 64]] {
+            let x = values(&shape, 2.0);
+            let expected = x.linear::<&Tensor>(&dense, None);
+            let got = q8.forward(&x);
+            assert_eq!(got.size(), expected.size());
+            let error = (&got - &expected).abs().max().double_value(&[]);
+            let scale = expected.abs().max().double_value(&[]);
+            assert!(
+                error < 1e-5 * scale,
+                "{shape:?}: off by {error} (outputs up to {scale})"
+            );
+        }
+    }
+}
