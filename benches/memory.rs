@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use common::{peer, prompt, GGUF};
+use common::{cpu_description, peer, prompt, GGUF};
 use infini::engine::generate::{generate, prefill, GenerateOptions, Greedy};
 use infini::memory::{MemoryConfig, MemoryLayout};
 use infini::model::{Checkpoint, KvCache, LayerCache, Llama, ModelOptions};
@@ -133,6 +133,7 @@ fn main() -> Result<()> {
     )?;
     let text = prompt(*points.iter().max().unwrap_or(&100));
     let decoded = decode * rounds;
+    println!("{}", cpu_description());
     println!(
         "batch 1, {threads} decode threads, int4, default memory layout (L_stm {}, top-{} blocks of {}), \
          {rounds} interleaved rounds of {decode} tokens at each point, median time per token",

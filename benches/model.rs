@@ -1,9 +1,11 @@
 //! Decode and prefill speed at batch 1, ours against llama.cpp (llama-cpp-python on the same GGUF)
-//! in the same run, for prompts of 100 and 2,000 tokens (issue 3 item 7, `performance.md`).
+//! in the same run, for prompts of 100, 1,000 and 7,800 tokens (issue #16 item 4, `performance.md`),
+//! with the CPU's model name and flags. Ours runs each precision on the plain KV cache (the model
+//! step alone) and the default precision also through the session memory (what the server does).
 //!
 //! Run: `make bench-model` (or `cargo bench --bench model`). Environment:
 //! `INFINI_BENCH_PRECISIONS` (default `f32,bf16,int4`), `INFINI_BENCH_DECODE` (tokens generated per
-//! prompt, default 64), `INFINI_BENCH_PROMPTS` (prompt lengths, default `100,2000`),
+//! prompt, default 64), `INFINI_BENCH_PROMPTS` (prompt lengths, default `100,1000,7800`),
 //! `INFINI_BENCH_THREADS` (default: libtorch's, the core count), `INFINI_BENCH_PEER=0` to skip the
 //! peer. Both sides use the same number of threads and the same token ids.
 
@@ -13,25 +15,51 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use common::{peer, prompt, Speed, GGUF};
+use common::{cpu_description, peer, prompt, Speed, GGUF};
 use infini::engine::generate::{generate, GenerateOptions, Greedy};
-use infini::model::{Checkpoint, Llama, ModelOptions, Precision};
+use infini::memory::{MemoryConfig, MemoryLayout};
+use infini::model::{Checkpoint, LayerCache, Llama, ModelOptions, Precision};
+use infini::session::SessionMemory;
 use tch::Device;
 
-fn ours(model: &Llama, tokens: &[u32], decode: usize) -> Result<Speed> {
+/// Where the past is kept while ours runs.
+#[derive(Clone, Copy)]
+enum Past {
+    /// The plain KV cache: the model step alone.
+    Plain,
+    /// The session memory with its default layout, as the server runs.
+    Memory,
+}
+
+fn ours(model: &Llama, past: Past, tokens: &[u32], decode: usize) -> Result<Speed> {
+    match past {
+        Past::Plain => ours_on(model, &mut model.new_cache(), tokens, decode),
+        Past::Memory => {
+            let context = model.config().max_position_embeddings as usize;
+            let layout =
+                MemoryLayout::new(MemoryConfig::default(), context, model.options().device)?;
+            ours_on(
+                model,
+                SessionMemory::new(model, &layout).caches(),
+                tokens,
+                decode,
+            )
+        }
+    }
+}
+
+fn ours_on<C: LayerCache>(
+    model: &Llama,
+    caches: &mut [C],
+    tokens: &[u32],
+    decode: usize,
+) -> Result<Speed> {
     let options = GenerateOptions {
         max_tokens: decode,
         stop_tokens: vec![],
         prefill_chunk: 2048,
     };
-    let out = generate(
-        model,
-        &mut model.new_cache(),
-        tokens,
-        &mut Greedy,
-        &options,
-        |_| true,
-    )?;
+    let out = generate(model, caches, tokens, &mut Greedy, &options, |_| true)?;
     Ok(Speed {
         prefill: tokens.len() as f64 / out.prefill.as_secs_f64(),
         decode: (decode - 1) as f64 / out.decode.as_secs_f64(),
@@ -55,13 +83,14 @@ fn main() -> Result<()> {
         tch::set_num_threads(threads.parse()?);
     }
     let threads = tch::get_num_threads();
-    let lengths = std::env::var("INFINI_BENCH_PROMPTS").unwrap_or_else(|_| "100,2000".into());
+    let lengths = std::env::var("INFINI_BENCH_PROMPTS").unwrap_or_else(|_| "100,1000,7800".into());
     let prompts: Vec<Vec<u32>> = lengths
         .split(',')
         .map(|n| Ok(prompt(n.trim().parse()?)))
         .collect::<Result<_>>()?;
     // Ours loads the same GGUF as the peer (Q4_1 packed as is for int4).
     let checkpoint = Checkpoint::open(root.join(GGUF)).context("run ./scripts/setup.sh first")?;
+    println!("{}", cpu_description());
     println!("batch 1, {threads} threads, {decode} tokens decoded per prompt");
 
     let peer_speeds = if std::env::var("INFINI_BENCH_PEER").as_deref() == Ok("0") {
@@ -76,11 +105,24 @@ fn main() -> Result<()> {
             precision,
         })?;
         let load = started.elapsed().as_secs_f64();
-        let _ = ours(&model, &prompts[0][..16], 4)?; // warm-up
-        for (tokens, i) in prompts.iter().zip(0..) {
-            let speed = ours(&model, tokens, decode)?;
+        println!(
+            "{precision:?} loaded in {load:.1} s: {}",
+            model.matmul_paths()
+        );
+        let pasts: &[(Past, &str)] = if precision == Precision::default() {
+            &[(Past::Plain, "KV cache"), (Past::Memory, "memory")]
+        } else {
+            &[(Past::Plain, "KV cache")]
+        };
+        let _ = ours(&model, Past::Plain, &prompts[0][..16], 4)?; // warm-up
+        for ((tokens, i), &(past, name)) in prompts
+            .iter()
+            .zip(0..)
+            .flat_map(|prompt| pasts.iter().map(move |past| (prompt, past)))
+        {
+            let speed = ours(&model, past, tokens, decode)?;
             let mut line = format!(
-                "{precision:?} (loaded in {load:.1} s), prompt {:>5}: prefill {:>7.1} tok/s, decode {:>6.1} tok/s",
+                "{precision:?} {name:>8}, prompt {:>5}: prefill {:>7.1} tok/s, decode {:>6.1} tok/s",
                 tokens.len(),
                 speed.prefill,
                 speed.decode

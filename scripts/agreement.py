@@ -1,18 +1,23 @@
 #!/usr/bin/env python3
 """Greedy agreement with the f32 model: the same 30 prompts (20 chat, 10 raw) through `infini serve`
-at each precision, and how many replies share their first 8 words with f32's. A check of what a
-precision costs in answers (issue 16 asks for a fuller table with llama.cpp beside it).
+at each precision, and how many replies share their first 8 words with f32's; and the same for
+llama.cpp (llama-cpp-python 0.3.36 on the same GGUF, its chat template, greedy, no repetition
+penalty), the peer a user would compare with (issue 16 item 3).
 
-    scripts/agreement.py --binary target/release/infini [--precisions f32,bf16,int4] [--port 8095]
+    scripts/agreement.py --binary target/release/infini [--precisions bf16,int4] [--port 8095] [--no-peer]
 """
 
 import argparse
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference"))
+from common import GGUF_FILE, MODELS, ensure_packages  # noqa: E402
 
 CHAT = [
     "What is the capital of France?", "Name three primary colours.", "What is 12 times 12?",
@@ -67,17 +72,39 @@ def replies(binary, precision, port):
             server.wait()
 
 
+def peer_replies():
+    """Every prompt's greedy reply (20 tokens) from llama.cpp on the same GGUF. One token per
+    batch: the llama-cpp-python build here crashes on prompt batches with AMX (see
+    reference/bench_llama_cpp.py); it changes the speed, not the result."""
+    ensure_packages("llama_cpp==llama-cpp-python==0.3.36")
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=os.path.join(MODELS, GGUF_FILE), n_ctx=512, n_batch=1, n_ubatch=1, verbose=False)
+    greedy = dict(temperature=0.0, top_k=1, repeat_penalty=1.0, max_tokens=20)
+    out = {}
+    for q in CHAT:
+        reply = llm.create_chat_completion([{"role": "user", "content": q}], **greedy)
+        out["chat: " + q] = reply["choices"][0]["message"]["content"]
+    for q in RAW:
+        out["raw: " + q] = llm.create_completion(q, **greedy)["choices"][0]["text"]
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--binary", default="target/release/infini")
     parser.add_argument("--precisions", default="bf16,int4")
     parser.add_argument("--port", type=int, default=8095)
+    parser.add_argument("--no-peer", action="store_true", help="skip llama.cpp")
     args = parser.parse_args()
     reference = replies(args.binary, "f32", args.port)
     print("| precision | agrees with f32 (first 8 words) | differs on |")
     print("|---|---|---|")
-    for precision in args.precisions.split(","):
-        other = replies(args.binary, precision, args.port)
+    rows = [(p, lambda p=p: replies(args.binary, p, args.port)) for p in args.precisions.split(",")]
+    if not args.no_peer:
+        rows.append(("llama.cpp Q4_1", peer_replies))
+    for precision, run in rows:
+        other = run()
         differ = [k for k, v in reference.items() if v.split()[:8] != other[k].split()[:8]]
         print(f"| {precision} | {len(reference) - len(differ)}/{len(reference)} | "
               f"{'; '.join(differ) or '—'} |")

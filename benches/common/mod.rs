@@ -17,6 +17,39 @@ pub struct Speed {
     pub decode: f64,
 }
 
+/// The CPU's model name and the flags that decide its matmul paths (from /proc/cpuinfo), so that
+/// every figure printed names the machine it was measured on.
+pub fn cpu_description() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.split_once(':'))
+            .map(|(_, value)| value.trim().to_string())
+            .unwrap_or_default()
+    };
+    let flags = field("flags");
+    let wanted = [
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512_vnni",
+        "avx512_bf16",
+        "amx_bf16",
+        "amx_int8",
+    ];
+    let present: Vec<&str> = wanted
+        .into_iter()
+        .filter(|flag| flags.split_whitespace().any(|f| f == *flag))
+        .collect();
+    format!(
+        "CPU: {} ({} logical cores; {})",
+        field("model name"),
+        info.lines().filter(|l| l.starts_with("processor")).count(),
+        present.join(" ")
+    )
+}
+
 /// Deterministic, varied token ids (ordinary vocabulary range, no special tokens).
 pub fn prompt(length: usize) -> Vec<u32> {
     (0..length as u64)
