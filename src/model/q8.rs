@@ -239,9 +239,38 @@ mod kernel {
         rows_scalar(codes, scales, x, y)
     }
 
+    /// Every path this CPU can run, by name, each applied to the same input (tests compare them).
     #[cfg(test)]
-    pub(super) fn rows_reference(codes: &[i8], scales: &[f32], x: &[f32], y: &mut [f32]) {
-        rows_scalar(codes, scales, x, y)
+    pub(super) fn every_path(
+        codes: &[i8],
+        scales: &[f32],
+        x: &[f32],
+        rows: usize,
+    ) -> Vec<(&'static str, Vec<f32>)> {
+        let run = |path: &dyn Fn(&mut [f32])| {
+            let mut y = vec![0f32; rows];
+            path(&mut y);
+            y
+        };
+        #[allow(unused_mut)]
+        let mut paths = vec![("scalar", run(&|y| rows_scalar(codes, scales, x, y)))];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F, checked on the line above.
+                paths.push((
+                    "avx512f",
+                    run(&|y| unsafe { rows_avx512(codes, scales, x, y) }),
+                ));
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: the CPU has AVX2 and FMA, checked on the lines above.
+                paths.push(("avx2", run(&|y| unsafe { rows_avx2(codes, scales, x, y) })));
+            }
+        }
+        paths
     }
 }
 
@@ -295,20 +324,25 @@ mod tests {
     }
 
     #[test]
-    fn the_vector_kernel_equals_the_scalar_loop() {
-        // Three groups (an odd count: the AVX-512 path pairs groups) and five rows.
+    fn every_vector_kernel_equals_the_scalar_loop() {
+        // Three groups (an odd count: the AVX-512 path pairs groups) and five rows; every path
+        // this CPU runs (an AVX-512 machine checks its AVX2 path too).
         let weight = values(&[5, 96], 0.5);
         let q8 = Q8Matrix::quantise(&weight).unwrap();
         let x: Vec<f32> = (0..96).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
-        let (mut fast, mut scalar) = (vec![0f32; 5], vec![0f32; 5]);
-        kernel::rows(&q8.codes, &q8.scales, &x, &mut fast);
-        kernel::rows_reference(&q8.codes, &q8.scales, &x, &mut scalar);
-        for (a, b) in fast.iter().zip(&scalar) {
-            assert!(
-                (a - b).abs() <= 1e-5 * b.abs().max(1.0),
-                "{kernel} kernel {a} against scalar {b}",
-                kernel = kernel_isa()
-            );
+        let paths = kernel::every_path(&q8.codes, &q8.scales, &x, 5);
+        let (_, scalar) = &paths[0];
+        for (name, y) in &paths[1..] {
+            for (a, b) in y.iter().zip(scalar) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                    "{name}: {a} against scalar {b}"
+                );
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            assert!(paths.len() >= 2, "no vector path was checked");
         }
     }
 
