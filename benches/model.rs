@@ -1,6 +1,6 @@
 //! Decode and prefill speed at batch 1, ours against llama.cpp (llama-cpp-python on the same GGUF)
-//! in the same run, for prompts of 100, 1,000 and 7,800 tokens (issue #16 item 4, `performance.md`),
-//! with the CPU's model name and flags. Ours runs each precision on the plain KV cache (the model
+//! in the same run, for prompts of 100, 1,000 and 7,800 tokens (issue #16 item 4,
+//! `performance.md`), with the CPU's model name and flags. Ours runs each precision on the plain KV cache (the model
 //! step alone) and the default precision also through the session memory (what the server does).
 //!
 //! Run: `make bench-model` (or `cargo bench --bench model`). Environment:

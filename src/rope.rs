@@ -93,8 +93,8 @@ impl RopeTable {
         )
     }
 
-    /// Rotates queries `[B, H, T, d]` and keys `[B, H_kv, T, d]` of the same tokens to the positions
-    /// `start..start + T` in one pass over both (one set of element-wise ops instead of two).
+    /// Rotates queries `[B, H, T, d]` and keys `[B, H_kv, T, d]` of the same tokens to the
+    /// positions `start..start + T` in one pass over both (one set of element-wise ops, not two).
     pub fn rotate_pair(&self, queries: &Tensor, keys: &Tensor, start: i64) -> (Tensor, Tensor) {
         let h = queries.size()[1];
         let both = self.rotate(&Tensor::cat(&[queries, keys], 1), start);

@@ -227,8 +227,9 @@ impl Attention {
         // ── Memory hook (infinity-former.md §9.2, §9.7) ──────────────────────────────────────────
         // Everything this layer remembers, and how it is read, lives behind `LayerCache`: the plain
         // KV cache now; sinks + STM + exact archive + ∞-former LTM in one joint softmax next.
-        let context = cache.attend(&queries, &keys, &values, rope)?; // [B, H, T, D]
-                                                                     // ─────────────────────────────────────────────────────────────────────────────────────────
+        // [B, H, T, D]
+        let context = cache.attend(&queries, &keys, &values, rope)?;
+        // ─────────────────────────────────────────────────────────────────────────────────────────
 
         let context = context.transpose(1, 2).reshape([b, t, h * d]); // [B, T, H·D]
         Ok(self.o_proj.forward(&context)) // [B, T, C]

@@ -2,12 +2,13 @@
 //! weight is d·q with q ∈ −127..=127 (`w = d·q`, d = max|w| / 127 over the group).
 //!
 //! A decode step multiplies one row of activations by the whole head, V × C = 49,152 × 576 weights
-//! for SmolLM2: the largest matrix of the model, 56 MB in bf16, which libtorch read in about 7 ms on
-//! two threads of the 2-core Xeon VM (12 ms on one) out of a ~25 ms step. Here the head is 1 byte a
+//! for SmolLM2: the largest matrix of the model, 56 MB in bf16, which libtorch read in about 7 ms
+//! on two threads of the 2-core Xeon VM (12 ms on one) out of a ~25 ms step. Here the head is 1 byte a
 //! weight (30 MB with the scales), read by a kernel of our own that widens each code to f32 and
 //! accumulates in f32 against f32 activations: 4.5–5.5 ms on one thread, and no loss, since it
-//! multiplies by exactly the weights the GGUF holds (bf16 rounds them). Products of many rows (logits at every position, for
-//! perplexity) go through libtorch on dequantised f32 tiles instead, where a GEMM's blocking pays.
+//! multiplies by exactly the weights the GGUF holds (bf16 rounds them). Products of many rows
+//! (logits at every position, for perplexity) go through libtorch on dequantised f32 tiles instead,
+//! where a GEMM's blocking pays.
 //!
 //! The kernel runs on the calling thread alone. The head is memory-bound, and on the 2-core VMs
 //! measured a second thread lost more to libtorch's OpenMP workers (which spin for a while after
@@ -112,11 +113,6 @@ impl Q8Matrix {
         Tensor::from_slice(&output)
             .reshape(shape)
             .to_device(x.device())
-    }
-
-    /// Bytes the codes and scales take.
-    pub fn bytes(&self) -> usize {
-        self.codes.len() + 4 * self.scales.len()
     }
 }
 
