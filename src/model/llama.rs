@@ -498,6 +498,35 @@ pub(crate) mod tests {
         tiny_with_context(precision, 128)
     }
 
+    /// Standard normal draws, reproducible from a seed: xorshift64* for uniforms, Box–Muller for
+    /// the normal.
+    struct Normal(u64);
+
+    impl Normal {
+        fn new(seed: u64) -> Self {
+            Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+        }
+
+        fn uniform(&mut self) -> f64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let bits = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11;
+            (bits as f64 + 0.5) / (1u64 << 53) as f64 // in (0, 1)
+        }
+
+        fn tensor(&mut self, shape: &[i64]) -> Tensor {
+            let n: i64 = shape.iter().product();
+            let values: Vec<f32> = (0..n)
+                .map(|_| {
+                    let (u, v) = (self.uniform(), self.uniform());
+                    ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+                })
+                .collect();
+            Tensor::from_slice(&values).reshape(shape)
+        }
+    }
+
     /// [`tiny`] with a longer trained context (positions), the weights unchanged.
     pub(crate) fn tiny_with_context(precision: Precision, context: i64) -> Llama {
         let cfg = LlamaConfig {
@@ -513,9 +542,12 @@ pub(crate) mod tests {
             max_position_embeddings: context,
             tie_word_embeddings: true,
         };
-        tch::manual_seed(11);
-        let randn = |shape: &[i64]| {
-            Int4Groups::quantise(&(Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 0.2))
+        // Normal draws from a generator of the model's own, not libtorch's global one: tests that
+        // run at the same time seed that one, and the f32 and bf16 copies of this model would then
+        // get different weights.
+        let mut draws = Normal::new(11);
+        let mut randn = |shape: &[i64]| {
+            Int4Groups::quantise(&(draws.tensor(shape) * 0.2))
                 .unwrap()
                 .dequantise()
         };
