@@ -51,9 +51,8 @@ impl Precision {
 
 impl Precision {
     /// The precision of a dense LM head (off the CPU; see [`Linear::lm_head`]): int4 keeps it in
-    /// bf16. The GGUF stores this head (the tied
-    /// embeddings) as Q8_0, and quantising it to int4 cost the most fidelity of all the weights
-    /// (tests/model_reference.rs states the figures).
+    /// bf16. The GGUF stores this head (the tied embeddings) as Q8_0, and quantising it to int4
+    /// cost the most fidelity of all the weights (tests/model_reference.rs states the figures).
     pub fn lm_head(self) -> Precision {
         match self {
             Precision::Int4 => Precision::Bf16,
@@ -292,8 +291,8 @@ impl Linear {
     /// The LM head `[V, C]`. On the CPU it is Q8_0 ([`Q8Matrix`]: half the bytes of bf16, read by
     /// our own kernel) whenever that loses nothing against the precision's own head: below f32
     /// always (Q8_0 is as close to the weights as bf16 is, and for a GGUF's Q8_0 embeddings
-    /// closer), and in f32 when the weights are Q8_0 values already (they quantise back exactly). Otherwise,
-    /// and on other devices, dense in [`Precision::lm_head`].
+    /// closer), and in f32 when the weights are Q8_0 values already (they quantise back exactly).
+    /// Otherwise, and on other devices, dense in [`Precision::lm_head`].
     pub fn lm_head(
         weight: &Tensor,
         precision: Precision,
