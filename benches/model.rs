@@ -1,7 +1,8 @@
 //! Decode and prefill speed at batch 1, ours against llama.cpp (llama-cpp-python on the same GGUF)
 //! in the same run, for prompts of 100, 1,000 and 7,800 tokens (issue #16 item 4,
-//! `performance.md`), with the CPU's model name and flags. Ours runs each precision on the plain KV cache (the model
-//! step alone) and the default precision also through the session memory (what the server does).
+//! `performance.md`), with the CPU's model name and flags. Ours runs each precision on the plain KV
+//! cache (the model step alone) and the default precision also through the session memory (what
+//! the server does).
 //!
 //! Run: `make bench-model` (or `cargo bench --bench model`). Environment:
 //! `INFINI_BENCH_PRECISIONS` (default `f32,bf16,int4`), `INFINI_BENCH_DECODE` (tokens generated per
@@ -24,17 +25,17 @@ use tch::Device;
 
 /// Where the past is kept while ours runs.
 #[derive(Clone, Copy)]
-enum Past {
+enum Keeper {
     /// The plain KV cache: the model step alone.
     Plain,
     /// The session memory with its default layout, as the server runs.
     Memory,
 }
 
-fn ours(model: &Llama, past: Past, tokens: &[u32], decode: usize) -> Result<Speed> {
-    match past {
-        Past::Plain => ours_on(model, &mut model.new_cache(), tokens, decode),
-        Past::Memory => {
+fn ours(model: &Llama, keeper: Keeper, tokens: &[u32], decode: usize) -> Result<Speed> {
+    match keeper {
+        Keeper::Plain => ours_on(model, &mut model.new_cache(), tokens, decode),
+        Keeper::Memory => {
             let context = model.config().max_position_embeddings as usize;
             let layout =
                 MemoryLayout::new(MemoryConfig::default(), context, model.options().device)?;
@@ -109,18 +110,18 @@ fn main() -> Result<()> {
             "{precision:?} loaded in {load:.1} s: {}",
             model.matmul_paths()
         );
-        let pasts: &[(Past, &str)] = if precision == Precision::default() {
-            &[(Past::Plain, "KV cache"), (Past::Memory, "memory")]
+        let keepers: &[(Keeper, &str)] = if precision == Precision::default() {
+            &[(Keeper::Plain, "KV cache"), (Keeper::Memory, "memory")]
         } else {
-            &[(Past::Plain, "KV cache")]
+            &[(Keeper::Plain, "KV cache")]
         };
-        let _ = ours(&model, Past::Plain, &prompts[0][..16], 4)?; // warm-up
-        for ((tokens, i), &(past, name)) in prompts
+        let _ = ours(&model, Keeper::Plain, &prompts[0][..16], 4)?; // warm-up
+        for ((tokens, i), &(keeper, name)) in prompts
             .iter()
             .zip(0..)
-            .flat_map(|prompt| pasts.iter().map(move |past| (prompt, past)))
+            .flat_map(|prompt| keepers.iter().map(move |keeper| (prompt, keeper)))
         {
-            let speed = ours(&model, past, tokens, decode)?;
+            let speed = ours(&model, keeper, tokens, decode)?;
             let mut line = format!(
                 "{precision:?} {name:>8}, prompt {:>5}: prefill {:>7.1} tok/s, decode {:>6.1} tok/s",
                 tokens.len(),

@@ -104,11 +104,12 @@ impl Q8Matrix {
         let input = Vec::<f32>::try_from(rows.contiguous().reshape([-1]))
             .expect("f32 activations copy to host memory");
         let mut output = vec![0f32; m * self.rows];
+        let path = kernel::Path::best();
         for (x, y) in input
             .chunks_exact(self.cols)
             .zip(output.chunks_exact_mut(self.rows))
         {
-            kernel::rows(&self.codes, &self.scales, x, y);
+            path.rows(&self.codes, &self.scales, x, y);
         }
         Tensor::from_slice(&output)
             .reshape(shape)
@@ -218,71 +219,74 @@ mod kernel {
         }
     }
 
-    pub(super) fn rows(codes: &[i8], scales: &[f32], x: &[f32], y: &mut [f32]) {
+    /// The instruction sets the kernel is written for.
+    #[derive(Clone, Copy)]
+    enum Isa {
+        Scalar,
         #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has AVX-512F, checked on the line above.
-                return unsafe { rows_avx512(codes, scales, x, y) };
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                // SAFETY: the CPU has AVX2 and FMA, checked on the lines above.
-                return unsafe { rows_avx2(codes, scales, x, y) };
-            }
-        }
-        rows_scalar(codes, scales, x, y)
+        Avx2,
+        #[cfg(target_arch = "x86_64")]
+        Avx512,
     }
 
-    /// Every path this CPU can run, by name, each applied to the same input (tests compare them).
-    #[cfg(test)]
-    pub(super) fn every_path(
-        codes: &[i8],
-        scales: &[f32],
-        x: &[f32],
-        rows: usize,
-    ) -> Vec<(&'static str, Vec<f32>)> {
-        let run = |path: &dyn Fn(&mut [f32])| {
-            let mut y = vec![0f32; rows];
-            path(&mut y);
-            y
-        };
-        #[allow(unused_mut)]
-        let mut paths = vec![("scalar", run(&|y| rows_scalar(codes, scales, x, y)))];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has AVX-512F, checked on the line above.
-                paths.push((
-                    "avx512f",
-                    run(&|y| unsafe { rows_avx512(codes, scales, x, y) }),
-                ));
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
+    /// A kernel path this CPU can run. Only [`Path::available`] makes one, after checking the CPU's
+    /// features, and the field is private to this module: that is what makes `Path::rows` sound.
+    #[derive(Clone, Copy)]
+    pub(super) struct Path(Isa);
+
+    impl Path {
+        /// Every path this CPU can run, narrowest first.
+        pub(super) fn available() -> Vec<Path> {
+            #[allow(unused_mut)]
+            let mut paths = vec![Path(Isa::Scalar)];
+            #[cfg(target_arch = "x86_64")]
             {
-                // SAFETY: the CPU has AVX2 and FMA, checked on the lines above.
-                paths.push(("avx2", run(&|y| unsafe { rows_avx2(codes, scales, x, y) })));
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    paths.push(Path(Isa::Avx2));
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    paths.push(Path(Isa::Avx512));
+                }
+            }
+            paths
+        }
+
+        /// The widest path this CPU runs.
+        pub(super) fn best() -> Path {
+            *Self::available()
+                .last()
+                .expect("the scalar path runs anywhere")
+        }
+
+        pub(super) fn name(self) -> &'static str {
+            match self.0 {
+                Isa::Scalar => "scalar",
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => "avx2",
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => "avx512f",
             }
         }
-        paths
+
+        pub(super) fn rows(self, codes: &[i8], scales: &[f32], x: &[f32], y: &mut [f32]) {
+            match self.0 {
+                Isa::Scalar => rows_scalar(codes, scales, x, y),
+                // SAFETY: `available` made this path only on a CPU with AVX2 and FMA.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { rows_avx2(codes, scales, x, y) },
+                // SAFETY: `available` made this path only on a CPU with AVX-512F.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { rows_avx512(codes, scales, x, y) },
+            }
+        }
     }
 }
 
 /// The vector extension the kernel runs with on this CPU, for the start-up log.
 pub fn kernel_isa() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return "avx512f";
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return "avx2";
-        }
-    }
-    "generic"
+    kernel::Path::best().name()
 }
 
 #[cfg(test)]
@@ -326,7 +330,14 @@ mod tests {
         let weight = values(&[5, 96], 0.5);
         let q8 = Q8Matrix::quantise(&weight).unwrap();
         let x: Vec<f32> = (0..96).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
-        let paths = kernel::every_path(&q8.codes, &q8.scales, &x, 5);
+        let paths: Vec<(&str, Vec<f32>)> = kernel::Path::available()
+            .into_iter()
+            .map(|path| {
+                let mut y = vec![0f32; 5];
+                path.rows(&q8.codes, &q8.scales, &x, &mut y);
+                (path.name(), y)
+            })
+            .collect();
         let (_, scalar) = &paths[0];
         for (name, y) in &paths[1..] {
             for (a, b) in y.iter().zip(scalar) {
