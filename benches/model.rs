@@ -8,7 +8,10 @@
 //! `INFINI_BENCH_PRECISIONS` (default `f32,bf16,int4`), `INFINI_BENCH_DECODE` (tokens generated per
 //! prompt, default 64), `INFINI_BENCH_PROMPTS` (prompt lengths, default `100,1000,7800`),
 //! `INFINI_BENCH_THREADS` (default: libtorch's, the core count), `INFINI_BENCH_PEER=0` to skip the
-//! peer. Both sides use the same number of threads and the same token ids.
+//! peer, `INFINI_BENCH_PEER_BATCHED=0/1` to make the peer prefill token by token or in one batch
+//! (default: in one batch, but token by token on CPUs with AMX, where its build crashes on
+//! batches), `INFINI_BENCH_KEEPERS=memory` (or `kv`) for one of the two pasts. Both sides use the
+//! same number of threads and the same token ids.
 
 mod common;
 
@@ -92,7 +95,14 @@ fn main() -> Result<()> {
     // Ours loads the same GGUF as the peer (Q4_1 packed as is for int4).
     let checkpoint = Checkpoint::open(root.join(GGUF)).context("run ./scripts/setup.sh first")?;
     println!("{}", cpu_description());
-    println!("batch 1, {threads} threads, {decode} tokens decoded per prompt");
+    println!(
+        "batch 1, {threads} threads, {decode} tokens decoded per prompt; the peer prefills {}",
+        if common::peer_prefills_token_by_token() {
+            "token by token (its build crashes on batches with AMX)"
+        } else {
+            "in one batch"
+        }
+    );
 
     let peer_speeds = if std::env::var("INFINI_BENCH_PEER").as_deref() == Ok("0") {
         None
@@ -110,11 +120,16 @@ fn main() -> Result<()> {
             "{precision:?} loaded in {load:.1} s: {}",
             model.matmul_paths()
         );
-        let keepers: &[(Keeper, &str)] = if precision == Precision::default() {
-            &[(Keeper::Plain, "KV cache"), (Keeper::Memory, "memory")]
-        } else {
-            &[(Keeper::Plain, "KV cache")]
-        };
+        let only = std::env::var("INFINI_BENCH_KEEPERS").unwrap_or_default();
+        let keepers: Vec<(Keeper, &str)> =
+            [(Keeper::Plain, "KV cache"), (Keeper::Memory, "memory")]
+                .into_iter()
+                .filter(|&(keeper, _)| match only.as_str() {
+                    "kv" => matches!(keeper, Keeper::Plain),
+                    "memory" => matches!(keeper, Keeper::Memory),
+                    _ => precision == Precision::default() || matches!(keeper, Keeper::Plain),
+                })
+                .collect();
         let _ = ours(&model, Keeper::Plain, &prompts[0][..16], 4)?; // warm-up
         for ((tokens, i), &(keeper, name)) in prompts
             .iter()

@@ -17,18 +17,25 @@ pub struct Speed {
     pub decode: f64,
 }
 
+/// A field of the first processor in /proc/cpuinfo (empty when absent).
+fn cpu_field(name: &str) -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    info.lines()
+        .find(|line| line.starts_with(name))
+        .and_then(|line| line.split_once(':'))
+        .map(|(_, value)| value.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Whether the CPU has `flag` (as /proc/cpuinfo spells it).
+fn cpu_has(flag: &str) -> bool {
+    cpu_field("flags").split_whitespace().any(|f| f == flag)
+}
+
 /// The CPU's model name and the flags that decide its matmul paths (from /proc/cpuinfo), so that
 /// every figure printed names the machine it was measured on.
 pub fn cpu_description() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |name: &str| {
-        info.lines()
-            .find(|line| line.starts_with(name))
-            .and_then(|line| line.split_once(':'))
-            .map(|(_, value)| value.trim().to_string())
-            .unwrap_or_default()
-    };
-    let flags = field("flags");
     let wanted = [
         "avx2",
         "fma",
@@ -38,13 +45,10 @@ pub fn cpu_description() -> String {
         "amx_bf16",
         "amx_int8",
     ];
-    let present: Vec<&str> = wanted
-        .into_iter()
-        .filter(|flag| flags.split_whitespace().any(|f| f == *flag))
-        .collect();
+    let present: Vec<&str> = wanted.into_iter().filter(|flag| cpu_has(flag)).collect();
     format!(
         "CPU: {} ({} logical cores; {})",
-        field("model name"),
+        cpu_field("model name"),
         info.lines().filter(|l| l.starts_with("processor")).count(),
         present.join(" ")
     )
@@ -55,6 +59,17 @@ pub fn prompt(length: usize) -> Vec<u32> {
     (0..length as u64)
         .map(|i| (100 + (i * 7919 + 13) % 48_000) as u32)
         .collect()
+}
+
+/// Whether the peer prefills one token per call: on CPUs with AMX, where the llama-cpp-python
+/// build crashes on batches of two or more tokens (its prefill figures are then not its best), or
+/// when `INFINI_BENCH_PEER_BATCHED=0`; `=1` forces batches.
+pub fn peer_prefills_token_by_token() -> bool {
+    match std::env::var("INFINI_BENCH_PEER_BATCHED").as_deref() {
+        Ok("1") => false,
+        Ok("0") => true,
+        _ => cpu_has("amx_int8"),
+    }
 }
 
 pub fn peer(root: &Path, prompts: &[Vec<u32>], decode: usize, threads: i32) -> Result<Vec<Speed>> {
@@ -71,11 +86,7 @@ pub fn peer(root: &Path, prompts: &[Vec<u32>], decode: usize, threads: i32) -> R
             "--threads",
             &threads.to_string(),
         ])
-        // INFINI_BENCH_PEER_BATCHED=1 prefills in one batch where the peer's build allows it.
-        .args(
-            (std::env::var("INFINI_BENCH_PEER_BATCHED").as_deref() != Ok("1"))
-                .then_some("--token-by-token"),
-        )
+        .args(peer_prefills_token_by_token().then_some("--token-by-token"))
         .output()
         .context("running scripts/reference/bench_llama_cpp.py")?;
     let _ = std::fs::remove_file(&file);

@@ -161,6 +161,12 @@ impl Archive {
     /// (`ranking::best_blocks`). Only the chosen blocks are dequantised. `None` when the archive
     /// is empty.
     pub fn select(&mut self, grouped_queries: &Tensor, k: usize) -> Option<Selection> {
+        let chosen = self.choose(grouped_queries, k)?;
+        self.gather(&chosen)
+    }
+
+    /// The block numbers that [`Archive::select`] reads, `[B, H_kv, k]` int64, counted as read.
+    pub fn choose(&mut self, grouped_queries: &Tensor, k: usize) -> Option<Tensor> {
         let representatives = self.representatives.view()?;
         let k = (k as i64).min(self.blocks());
         let query = grouped_queries.sum_dim_intlist(2, true, Kind::Float); // [B, H_kv, 1, D]
@@ -168,10 +174,27 @@ impl Archive {
         if let Some(reads) = &mut self.reads {
             reads.count(&chosen, self.representatives.len());
         }
+        Some(chosen)
+    }
+
+    /// The keys and values of the `chosen` blocks, gathered into new tensors (dequantised when
+    /// int8).
+    pub fn gather(&self, chosen: &Tensor) -> Option<Selection> {
         Some(Selection {
-            keys: self.keys.gather_blocks(&chosen, self.block_len)?,
-            values: self.values.gather_blocks(&chosen, self.block_len)?,
+            keys: self.keys.gather_blocks(chosen, self.block_len)?,
+            values: self.values.gather_blocks(chosen, self.block_len)?,
         })
+    }
+
+    /// Every held key and value `[B, H_kv, tokens, D]` where they lie (views), when they are
+    /// exact (not int8): chosen blocks can then be read in place.
+    pub fn exact_rows(&self) -> Option<(Tensor, Tensor)> {
+        Some((self.keys.exact()?, self.values.exact()?))
+    }
+
+    /// Tokens per block.
+    pub fn block_len(&self) -> i64 {
+        self.block_len
     }
 }
 

@@ -25,6 +25,7 @@ use super::spill::{SpillError, Storage};
 use super::window::Window;
 use crate::ltm::{joint_attention, KeyGroup, MemoryOperators};
 use crate::model::cache::causal_mask;
+use crate::model::host_attention::{self, Past};
 use crate::model::{LayerCache, ModelError};
 use crate::rope::RopeTable;
 use tch::{Device, Kind, Tensor};
@@ -320,7 +321,11 @@ impl LayerCache for LayerMemory {
             }
         }
         self.evict_overflow(rope)?;
-        Ok(Tensor::cat(&contexts, 3).reshape([b, h, t, d]))
+        let context = match contexts.as_slice() {
+            [one] => one.shallow_clone(),
+            _ => Tensor::cat(&contexts, 3),
+        };
+        Ok(context.reshape([b, h, t, d]))
     }
 }
 
@@ -358,7 +363,13 @@ impl LayerMemory {
                     .continuous
                     .as_ref()
                     .is_some_and(ContinuousTier::wants_attention));
-        let selected = self.archive.select(q, self.config.top_k_blocks);
+        let chosen = self.archive.choose(q, self.config.top_k_blocks);
+        if !record && causal.is_none() && points.is_none() {
+            if let Some(context) = self.read_on_host(q, chosen.as_ref()) {
+                return (context, None);
+            }
+        }
+        let selected = chosen.and_then(|chosen| self.archive.gather(&chosen));
         let mut memory = MemoryRows {
             keys: vec![],
             values: vec![],
@@ -405,6 +416,31 @@ impl LayerMemory {
         let r = points.map_or(0, |p| p.keys.size()[2]);
         let mass = read.probabilities[0].narrow(3, read_keys.size()[2] - r, r);
         (read.context, Some(mass))
+    }
+
+    /// A decode step's read with nothing masked or biased (no points): sinks, STM and the chosen
+    /// archive blocks, where they lie, in one softmax of ours on host memory
+    /// ([`host_attention::decode`]), instead of gathering the blocks and copying them after the
+    /// window. `None` where that does not apply (a GPU, an int8 archive, a long segment).
+    fn read_on_host(&self, q: &Tensor, chosen: Option<&Tensor>) -> Option<Tensor> {
+        let (keys, values) = (self.keys.view()?, self.values.view()?);
+        let archive = match chosen {
+            Some(chosen) => Some((self.archive.exact_rows()?, chosen)),
+            None => None,
+        };
+        let mut pasts = vec![Past::Whole {
+            keys: &keys,
+            values: &values,
+        }];
+        if let Some(((keys, values), chosen)) = &archive {
+            pasts.push(Past::Blocks {
+                keys,
+                values,
+                chosen,
+                block_len: self.archive.block_len(),
+            });
+        }
+        host_attention::decode(q, &pasts)
     }
 
     /// Adds the mass `[B, H_kv, rows, R]` that session row 0's queries put on the points.

@@ -11,7 +11,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::ModelError;
+use super::{host_attention, ModelError};
 use crate::rope::RopeTable;
 
 /// One layer's memory of the past, as attention reads it. Every row of the batch holds the same
@@ -49,6 +49,10 @@ pub fn grouped_attention(queries: &Tensor, keys: &Tensor, values: &Tensor) -> Te
         // Decode: fold each group of query heads into the time axis, so one key/value head serves
         // it without copies and without a mask (a single new token sees everything).
         let q = queries.reshape([b, h_kv, group, d]); // [B, H_kv, G, D]
+        let past = host_attention::Past::Whole { keys, values };
+        if let Some(out) = host_attention::decode(&q, &[past]) {
+            return out.reshape([b, h, 1, d]);
+        }
         let out = Tensor::scaled_dot_product_attention(
             &q,
             keys,

@@ -1,9 +1,9 @@
 //! The weight matmuls of the decoder, `y = x Wᵀ`, in three precisions (`performance.md`):
 //! * f32 or bf16 dense weights through `linear`;
 //! * int4 weight-only: groups of 32 input features share a scale and a zero
-//!   (w = (q − 8)·scale + zero, q ∈ 0..15), packed by libtorch's `_convert_weight_to_int4pack_for_cpu`
-//!   and multiplied by `_weight_int4pack_mm_for_cpu` with bf16 activations, its fast path on this CPU.
-//!   GGUF Q4_1 blocks (w = d·q + m over 32 weights) are the same thing with zero = m + 8·d;
+//!   (w = (q − 8)·scale + zero, q ∈ 0..15), multiplied by a kernel of ours (`super::q4`) against
+//!   f32 activations. GGUF Q4_1 blocks (w = d·q + m over 32 weights) are the same thing with
+//!   zero = m + 8·d;
 //! * on the CPU, the LM head in Q8_0 (`super::q8`), whatever the precision when that loses nothing.
 //!
 //! Products of more than [`INT4_MAX_ROWS`] rows (prefill) use a dense copy of the int4 weights, in
@@ -11,6 +11,7 @@
 
 use tch::{Device, Kind, Tensor};
 
+use super::q4::Q4Matrix;
 use super::q8::Q8Matrix;
 use super::ModelError;
 use crate::gguf::Q4_1Blocks;
@@ -89,7 +90,8 @@ pub struct Int4Groups {
 
 impl Int4Groups {
     /// Quantises dense weights `[N, K]` per group of 32 by its minimum and maximum
-    /// (w ≈ min + q·(max − min)/15), the Q4_1 scheme.
+    /// (w ≈ min + q·(max − min)/15), the Q4_1 scheme, with the minimum and the scale rounded to
+    /// f16 as GGUF stores them (and as our kernel reads them, `super::q4`).
     pub fn quantise(weight: &Tensor) -> Result<Self, ModelError> {
         let (n, k) = weight.size2()?;
         if k % INT4_GROUP != 0 {
@@ -100,9 +102,11 @@ impl Int4Groups {
         let groups = weight
             .to_kind(Kind::Float)
             .reshape([n, k / INT4_GROUP, INT4_GROUP]); // [N, K/32, 32]
-        let min = groups.amin(-1, true); // [N, K/32, 1]
+        let to_f16 = |t: Tensor| t.to_kind(Kind::Half).to_kind(Kind::Float);
+        let min = to_f16(groups.amin(-1, true)); // [N, K/32, 1]
         let max = groups.amax(-1, true);
-        let scale = ((max - &min) / 15.0).clamp_min(1e-12);
+        // Not below f16's smallest step, so that it stays positive when rounded.
+        let scale = to_f16(((max - &min) / 15.0).clamp_min(6e-8));
         let codes = ((groups - &min) / &scale)
             .round()
             .clamp(0.0, 15.0)
@@ -220,13 +224,10 @@ pub enum Linear {
     /// Q8_0 groups multiplied by our own kernel (the LM head on the CPU, see [`Linear::lm_head`]).
     Q8(Q8Matrix),
     Int4 {
-        /// libtorch's packed layout of the codes.
-        packed: Tensor,
-        /// `[K/32, N, 2]` bf16: scale and zero per group and output feature.
-        scales_and_zeros: Tensor,
-        out_features: i64,
-        /// The same weights dequantised `[N, K]`, in [`prefill_kind`], for products of many rows
-        /// (prefill).
+        /// The Q4_1 groups for our own kernel: products of up to [`INT4_MAX_ROWS`] rows (decode).
+        matrix: Q4Matrix,
+        /// The same weights dequantised `[N, K]`, in [`prefill_kind`], for products of more rows
+        /// (prefill), where a GEMM's blocking pays.
         dense: Tensor,
     },
 }
@@ -256,9 +257,10 @@ pub fn prefill_kind() -> Kind {
     }
 }
 
-/// Most rows for which the int4 kernel beats a dense bf16 product. Measured here (2-core EPYC,
-/// one thread, 1536×576): int4 0.07 ms vs bf16 0.21 ms at 2 rows, equal at 8, and at 512 rows
-/// (prefill) 11.8 ms vs 1.2 ms: the int4 kernel streams fewer bytes but has no GEMM blocking.
+/// Most rows for which the int4 kernel beats a dense bf16 product. Measured with libtorch's int4
+/// kernel (2-core EPYC, one thread, 1536×576): int4 0.07 ms vs bf16 0.21 ms at 2 rows, equal at 8,
+/// and at 512 rows (prefill) 11.8 ms vs 1.2 ms: an int4 kernel streams fewer bytes but has no GEMM
+/// blocking. Ours (`super::q4`) reads each weight row once for all rows of a product, likewise.
 pub const INT4_MAX_ROWS: i64 = 8;
 
 impl Linear {
@@ -308,12 +310,11 @@ impl Linear {
     }
 
     /// The kind of activations this matrix multiplies at full fidelity: the dense weights' kind,
-    /// bf16 for the int4 kernel, f32 for Q8_0.
+    /// f32 for our kernels (int4 and Q8_0).
     pub fn input_kind(&self) -> Kind {
         match self {
             Linear::Dense(weight) => weight.kind(),
-            Linear::Q8(_) => Kind::Float,
-            Linear::Int4 { .. } => Kind::BFloat16,
+            Linear::Q8(_) | Linear::Int4 { .. } => Kind::Float,
         }
     }
 
@@ -321,37 +322,35 @@ impl Linear {
     pub fn describe(&self) -> String {
         match self {
             Linear::Dense(weight) => format!("dense {:?}", weight.kind()),
-            Linear::Q8(_) => format!("Q8_0 ({} kernel)", super::q8::kernel_isa()),
+            Linear::Q8(_) => format!("Q8_0 ({} kernel)", super::isa::Isa::best().name()),
             Linear::Int4 { dense, .. } => format!(
-                "int4 kernel up to {INT4_MAX_ROWS} rows, dense {:?} beyond",
+                "Q4_1 ({} kernel) up to {INT4_MAX_ROWS} rows, dense {:?} beyond",
+                super::q4::kernel_name(),
                 dense.kind()
             ),
         }
     }
 
-    /// Packs int4 groups for libtorch's CPU kernel.
+    /// Int4 groups for our kernel ([`Q4Matrix`]), with the dense copy for prefill.
     pub fn from_int4(groups: &Int4Groups, device: Device) -> Result<Self, ModelError> {
         if device != Device::Cpu {
             return Err(ModelError::Unsupported(format!(
-                "int4 weights run on the CPU only (libtorch's _weight_int4pack_mm_for_cpu); device is {device:?}: use f32 or bf16"
+                "int4 weights run on the CPU only (a kernel of ours on host memory); device is {device:?}: use f32 or bf16"
             )));
         }
-        let (n, _) = groups.codes.size2()?;
-        let packed = groups
-            .codes
-            .to_kind(Kind::Int)
-            .contiguous()
-            .f_internal_convert_weight_to_int4pack_for_cpu(1)?;
-        let scales_and_zeros = Tensor::stack(&[&groups.scales, &groups.zeros], -1) // [N, K/32, 2]
-            .transpose(0, 1)
-            .to_kind(Kind::BFloat16)
-            .contiguous(); // [K/32, N, 2]
         Ok(Linear::Int4 {
-            packed,
-            scales_and_zeros,
-            out_features: n,
+            matrix: Q4Matrix::new(groups)?,
             dense: groups.dequantise().to_kind(prefill_kind()),
         })
+    }
+
+    /// The int4 weights in host memory, for a decode step that multiplies there
+    /// (`super::llama`'s host path); `None` for the matrices libtorch multiplies.
+    pub fn on_host(&self) -> Option<&Q4Matrix> {
+        match self {
+            Linear::Int4 { matrix, .. } => Some(matrix),
+            Linear::Dense(_) | Linear::Q8(_) => None,
+        }
     }
 
     /// `x [..., in]` → `[..., out]`, in the kind of `x` (f32 for Q8_0).
@@ -359,25 +358,15 @@ impl Linear {
         match self {
             Linear::Dense(weight) => x.linear::<&Tensor>(weight, None),
             Linear::Q8(matrix) => matrix.forward(x),
-            Linear::Int4 {
-                packed,
-                scales_and_zeros,
-                out_features,
-                dense,
-            } => {
-                let mut shape = x.size();
-                let k = *shape.last().expect("x has a feature dimension");
-                let rows = x.reshape([-1, k]); // [M, K]
-                if rows.size()[0] > INT4_MAX_ROWS {
+            Linear::Int4 { matrix, dense } => {
+                let k = *x.size().last().expect("x has a feature dimension");
+                if x.numel() as i64 > INT4_MAX_ROWS * k {
                     return x
                         .to_kind(dense.kind())
                         .linear::<&Tensor>(dense, None)
                         .to_kind(x.kind());
                 }
-                let y =
-                    rows.internal_weight_int4pack_mm_for_cpu(packed, INT4_GROUP, scales_and_zeros); // [M, N]
-                *shape.last_mut().expect("non-empty") = *out_features;
-                y.reshape(shape)
+                matrix.forward(x)
             }
         }
     }
@@ -397,7 +386,11 @@ mod tests {
         let w = random_weight(64, 128);
         let groups = Int4Groups::quantise(&w).unwrap();
         let error = (groups.dequantise() - &w).abs().reshape([64, 4, 32]);
-        let half_step = groups.scales.unsqueeze(-1) * 0.5 + 1e-7;
+        // Half a step, and the f16 rounding of the minimum (at most 2⁻¹¹ of it) and of the scale
+        // (15 steps of at most 2⁻¹¹ each at the top of the range).
+        let min = w.reshape([64, 4, 32]).amin(-1, true);
+        let half_step =
+            groups.scales.unsqueeze(-1) * (0.5 + 15.0 / 2048.0) + min.abs() / 2048.0 + 1e-7;
         assert!(
             bool::try_from(error.le_tensor(&half_step).all()).unwrap(),
             "rounding error above half a step"

@@ -8,7 +8,8 @@
 use tch::{Device, Kind, Tensor};
 
 use super::cache::{KvCache, LayerCache};
-use super::linear::{Linear, Matrix, Precision};
+use super::linear::{Linear, Matrix, Precision, INT4_MAX_ROWS};
+use super::q4::Q4Matrix;
 use super::{ModelError, Weights};
 use crate::rope::{Rope, RopeTable};
 
@@ -134,15 +135,7 @@ impl RmsNorm {
     fn forward_rows(&self, x: &Tensor) -> Tensor {
         let input = Vec::<f32>::try_from(x.to_kind(Kind::Float).reshape([-1]))
             .expect("an f32 CPU tensor copies to host memory");
-        let c = self.host_weight.len();
-        let mut output = vec![0f32; input.len()];
-        for (row, out) in input.chunks_exact(c).zip(output.chunks_exact_mut(c)) {
-            let mean_square = row.iter().map(|v| v * v).sum::<f32>() / c as f32;
-            let scale = 1.0 / (mean_square + self.eps as f32).sqrt();
-            for ((o, v), w) in out.iter_mut().zip(row).zip(&self.host_weight) {
-                *o = v * scale * w;
-            }
-        }
+        let output = self.normalise(&input);
         let normed = match self.out {
             Kind::BFloat16 => {
                 let bits: Vec<i16> = output.iter().map(|&v| bf16_bits(v)).collect();
@@ -151,6 +144,20 @@ impl RmsNorm {
             kind => Tensor::from_slice(&output).to_kind(kind),
         };
         normed.reshape(x.size())
+    }
+
+    /// Rows `[M, C]` of the f32 residual stream, normalised in f32 on the host.
+    fn normalise(&self, x: &[f32]) -> Vec<f32> {
+        let c = self.host_weight.len();
+        let mut output = vec![0f32; x.len()];
+        for (row, out) in x.chunks_exact(c).zip(output.chunks_exact_mut(c)) {
+            let mean_square = row.iter().map(|v| v * v).sum::<f32>() / c as f32;
+            let scale = 1.0 / (mean_square + self.eps as f32).sqrt();
+            for ((o, v), w) in out.iter_mut().zip(row).zip(&self.host_weight) {
+                *o = v * scale * w;
+            }
+        }
+        output
     }
 }
 
@@ -170,6 +177,8 @@ fn bf16_bits(v: f32) -> i16 {
 struct Attention {
     qkv_proj: Linear, // [(H + 2·H_kv)·D, C]: q_proj, k_proj, v_proj stacked
     o_proj: Linear,   // [C, H·D]
+    /// The kind of the queries, keys and values the cache takes (the precision's activations).
+    kind: Kind,
     num_heads: i64,
     num_kv_heads: i64,
     head_dim: i64,
@@ -200,6 +209,7 @@ impl Attention {
                 options.device,
             )?,
             o_proj: Linear::from_matrix(&o, options.precision, options.device)?,
+            kind: options.precision.activation_kind(),
             num_heads: cfg.num_heads,
             num_kv_heads: cfg.num_kv_heads,
             head_dim: d,
@@ -212,9 +222,42 @@ impl Attention {
         cache: &mut impl LayerCache,
         rope: &RopeTable,
     ) -> Result<Tensor, ModelError> {
-        let (b, t, _) = x.size3()?;
-        let (h, h_kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let qkv = self.qkv_proj.forward(x); // [B, T, (H + 2·H_kv)·D]
+        let context = self.attend(&qkv, cache, rope)?; // [B, T, H·D]
+        Ok(self.o_proj.forward(&context)) // [B, T, C]
+    }
+
+    /// [`Attention::forward`] on host memory: `x` `[B·T, C]` f32 rows through our int4 kernel,
+    /// with only the cache's part in tensors.
+    fn forward_host(
+        &self,
+        x: &[f32],
+        (b, t): (i64, i64),
+        matrices: [&Q4Matrix; 2],
+        cache: &mut impl LayerCache,
+        rope: &RopeTable,
+    ) -> Result<Vec<f32>, ModelError> {
+        let [qkv_proj, o_proj] = matrices;
+        let qkv = multiply(qkv_proj, x);
+        let qkv = Tensor::from_slice(&qkv)
+            .reshape([b, t, qkv_proj.rows() as i64])
+            .to_kind(self.kind);
+        let context = self.attend(&qkv, cache, rope)?.to_kind(Kind::Float);
+        Ok(multiply(
+            o_proj,
+            &Vec::<f32>::try_from(context.reshape([-1]))?,
+        ))
+    }
+
+    /// The heads of `qkv` `[B, T, (H + 2·H_kv)·D]` through the cache: `[B, T, H·D]`.
+    fn attend(
+        &self,
+        qkv: &Tensor,
+        cache: &mut impl LayerCache,
+        rope: &RopeTable,
+    ) -> Result<Tensor, ModelError> {
+        let (b, t, _) = qkv.size3()?;
+        let (h, h_kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let heads = |start: i64, count: i64| {
             qkv.narrow(-1, start * d, count * d)
                 .reshape([b, t, count, d])
@@ -231,9 +274,15 @@ impl Attention {
         let context = cache.attend(&queries, &keys, &values, rope)?;
         // ─────────────────────────────────────────────────────────────────────────────────────────
 
-        let context = context.transpose(1, 2).reshape([b, t, h * d]); // [B, T, H·D]
-        Ok(self.o_proj.forward(&context)) // [B, T, C]
+        Ok(context.transpose(1, 2).reshape([b, t, h * d])) // [B, T, H·D]
     }
+}
+
+/// `x` `[M, K]` → `x Wᵀ` `[M, N]` on the host.
+fn multiply(matrix: &Q4Matrix, x: &[f32]) -> Vec<f32> {
+    let mut y = vec![0f32; x.len() / matrix.cols() * matrix.rows()];
+    matrix.multiply(x, &mut y);
+    y
 }
 
 /// SwiGLU feed-forward: down(silu(gate(x)) ⊙ up(x)).
@@ -271,6 +320,22 @@ impl Mlp {
         let gate_up = self.gate_up_proj.forward(x); // [B, T, 2·I]
         let hidden = gate_up.narrow(-1, 0, i).silu() * gate_up.narrow(-1, i, i); // [B, T, I]
         self.down_proj.forward(&hidden) // [B, T, C]
+    }
+
+    /// [`Mlp::forward`] on host memory, `x` `[M, C]` f32.
+    fn forward_host(&self, x: &[f32], [gate_up_proj, down_proj]: [&Q4Matrix; 2]) -> Vec<f32> {
+        let i = self.intermediate_size as usize;
+        let gate_up = multiply(gate_up_proj, x); // [M, 2·I]
+        let hidden: Vec<f32> = gate_up
+            .chunks_exact(2 * i)
+            .flat_map(|row| {
+                let (gate, up) = row.split_at(i);
+                gate.iter()
+                    .zip(up)
+                    .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
+            })
+            .collect(); // [M, I]: silu(gate) ⊙ up
+        multiply(down_proj, &hidden) // [M, C]
     }
 }
 
@@ -320,6 +385,44 @@ impl Block {
         let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&x));
         Ok(&x + mlp)
     }
+
+    /// The four matrices in host memory (qkv, o, gate/up, down), when all have our kernel.
+    fn host_matrices(&self) -> Option<[&Q4Matrix; 4]> {
+        Some([
+            self.self_attn.qkv_proj.on_host()?,
+            self.self_attn.o_proj.on_host()?,
+            self.mlp.gate_up_proj.on_host()?,
+            self.mlp.down_proj.on_host()?,
+        ])
+    }
+
+    /// [`Block::forward`] on host memory: `x` is the residual stream `[B·T, C]`, updated in place.
+    /// Everything but the cache's part stays on the host, in f32: a few rows pay libtorch's
+    /// dispatch per operation more than the arithmetic (`docs/MEMORY.md`, "The decode step").
+    fn forward_host(
+        &self,
+        x: &mut [f32],
+        bt: (i64, i64),
+        cache: &mut impl LayerCache,
+        rope: &RopeTable,
+    ) -> Result<(), ModelError> {
+        let [qkv, o, gate_up, down] = self
+            .host_matrices()
+            .expect("the host path runs only on host matrices");
+        let normed = self.input_layernorm.normalise(x);
+        let attended = self
+            .self_attn
+            .forward_host(&normed, bt, [qkv, o], cache, rope)?;
+        add(x, &attended);
+        let normed = self.post_attention_layernorm.normalise(x);
+        add(x, &self.mlp.forward_host(&normed, [gate_up, down]));
+        Ok(())
+    }
+}
+
+/// `x += y`, element-wise.
+fn add(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
 }
 
 /// Which positions' logits a forward pass returns.
@@ -410,14 +513,23 @@ impl Llama {
         })
     }
 
-    /// How the weight matrices are multiplied on this machine, e.g. `layers: int4 kernel up to 8
-    /// rows, dense BFloat16 beyond; LM head: Q8_0 (avx512f kernel)`.
+    /// How the weight matrices are multiplied on this machine, e.g. `layers: Q4_1 (avx2 kernel) up
+    /// to 8 rows, dense BFloat16 beyond; LM head: Q8_0 (avx512f kernel)`.
     pub fn matmul_paths(&self) -> String {
         let layers = self
             .layers
             .first()
             .map_or_else(|| "none".into(), |block| block.mlp.down_proj.describe());
         format!("layers: {layers}; LM head: {}", self.lm_head.describe())
+    }
+
+    /// Whether the blocks run `x` `[B, T, C]` on host memory ([`Block::forward_host`]): a few rows
+    /// (decode, at most [`INT4_MAX_ROWS`]) on the CPU, with every matrix in our int4 kernel.
+    fn runs_on_host(&self, x: &Tensor) -> bool {
+        let rows = x.numel() as i64 / self.config.hidden_size;
+        x.device() == Device::Cpu
+            && rows <= INT4_MAX_ROWS
+            && self.layers.iter().all(|b| b.host_matrices().is_some())
     }
 
     /// The model's identity (see `fingerprint`), e.g. `llama-1a2b3c4d5e6f7a8b-int4`.
@@ -472,8 +584,16 @@ impl Llama {
         // [B, T, C]: the f32 residual stream.
         let embedded = Tensor::embedding(&self.embed_tokens, &tokens, -1, false, false);
         let mut x = embedded.to_kind(Kind::Float);
-        for (block, cache) in self.layers.iter().zip(caches.iter_mut()) {
-            x = block.forward(&x, cache, &self.rope)?;
+        if self.runs_on_host(&x) {
+            let mut rows = Vec::<f32>::try_from(x.reshape([-1]))?;
+            for (block, cache) in self.layers.iter().zip(caches.iter_mut()) {
+                block.forward_host(&mut rows, (size[0], size[1]), cache, &self.rope)?;
+            }
+            x = Tensor::from_slice(&rows).reshape(x.size());
+        } else {
+            for (block, cache) in self.layers.iter().zip(caches.iter_mut()) {
+                x = block.forward(&x, cache, &self.rope)?;
+            }
         }
         let x = match at {
             LogitsAt::All => x,

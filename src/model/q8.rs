@@ -10,13 +10,15 @@
 //! (logits at every position, for perplexity) go through libtorch on dequantised f32 tiles instead,
 //! where a GEMM's blocking pays.
 //!
-//! The kernel runs on the calling thread alone. The head is memory-bound, and on the 2-core VMs
-//! measured a second thread lost more to libtorch's OpenMP workers (which spin for a while after
-//! each parallel region) than it gained: 41.7/39.3/39.4 tok/s decode with one thread against
-//! 38.9/34.7/36.8 with two, in alternating runs of `infini generate`.
+//! The output features are split over libtorch's own OpenMP threads (`super::parallel`): a thread
+//! pool of ours had lost more to those workers, which spin after each parallel region, than it
+//! gained (on the 2-core Xeon, 41.7/39.3/39.4 tok/s decode with one thread against 38.9/34.7/36.8
+//! with a second of ours), while the same workers take the parts at no such cost.
 
 use tch::{Device, Kind, Tensor};
 
+use super::isa::Isa;
+use super::parallel::by_output_features;
 use super::ModelError;
 
 /// Input features that share one scale (GGUF's Q8_0 block).
@@ -25,6 +27,8 @@ pub const Q8_GROUP: usize = 32;
 pub const Q8_MAX_ROWS: usize = 8;
 /// Output features dequantised at a time for a product of many rows: 4,096 × 576 f32 is 9 MB.
 const TILE: usize = 4096;
+/// Output features per part of a product of few rows handed to a thread (12 parts for SmolLM2).
+const PART_ROWS: usize = 4096;
 
 /// A `[N, K]` weight matrix in Q8_0 groups, in host memory for the kernel below.
 #[derive(Debug)]
@@ -104,13 +108,15 @@ impl Q8Matrix {
         let input = Vec::<f32>::try_from(rows.contiguous().reshape([-1]))
             .expect("f32 activations copy to host memory");
         let mut output = vec![0f32; m * self.rows];
-        let path = kernel::Path::best();
-        for (x, y) in input
-            .chunks_exact(self.cols)
-            .zip(output.chunks_exact_mut(self.rows))
-        {
-            path.rows(&self.codes, &self.scales, x, y);
-        }
+        let (isa, k, groups) = (Isa::best(), self.cols, self.cols / Q8_GROUP);
+        by_output_features(&mut output, self.rows, PART_ROWS, &|first, out| {
+            let count = out.len() / m;
+            let codes = &self.codes[first * k..(first + count) * k];
+            let scales = &self.scales[first * groups..(first + count) * groups];
+            for (x, y) in input.chunks_exact(k).zip(out.chunks_exact_mut(count)) {
+                kernel::rows(isa, codes, scales, x, y);
+            }
+        });
         Tensor::from_slice(&output)
             .reshape(shape)
             .to_device(x.device())
@@ -121,6 +127,9 @@ impl Q8Matrix {
 /// CPU has (chosen at run time): each group's 32 codes are widened to f32 and multiplied with fused
 /// multiply-adds; two accumulators (even and odd groups) keep the adder busy.
 mod kernel {
+    #[cfg(target_arch = "x86_64")]
+    use super::super::isa::sum_lanes;
+    use super::super::isa::{Isa, Level};
     use super::Q8_GROUP;
 
     /// How far ahead of the group being read its codes are requested from memory, in bytes.
@@ -209,99 +218,29 @@ mod kernel {
                     let d = _mm256_set1_ps(*scales.get_unchecked(r * groups + g));
                     total = _mm256_fmadd_ps(dot, d, total);
                 }
-                let halves = _mm_add_ps(
-                    _mm256_castps256_ps128(total),
-                    _mm256_extractf128_ps(total, 1),
-                );
-                let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
-                *out = _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)));
+                *out = sum_lanes(total);
             }
         }
     }
 
-    /// The instruction sets the kernel is written for.
-    #[derive(Clone, Copy)]
-    enum Isa {
-        Scalar,
-        #[cfg(target_arch = "x86_64")]
-        Avx2,
-        #[cfg(target_arch = "x86_64")]
-        Avx512,
-    }
-
-    /// A kernel path this CPU can run. Only [`Path::available`] makes one, after checking the CPU's
-    /// features, and the field is private to this module: that is what makes `Path::rows` sound.
-    #[derive(Clone, Copy)]
-    pub(super) struct Path(Isa);
-
-    impl Path {
-        /// Every path this CPU can run, narrowest first.
-        pub(super) fn available() -> Vec<Path> {
-            #[allow(unused_mut)]
-            let mut paths = vec![Path(Isa::Scalar)];
+    /// `y = codes·x` row by row, with `isa`'s vectors.
+    pub(super) fn rows(isa: Isa, codes: &[i8], scales: &[f32], x: &[f32], y: &mut [f32]) {
+        match isa.level() {
+            Level::Scalar => rows_scalar(codes, scales, x, y),
+            // SAFETY: an `Isa` of this level exists only on a CPU with AVX2 and FMA.
             #[cfg(target_arch = "x86_64")]
-            {
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    paths.push(Path(Isa::Avx2));
-                }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    paths.push(Path(Isa::Avx512));
-                }
-            }
-            paths
-        }
-
-        /// The widest path this CPU runs.
-        pub(super) fn best() -> Path {
-            *Self::available()
-                .last()
-                .expect("the scalar path runs anywhere")
-        }
-
-        pub(super) fn name(self) -> &'static str {
-            match self.0 {
-                Isa::Scalar => "scalar",
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => "avx2",
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => "avx512f",
-            }
-        }
-
-        pub(super) fn rows(self, codes: &[i8], scales: &[f32], x: &[f32], y: &mut [f32]) {
-            match self.0 {
-                Isa::Scalar => rows_scalar(codes, scales, x, y),
-                // SAFETY: `available` made this path only on a CPU with AVX2 and FMA.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { rows_avx2(codes, scales, x, y) },
-                // SAFETY: `available` made this path only on a CPU with AVX-512F.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { rows_avx512(codes, scales, x, y) },
-            }
+            Level::Avx2 => unsafe { rows_avx2(codes, scales, x, y) },
+            // SAFETY: an `Isa` of this level exists only on a CPU with AVX-512F.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => unsafe { rows_avx512(codes, scales, x, y) },
         }
     }
-}
-
-/// The vector extension the kernel runs with on this CPU, for the start-up log.
-pub fn kernel_isa() -> &'static str {
-    kernel::Path::best().name()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Deterministic values in −1..1 of `shape` (no draw from the global generator, which other
-    /// tests running at the same time seed).
-    fn values(shape: &[i64], salt: f64) -> Tensor {
-        let n: i64 = shape.iter().product();
-        (Tensor::arange(n, (Kind::Double, Device::Cpu)) * 0.61 + salt)
-            .sin()
-            .to_kind(Kind::Float)
-            .reshape(shape)
-    }
+    use crate::model::testing::values;
 
     #[test]
     fn gguf_q8_0_values_quantise_back_exactly() {
@@ -330,12 +269,12 @@ mod tests {
         let weight = values(&[5, 96], 0.5);
         let q8 = Q8Matrix::quantise(&weight).unwrap();
         let x: Vec<f32> = (0..96).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
-        let paths: Vec<(&str, Vec<f32>)> = kernel::Path::available()
+        let paths: Vec<(&str, Vec<f32>)> = Isa::available()
             .into_iter()
-            .map(|path| {
+            .map(|isa| {
                 let mut y = vec![0f32; 5];
-                path.rows(&q8.codes, &q8.scales, &x, &mut y);
-                (path.name(), y)
+                kernel::rows(isa, &q8.codes, &q8.scales, &x, &mut y);
+                (isa.name(), y)
             })
             .collect();
         let (_, scalar) = &paths[0];

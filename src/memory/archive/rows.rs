@@ -67,6 +67,14 @@ impl Rows {
         self.codes.len()
     }
 
+    /// The held rows as they lie (a view), when they are exact, not int8 codes.
+    pub fn exact(&self) -> Option<Tensor> {
+        match self.scales {
+            None => self.codes.view(),
+            Some(_) => None,
+        }
+    }
+
     /// Bytes held (codes and scales).
     pub fn bytes(&self) -> usize {
         self.codes.bytes() + self.scales.as_ref().map_or(0, Window::bytes)

@@ -1,0 +1,544 @@
+//! Softmax attention of a decode step on host memory: the few queries that share a key/value head
+//! (one new token's G = H / H_kv query heads) read every held key of that head, with no mask.
+//!
+//! libtorch's fused attention on the CPU is built for long query blocks: for one token it costs a
+//! dispatch, a flash-attention set-up and a GEMM call per block, ~50 µs a layer at short histories
+//! on the 2-core VMs. Here the keys are read where the cache holds them (bf16 or f32, rows of D
+//! contiguous), each once for all G queries, in parts of [`PART_LEN`] positions split over
+//! libtorch's threads ([`super::parallel`]). Each part keeps its own maximum m, sum of
+//! exponentials l and weighted values o; the parts are merged exactly (the flash-decoding
+//! identity): `out = Σ_p e^{m_p − M} o_p / Σ_p e^{m_p − M} l_p` with `M = max_p m_p`.
+
+use std::sync::Mutex;
+
+use tch::{Device, Kind, Tensor};
+
+use super::isa::{Isa, Level};
+use super::parallel::for_each_part;
+
+/// Positions per part handed to a thread: at 1,000 held tokens, 4 parts per head.
+const PART_LEN: usize = 256;
+/// Most queries per key/value head taken: a decode step has G (3 for SmolLM2) per sequence;
+/// longer query blocks (prefill) are libtorch's fused kernel's strength.
+pub const MAX_QUERIES: i64 = 16;
+
+/// An element of the held keys and values.
+trait Element: Copy + Send + Sync {
+    fn to_f32(self) -> f32;
+}
+
+impl Element for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+/// bf16 as its 16 bits: the upper half of an f32.
+#[derive(Clone, Copy)]
+struct Bf16(u16);
+
+impl Element for Bf16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f32::from_bits(u32::from(self.0) << 16)
+    }
+}
+
+/// A head's held rows, `[L, D]` row-major, borrowed from a tensor's storage.
+struct Rows<'a, E> {
+    data: &'a [E],
+    dim: usize,
+}
+
+/// One part's partial softmax for each of the G queries: maximum score, sum of exponentials and
+/// `Σ e^{s − m} v`.
+struct Partial {
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    weighted: Vec<f32>, // [G, D]
+}
+
+/// What a decode step's queries read: held keys and values `[B, H_kv, L, D]` (a view whose rows of
+/// D are contiguous, as the caches' buffers are), whole or by blocks.
+pub enum Past<'a> {
+    /// Every row.
+    Whole {
+        keys: &'a Tensor,
+        values: &'a Tensor,
+    },
+    /// For batch row b and head h, the blocks `chosen[b, h, ..]` of `block_len` rows each (the
+    /// archive's top-k, read where they lie instead of gathered into a copy).
+    Blocks {
+        keys: &'a Tensor,
+        values: &'a Tensor,
+        /// `[B, H_kv, k]` int64.
+        chosen: &'a Tensor,
+        block_len: i64,
+    },
+}
+
+/// `queries` `[B, H_kv, G, D]` against everything in `pasts`, all visible, in one softmax:
+/// `[B, H_kv, G, D]` in the queries' kind. `None` where this does not apply (not on the CPU, a
+/// kind other than f32 or bf16, rows not contiguous, shapes that disagree, a block out of range,
+/// D not a multiple of 8, more than [`MAX_QUERIES`] queries, nothing to read), for the caller's
+/// fallback.
+pub fn decode(queries: &Tensor, pasts: &[Past]) -> Option<Tensor> {
+    let (b, h_kv, g, d) = queries.size4().ok()?;
+    let tensors = pasts.iter().flat_map(|past| match past {
+        Past::Whole { keys, values } | Past::Blocks { keys, values, .. } => [*keys, *values],
+    });
+    let kind = match pasts.first()? {
+        Past::Whole { keys, .. } | Past::Blocks { keys, .. } => keys.kind(),
+    };
+    let mut agree = queries.device() == Device::Cpu;
+    for t in tensors {
+        let size = t.size();
+        agree &= t.device() == Device::Cpu
+            && t.kind() == kind
+            && size.len() == 4
+            && size[..2] == [b, h_kv]
+            && size[3] == d;
+    }
+    if !agree || d % 8 != 0 || g > MAX_QUERIES {
+        return None;
+    }
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut q =
+        Vec::<f32>::try_from(queries.to_kind(Kind::Float).contiguous().reshape([-1])).ok()?;
+    q.iter_mut().for_each(|q| *q *= scale);
+    let heads = (b * h_kv) as usize;
+    let out = match kind {
+        Kind::Float => attend(&q, &runs::<f32>(pasts, heads)?, (heads, g as usize)),
+        Kind::BFloat16 => attend(&q, &runs::<Bf16>(pasts, heads)?, (heads, g as usize)),
+        _ => return None,
+    }?;
+    Some(
+        Tensor::from_slice(&out)
+            .reshape([b, h_kv, g, d])
+            .to_kind(queries.kind()),
+    )
+}
+
+/// A run of rows that one key/value head reads: keys and values `[len, D]`.
+struct Run<'a, E> {
+    head: usize,
+    keys: Rows<'a, E>,
+    values: Rows<'a, E>,
+}
+
+/// The rows of `t` `[B, H_kv, L, D]` for head `head` (b·H_kv + h), `start..start + len`, as a
+/// slice of its storage.
+fn rows<'a, E: Element>(t: &'a Tensor, head: usize, start: i64, len: i64) -> Option<Rows<'a, E>> {
+    let (_, h_kv, l, d) = t.size4().ok()?;
+    let stride = t.stride();
+    let contiguous_rows = stride[3] == 1 && (stride[2] == d || l <= 1);
+    if !contiguous_rows || start < 0 || len < 0 || start + len > l || t.data_ptr().is_null() {
+        return None;
+    }
+    let (batch, h) = (head as i64 / h_kv, head as i64 % h_kv);
+    let offset = (batch * stride[0] + h * stride[1] + start * d) as usize;
+    // SAFETY: `t` is a valid CPU tensor of `E`'s kind (the caller matched its kind), whose element
+    // (batch, h, i, j) lies at batch·s₀ + h·s₁ + i·D + j for i < L, j < D (the strides checked
+    // above): the `len·D` elements from row `start` (start + len ≤ L) are within its storage.
+    // The borrow of `t` keeps the storage alive, and nothing writes to it while a step reads.
+    let data = unsafe {
+        std::slice::from_raw_parts((t.data_ptr() as *const E).add(offset), (len * d) as usize)
+    };
+    Some(Rows {
+        data,
+        dim: d as usize,
+    })
+}
+
+/// Every run that `pasts` make, in parts of at most [`PART_LEN`] rows.
+fn runs<'a, E: Element>(pasts: &[Past<'a>], heads: usize) -> Option<Vec<Run<'a, E>>> {
+    let mut runs = vec![];
+    let mut push = |keys: &'a Tensor, values: &'a Tensor, head: usize, start: i64, len: i64| {
+        for at in (start..start + len).step_by(PART_LEN) {
+            let n = (start + len - at).min(PART_LEN as i64);
+            runs.push(Run {
+                head,
+                keys: rows(keys, head, at, n)?,
+                values: rows(values, head, at, n)?,
+            });
+        }
+        Some(())
+    };
+    for past in pasts {
+        match past {
+            Past::Whole { keys, values } => {
+                let l = keys.size()[2];
+                (0..heads).try_for_each(|head| push(keys, values, head, 0, l))?;
+            }
+            Past::Blocks {
+                keys,
+                values,
+                chosen,
+                block_len,
+            } => {
+                if chosen.size().len() != 3 || chosen.size()[0] * chosen.size()[1] != heads as i64 {
+                    return None;
+                }
+                let chosen =
+                    Vec::<i64>::try_from(chosen.to_kind(Kind::Int64).reshape([-1])).ok()?;
+                let k = chosen.len() / heads;
+                for (i, &block) in chosen.iter().enumerate() {
+                    push(keys, values, i / k, block * block_len, *block_len)?;
+                }
+            }
+        }
+    }
+    (!runs.is_empty()).then_some(runs)
+}
+
+/// Every run's partial softmax over the threads, then merged per head.
+fn attend<E: Element>(q: &[f32], runs: &[Run<E>], (heads, g): (usize, usize)) -> Option<Vec<f32>> {
+    let d = q.len() / (heads * g);
+    let partials: Vec<Mutex<Option<Partial>>> = runs.iter().map(|_| Mutex::new(None)).collect();
+    let isa = Isa::best();
+    for_each_part(runs.len(), &|part| {
+        let run = &runs[part];
+        let queries = &q[run.head * g * d..(run.head + 1) * g * d];
+        let partial = kernel::part(isa, queries, &run.keys, &run.values);
+        *partials[part].lock().expect("each part is written once") = Some(partial);
+    });
+    let mut parts_of_head: Vec<Vec<Partial>> = (0..heads).map(|_| vec![]).collect();
+    for (run, partial) in runs.iter().zip(partials) {
+        let partial = partial.into_inner().ok()??;
+        parts_of_head[run.head].push(partial);
+    }
+    let mut out = vec![0f32; heads * g * d];
+    for (parts, out) in parts_of_head.iter().zip(out.chunks_exact_mut(g * d)) {
+        for (query, out) in out.chunks_exact_mut(d).enumerate() {
+            let top = parts
+                .iter()
+                .map(|p| p.max[query])
+                .fold(f32::NEG_INFINITY, f32::max);
+            let mut total = 0f32;
+            for p in parts {
+                let weight = (p.max[query] - top).exp();
+                total += weight * p.sum[query];
+                let weighted = &p.weighted[query * d..(query + 1) * d];
+                out.iter_mut()
+                    .zip(weighted)
+                    .for_each(|(o, w)| *o += weight * w);
+            }
+            if total > 0.0 {
+                out.iter_mut().for_each(|o| *o /= total);
+            }
+        }
+    }
+    Some(out)
+}
+
+/// One part's scores, softmax statistics and weighted values, compiled for each instruction set.
+mod kernel {
+    #[cfg(target_arch = "x86_64")]
+    use super::super::isa::sum_lanes;
+    use super::{Element, Isa, Level, Partial, Rows};
+
+    pub(super) fn part<E: Element>(
+        isa: Isa,
+        queries: &[f32],
+        keys: &Rows<E>,
+        values: &Rows<E>,
+    ) -> Partial {
+        match isa.level() {
+            // SAFETY: an `Isa` of this level exists only on a CPU with AVX2 and FMA.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 | Level::Avx512 => unsafe { part_avx2(queries, keys, values) },
+            Level::Scalar => part_scalar(queries, keys, values),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn part_avx2<E: Element>(queries: &[f32], keys: &Rows<E>, values: &Rows<E>) -> Partial {
+        use std::arch::x86_64::*;
+        let dot = |a: &[f32], b: &[f32]| {
+            assert!(a.len() == b.len() && a.len().is_multiple_of(8));
+            // SAFETY: eight floats from i < len of both, as asserted. AVX2 and FMA are enabled on
+            // this function.
+            unsafe {
+                let mut sum = _mm256_setzero_ps();
+                for i in (0..a.len()).step_by(8) {
+                    let (x, y) = (a.as_ptr().add(i), b.as_ptr().add(i));
+                    sum = _mm256_fmadd_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(y), sum);
+                }
+                sum_lanes(sum)
+            }
+        };
+        // A closure in this function has its features: the call needs no `unsafe`.
+        let exp_sum = |scores: &mut [f32], top: f32| exp_sum_avx2(scores, top);
+        part_with(queries, keys, values, dot, exp_sum)
+    }
+
+    /// In place: s ← e^{s − top}, returning Σ, for `isa` (the tests compare the two).
+    #[cfg(test)]
+    pub(super) fn exp_sum(isa: Isa, scores: &mut [f32], top: f32) -> f32 {
+        match isa.level() {
+            // SAFETY: an `Isa` of this level exists only on a CPU with AVX2 and FMA.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 | Level::Avx512 => unsafe { exp_sum_avx2(scores, top) },
+            Level::Scalar => exp_sum_scalar(scores, top),
+        }
+    }
+
+    /// [`exp_sum_scalar`] eight at a time, with Cephes' expf ([`exp`]).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn exp_sum_avx2(scores: &mut [f32], top: f32) -> f32 {
+        use std::arch::x86_64::*;
+        let whole = scores.len() / 8 * 8;
+        // SAFETY: eight floats from i < whole ≤ len. AVX2 and FMA are enabled here.
+        let vector_sum = unsafe {
+            let top = _mm256_set1_ps(top);
+            let mut sum = _mm256_setzero_ps();
+            for i in (0..whole).step_by(8) {
+                let at = scores.as_mut_ptr().add(i);
+                let e = exp(_mm256_sub_ps(_mm256_loadu_ps(at), top));
+                _mm256_storeu_ps(at, e);
+                sum = _mm256_add_ps(sum, e);
+            }
+            sum_lanes(sum)
+        };
+        vector_sum + exp_sum_scalar(&mut scores[whole..], top)
+    }
+
+    /// e^x for x ≤ 0 (softmax weights), eight at a time: x = n·ln 2 + r with |r| ≤ ln 2 / 2,
+    /// e^r by Cephes' polynomial, 2^n put into the exponent bits. Below −87 the result is 0.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn exp(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        // r = x − n·ln 2, with ln 2 in two parts so that n·(first part) is exact.
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm256_set1_ps(1.987_569_1e-4);
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            0.166_666_65,
+            0.5,
+        ] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let e_r = _mm256_add_ps(
+            _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r),
+            _mm256_set1_ps(1.0),
+        );
+        let two_n = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        ));
+        _mm256_mul_ps(e_r, _mm256_castsi256_ps(two_n))
+    }
+
+    /// In place: s ← e^{s − top}, returning Σ.
+    fn exp_sum_scalar(scores: &mut [f32], top: f32) -> f32 {
+        scores
+            .iter_mut()
+            .map(|s| {
+                *s = (*s - top).exp();
+                *s
+            })
+            .sum()
+    }
+
+    /// Any CPU.
+    fn part_scalar<E: Element>(queries: &[f32], keys: &Rows<E>, values: &Rows<E>) -> Partial {
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| a * b).sum();
+        part_with(queries, keys, values, dot, exp_sum_scalar)
+    }
+
+    /// Each key and value row is widened to f32 once, for all G queries; `dot` and `exp_sum` are
+    /// the caller's.
+    #[inline(always)]
+    fn part_with<E: Element>(
+        queries: &[f32],
+        keys: &Rows<E>,
+        values: &Rows<E>,
+        dot: impl Fn(&[f32], &[f32]) -> f32,
+        exp_sum: impl Fn(&mut [f32], f32) -> f32,
+    ) -> Partial {
+        let d = keys.dim;
+        let g = queries.len() / d;
+        let len = keys.data.len() / d;
+        let mut row = vec![0f32; d];
+        let mut scores = vec![0f32; g * len]; // [G, len]
+        for (at, key) in keys.data.chunks_exact(d).enumerate() {
+            row.iter_mut().zip(key).for_each(|(r, k)| *r = k.to_f32());
+            for (query, q) in queries.chunks_exact(d).enumerate() {
+                scores[query * len + at] = dot(&row, q);
+            }
+        }
+        let mut partial = Partial {
+            max: vec![0f32; g],
+            sum: vec![0f32; g],
+            weighted: vec![0f32; g * d],
+        };
+        for (query, scores) in scores.chunks_exact_mut(len).enumerate() {
+            let top = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            partial.max[query] = top;
+            partial.sum[query] = exp_sum(scores, top);
+        }
+        for (at, value) in values.data.chunks_exact(d).enumerate() {
+            row.iter_mut().zip(value).for_each(|(r, v)| *r = v.to_f32());
+            for (query, weighted) in partial.weighted.chunks_exact_mut(d).enumerate() {
+                let p = scores[query * len + at];
+                weighted.iter_mut().zip(&row).for_each(|(w, v)| *w += p * v);
+            }
+        }
+        partial
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::testing::values;
+
+    /// libtorch's attention in f32 over `keys`/`values` `[B, H_kv, L, D]`, all visible.
+    fn reference(q: &Tensor, keys: &Tensor, values: &Tensor) -> Tensor {
+        Tensor::scaled_dot_product_attention(
+            &q.to_kind(Kind::Float),
+            &keys.to_kind(Kind::Float),
+            &values.to_kind(Kind::Float),
+            None::<Tensor>,
+            0.0,
+            false,
+            None,
+            false,
+        )
+    }
+
+    #[test]
+    fn equals_libtorch_attention_in_f32_and_bf16_across_parts() {
+        // 600 held positions (three parts, the last short) in a buffer of 700, as the caches
+        // narrow theirs; two batch rows, two heads, three queries each.
+        let q = values(&[2, 2, 3, 64], 0.1);
+        for kind in [Kind::Float, Kind::BFloat16] {
+            let k = values(&[2, 2, 700, 64], 0.2)
+                .to_kind(kind)
+                .narrow(2, 0, 600);
+            let v = values(&[2, 2, 700, 64], 0.3)
+                .to_kind(kind)
+                .narrow(2, 0, 600);
+            let q = q.to_kind(kind);
+            let whole = Past::Whole {
+                keys: &k,
+                values: &v,
+            };
+            let got = decode(&q, &[whole]).expect("applies on the CPU");
+            let error = (got.to_kind(Kind::Float) - reference(&q, &k, &v))
+                .abs()
+                .max()
+                .double_value(&[]);
+            let tolerance = if kind == Kind::Float { 1e-5 } else { 1e-2 };
+            assert!(error < tolerance, "{kind:?}: off by {error}");
+        }
+    }
+
+    #[test]
+    fn blocks_read_in_place_equal_the_gathered_copy() {
+        // A window of 70 rows and, per head, blocks 3 and 0 (then 1 and 2) of an archive of four
+        // blocks of 8: one softmax over the window and the chosen blocks.
+        let q = values(&[1, 2, 3, 16], 0.4);
+        let window_keys = values(&[1, 2, 70, 16], 0.5);
+        let window_values = values(&[1, 2, 70, 16], 0.6);
+        let archive_keys = values(&[1, 2, 32, 16], 0.7);
+        let archive_values = values(&[1, 2, 32, 16], 0.8);
+        let chosen = Tensor::from_slice(&[3i64, 0, 1, 2]).reshape([1, 2, 2]);
+        let got = decode(
+            &q,
+            &[
+                Past::Whole {
+                    keys: &window_keys,
+                    values: &window_values,
+                },
+                Past::Blocks {
+                    keys: &archive_keys,
+                    values: &archive_values,
+                    chosen: &chosen,
+                    block_len: 8,
+                },
+            ],
+        )
+        .expect("applies on the CPU");
+        let gather = |rows: &Tensor, head: i64, blocks: [i64; 2]| {
+            let picked: Vec<Tensor> = blocks
+                .iter()
+                .map(|&j| rows.narrow(1, head, 1).narrow(2, 8 * j, 8))
+                .collect();
+            Tensor::cat(&picked, 2)
+        };
+        for (head, blocks) in [(0i64, [3i64, 0]), (1, [1, 2])] {
+            let keys = Tensor::cat(
+                &[
+                    window_keys.narrow(1, head, 1),
+                    gather(&archive_keys, head, blocks),
+                ],
+                2,
+            );
+            let values = Tensor::cat(
+                &[
+                    window_values.narrow(1, head, 1),
+                    gather(&archive_values, head, blocks),
+                ],
+                2,
+            );
+            let want = reference(&q.narrow(1, head, 1), &keys, &values);
+            let error = (got.narrow(1, head, 1) - want)
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(error < 1e-5, "head {head}: off by {error}");
+        }
+        // A block beyond the archive is declined, not read.
+        let beyond = Tensor::from_slice(&[4i64, 0, 1, 2]).reshape([1, 2, 2]);
+        let past = Past::Blocks {
+            keys: &archive_keys,
+            values: &archive_values,
+            chosen: &beyond,
+            block_len: 8,
+        };
+        assert!(decode(&q, &[past]).is_none());
+    }
+
+    #[test]
+    fn every_exponential_is_within_a_few_ulps_of_libm() {
+        // Softmax weights e^{s − top} from 1 down to below f32's smallest normal.
+        for isa in Isa::available() {
+            let mut scores: Vec<f32> = (0..4003).map(|i| 3.0 - i as f32 * 0.0219).collect();
+            let want: Vec<f32> = scores.iter().map(|s| (s - 3.0).exp()).collect();
+            let total = kernel::exp_sum(isa, &mut scores, 3.0);
+            for (got, want) in scores.iter().zip(&want) {
+                assert!(
+                    (got - want).abs() <= 4e-7 * want + 1e-37,
+                    "{}: {got} against {want}",
+                    isa.name()
+                );
+            }
+            let sum: f32 = want.iter().sum();
+            assert!((total - sum).abs() <= 1e-5 * sum, "{}", isa.name());
+        }
+    }
+
+    #[test]
+    fn declines_what_it_does_not_cover() {
+        let q = values(&[1, 1, 2, 8], 0.1);
+        let half = values(&[1, 1, 5, 8], 0.2).to_kind(Kind::Half);
+        let whole = |t| Past::Whole { keys: t, values: t };
+        assert!(decode(&q, &[whole(&half)]).is_none());
+        // Rows of a head not contiguous: a transposed view.
+        let strided = values(&[1, 1, 8, 5], 0.2).transpose(2, 3);
+        assert!(decode(&q, &[whole(&strided)]).is_none());
+        assert!(decode(&q, &[]).is_none());
+    }
+}

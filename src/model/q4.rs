@@ -1,0 +1,424 @@
+//! The decoder's int4 weights as GGUF's Q4_1 stores them, multiplied by a kernel of our own: groups
+//! of 32 input features share a scale d and a minimum m, and each weight is `w = d·q + m` with
+//! q ∈ 0..=15. Sixteen bytes hold a group's codes, byte j holding q_j in its low half and q_{j+16}
+//! in its high half (GGUF's order), so one load gives two runs of 16 consecutive weights.
+//!
+//! The activations are held as 16-bit integers per group of 32 too ([`Activations`]: `x ≈ e·p`,
+//! `e = max|x| / 32767`, so each is within 1/65534 of the group's largest, where bf16 keeps 8 bits),
+//! and each group's exact f32 sum `s`. Then
+//!
+//! `y_r = Σ_g (d_rg · e_g · (q_rg · p_g) + m_rg · s_g)`,
+//!
+//! where `q · p` is a sum of integer products: `vpmaddwd` multiplies 16 pairs of 16-bit integers and
+//! adds neighbours, so a group costs a few integer instructions, one conversion and one fused
+//! multiply-add, against five floating-point operations per group when the codes were widened to
+//! f32 (compute-bound: 4 ms a step on one core of the AVX-512 EPYC). d and m are f16, as in the
+//! GGUF, and read beside the codes: 20 bytes a group, one stream per row.
+//!
+//! A decode step multiplies a row of activations by every matrix of every layer: 106 M weights for
+//! SmolLM2-135M, 60 MB in this form, split over libtorch's threads ([`super::parallel`]). Keeping
+//! the product on host memory also lets the decode step stay there between matrices
+//! (`Block::forward_host` in `super::llama`).
+
+use tch::{Kind, Tensor};
+
+use super::isa::Isa;
+use super::linear::{Int4Groups, INT4_GROUP};
+use super::parallel::by_output_features;
+use super::ModelError;
+
+/// Input features per group (GGUF's Q4_1 block).
+const GROUP: usize = INT4_GROUP as usize;
+/// Bytes of codes per group.
+const GROUP_BYTES: usize = GROUP / 2;
+/// Output features per part of a product handed to a thread: SmolLM2's matrices make 5 to 24
+/// parts (parts of 64 measured slower: 112–128 tok/s against 125–133 in alternating runs).
+const PART_ROWS: usize = 128;
+
+/// A `[N, K]` weight matrix in Q4_1 groups, in host memory.
+#[derive(Debug)]
+pub struct Q4Matrix {
+    rows: usize,
+    cols: usize,
+    /// `[N·K/2]`: each group's 16 bytes, row-major.
+    codes: Vec<u8>,
+    /// `[N·G]`: d and m of each group (m: the weight that code 0 stands for) as f16 bits, GGUF's
+    /// own kind for them, row-major (G = K/32): read with the codes, in the same order.
+    scales_mins: Vec<[u16; 2]>,
+}
+
+/// Rows of activations `[M, K]` in the kernel's form: 16-bit integers per group of 32 with a scale,
+/// and each group's sum.
+pub struct Activations {
+    cols: usize,
+    /// `[M·K]`: p, with x ≈ e·p.
+    codes: Vec<i16>,
+    /// `[M·G]`: e of each group and its exact f32 sum s.
+    scales_sums: Vec<[f32; 2]>,
+}
+
+impl Activations {
+    /// `x` `[M, K]` row-major, K a multiple of 32.
+    pub fn new(x: &[f32], cols: usize) -> Self {
+        assert!(
+            cols.is_multiple_of(GROUP) && x.len().is_multiple_of(cols),
+            "x is [M, {cols}]"
+        );
+        let groups = x.len() / GROUP;
+        let (mut codes, mut scales_sums) =
+            (Vec::with_capacity(x.len()), Vec::with_capacity(groups));
+        for group in x.chunks_exact(GROUP) {
+            let largest = group.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let scale = largest / f32::from(i16::MAX);
+            let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            // Round half to even by the f32 trick (adding and taking away 1.5·2²³ leaves the
+            // nearest integer for |v| < 2²²): no libm call, so the loop vectorises.
+            const ROUND: f32 = 12_582_912.0;
+            codes.extend(group.iter().map(|v| ((v * inverse + ROUND) - ROUND) as i16));
+            scales_sums.push([scale, group.iter().sum()]);
+        }
+        Self {
+            cols,
+            codes,
+            scales_sums,
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.codes.len() / self.cols
+    }
+}
+
+impl Q4Matrix {
+    /// Packs int4 groups (codes 0..=15, scale d, and the weight that code 8 stands for, m + 8·d).
+    pub fn new(groups: &Int4Groups) -> Result<Self, ModelError> {
+        let (n, k) = groups.codes.size2()?;
+        let codes = Vec::<i32>::try_from(groups.codes.to_kind(Kind::Int).reshape([-1]))?;
+        if let Some(bad) = codes.iter().find(|q| !(0..=15).contains(*q)) {
+            return Err(ModelError::BadConfig(format!(
+                "int4 code {bad} outside 0..=15"
+            )));
+        }
+        let packed = codes
+            .chunks_exact(GROUP)
+            .flat_map(|group| {
+                let (low, high) = group.split_at(GROUP_BYTES);
+                low.iter()
+                    .zip(high)
+                    .map(|(&lo, &hi)| (lo | (hi << 4)) as u8)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let scales = groups.scales.to_kind(Kind::Float);
+        let mins = &groups.zeros.to_kind(Kind::Float) - &scales * 8.0; // [N, G]
+        let bits = Tensor::stack(&[scales, mins], -1) // [N, G, 2]
+            .to_kind(Kind::Half)
+            .view_dtype(Kind::Int16)
+            .reshape([-1]);
+        let bits = Vec::<i16>::try_from(bits)?;
+        Ok(Self {
+            rows: n as usize,
+            cols: k as usize,
+            codes: packed,
+            scales_mins: bits
+                .chunks_exact(2)
+                .map(|dm| [dm[0] as u16, dm[1] as u16])
+                .collect(),
+        })
+    }
+
+    /// Output features N.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input features K.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// `x` `[M, K]` row-major → `y` `[M, N]`: `x Wᵀ`, with the widest vectors the CPU has, the
+    /// output features split over libtorch's threads ([`super::parallel`]).
+    pub fn multiply(&self, x: &[f32], y: &mut [f32]) {
+        let x = Activations::new(x, self.cols);
+        let m = x.rows();
+        assert!(y.len() == m * self.rows, "y is [M, {}]", self.rows);
+        let isa = Isa::best();
+        by_output_features(y, self.rows, PART_ROWS, &|first, out| {
+            kernel::rows(isa, self, first, &x, out)
+        });
+    }
+
+    /// `x [..., K]` (any float kind, on the CPU) → `[..., N]` in the kind of `x`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let mut shape = x.size();
+        *shape.last_mut().expect("x has a feature dimension") = self.rows as i64;
+        let input = Vec::<f32>::try_from(x.to_kind(Kind::Float).contiguous().reshape([-1]))
+            .expect("f32 activations copy to host memory");
+        let mut output = vec![0f32; input.len() / self.cols * self.rows];
+        self.multiply(&input, &mut output);
+        Tensor::from_slice(&output).reshape(shape).to_kind(x.kind())
+    }
+}
+
+/// The kernel's code path on this CPU, for the start-up log: the AVX2 one on every AVX2 or AVX-512
+/// CPU (16-bit products gain nothing from wider vectors on a memory-bound product), else scalar.
+pub fn kernel_name() -> &'static str {
+    if Isa::available().len() > 1 {
+        "avx2"
+    } else {
+        "scalar"
+    }
+}
+
+/// The kernel for each [`Isa`]: for weight rows `first..first + C`, C = `out.len() / M` (each read
+/// from memory once), and every row i of activations, `out[i, r − first] = y_ir` of the module's
+/// sum.
+mod kernel {
+    use half::f16;
+
+    #[cfg(target_arch = "x86_64")]
+    use super::super::isa::sum_lanes;
+    use super::super::isa::{Isa, Level};
+    use super::{Activations, Q4Matrix, GROUP, GROUP_BYTES};
+
+    /// How far ahead of the group being read its codes are requested from memory, in bytes (and
+    /// as many groups ahead for the scales).
+    #[cfg(target_arch = "x86_64")]
+    const PREFETCH_CODES: usize = 1024;
+
+    pub(super) fn rows(isa: Isa, w: &Q4Matrix, first: usize, x: &Activations, out: &mut [f32]) {
+        match isa.level() {
+            Level::Scalar => rows_with(w, first, x, out, dot_scalar),
+            // SAFETY: an `Isa` of this level exists only on a CPU with AVX2 and FMA, which every
+            // AVX-512 CPU has too.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 | Level::Avx512 => unsafe { rows_avx2(w, first, x, out) },
+        }
+    }
+
+    /// One weight row against one row of activations.
+    struct Row<'a> {
+        codes: &'a [u8],
+        /// d and m of each group, f16 bits.
+        scales_mins: &'a [[u16; 2]],
+        x_codes: &'a [i16],
+        /// e and s of each group.
+        x_scales_sums: &'a [[f32; 2]],
+    }
+
+    /// The loops around `dot`. Inlined into each `target_feature` caller, so that `dot` is
+    /// compiled with that caller's features.
+    #[inline(always)]
+    fn rows_with(
+        w: &Q4Matrix,
+        first: usize,
+        x: &Activations,
+        out: &mut [f32],
+        dot: impl Fn(Row) -> f32,
+    ) {
+        let (k, groups) = (w.cols, w.cols / GROUP);
+        let m = x.rows();
+        let count = out.len() / m;
+        let rows = w.codes[first * groups * GROUP_BYTES..]
+            .chunks_exact(groups * GROUP_BYTES)
+            .zip(w.scales_mins[first * groups..].chunks_exact(groups))
+            .take(count);
+        for (r, (codes, scales_mins)) in rows.enumerate() {
+            let x_rows = x
+                .codes
+                .chunks_exact(k)
+                .zip(x.scales_sums.chunks_exact(groups));
+            for (i, (x_codes, x_scales_sums)) in x_rows.enumerate() {
+                out[i * count + r] = dot(Row {
+                    codes,
+                    scales_mins,
+                    x_codes,
+                    x_scales_sums,
+                });
+            }
+        }
+    }
+
+    fn dot_scalar(row: Row) -> f32 {
+        row.codes
+            .chunks_exact(GROUP_BYTES)
+            .zip(row.x_codes.chunks_exact(GROUP))
+            .zip(row.scales_mins.iter().zip(row.x_scales_sums))
+            .map(|((codes, p), ([d, m], [e, s]))| {
+                let (low, high) = p.split_at(GROUP_BYTES);
+                let dot: i32 = codes
+                    .iter()
+                    .zip(low.iter().zip(high))
+                    .map(|(&q, (&lo, &hi))| {
+                        i32::from(q & 15) * i32::from(lo) + i32::from(q >> 4) * i32::from(hi)
+                    })
+                    .sum();
+                let (d, m) = (f16::from_bits(*d).to_f32(), f16::from_bits(*m).to_f32());
+                dot as f32 * (d * e) + m * s
+            })
+            .sum()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn rows_avx2(w: &Q4Matrix, first: usize, x: &Activations, out: &mut [f32]) {
+        use std::arch::x86_64::*;
+        rows_with(w, first, x, out, |row| {
+            let Row {
+                codes,
+                scales_mins,
+                x_codes,
+                x_scales_sums,
+            } = row;
+            let groups = scales_mins.len();
+            assert!(codes.len() == groups * GROUP_BYTES && x_codes.len() == groups * GROUP);
+            assert!(x_scales_sums.len() == groups);
+            // SAFETY: group g reads codes[16g..16g + 16], x_codes[32g..32g + 32], scales_mins[g]
+            // and x_scales_sums[g], g < groups: within the lengths asserted above. AVX2, FMA and
+            // F16C are enabled on this function.
+            unsafe {
+                let nibble = _mm256_set1_epi16(15);
+                // Group g: q · p as 8 partial sums, and [d·e, m·s, 0, 0].
+                let group = |g: usize| {
+                    let bytes = _mm_loadu_si128(codes.as_ptr().add(g * GROUP_BYTES).cast());
+                    let words = _mm256_cvtepu8_epi16(bytes); // q_j | q_{j+16} << 4, j < 16
+                    let p = x_codes.as_ptr().add(g * GROUP);
+                    let low = _mm256_madd_epi16(
+                        _mm256_and_si256(words, nibble),
+                        _mm256_loadu_si256(p.cast()),
+                    );
+                    let high = _mm256_madd_epi16(
+                        _mm256_srli_epi16::<4>(words),
+                        _mm256_loadu_si256(p.add(16).cast()),
+                    );
+                    let dot = _mm256_cvtepi32_ps(_mm256_add_epi32(low, high));
+                    let dm = scales_mins.as_ptr().add(g).cast::<i32>().read_unaligned();
+                    let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(dm));
+                    let es = _mm_castpd_ps(_mm_load_sd(x_scales_sums.as_ptr().add(g).cast()));
+                    (dot, _mm_mul_ps(dm, es))
+                };
+                // Two accumulators (even and odd groups) keep two multiply-adds in flight; lane 1
+                // of `offsets` gathers Σ m·s.
+                let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                let mut offsets = _mm_setzero_ps();
+                let mut g = 0;
+                while g < groups {
+                    // The rows follow one another in memory: ask for what comes after early.
+                    let ahead = codes
+                        .as_ptr()
+                        .wrapping_add(g * GROUP_BYTES + PREFETCH_CODES);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                    let ahead = scales_mins
+                        .as_ptr()
+                        .wrapping_add(g + PREFETCH_CODES / GROUP_BYTES);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                    let (dot, scales) = group(g);
+                    even = _mm256_fmadd_ps(dot, _mm256_broadcastss_ps(scales), even);
+                    offsets = _mm_add_ps(offsets, scales);
+                    if g + 1 < groups {
+                        let (dot, scales) = group(g + 1);
+                        odd = _mm256_fmadd_ps(dot, _mm256_broadcastss_ps(scales), odd);
+                        offsets = _mm_add_ps(offsets, scales);
+                    }
+                    g += 2;
+                }
+                let sum = sum_lanes(_mm256_add_ps(even, odd));
+                sum + _mm_cvtss_f32(_mm_shuffle_ps(offsets, offsets, 1))
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::testing::values;
+
+    #[test]
+    fn activations_are_within_half_a_step_of_x() {
+        let x: Vec<f32> = Vec::try_from(values(&[2, 64], 0.3).reshape([-1])).unwrap();
+        let mut with_zeros = x.clone();
+        with_zeros[32..64].fill(0.0); // a group of zeros: scale 0, codes 0
+        let a = Activations::new(&with_zeros, 64);
+        for (j, (&v, &p)) in with_zeros.iter().zip(&a.codes).enumerate() {
+            let e = a.scales_sums[j / 32][0];
+            assert!(
+                (e * f32::from(p) - v).abs() <= e * 0.5 + 1e-9,
+                "{j}: {v} as {p}·{e}"
+            );
+        }
+        assert_eq!(a.scales_sums[1], [0.0, 0.0]);
+        let sum: f32 = with_zeros[64..96].iter().sum();
+        assert_eq!(a.scales_sums[2][1], sum);
+    }
+
+    #[test]
+    fn every_kernel_equals_the_dequantised_product() {
+        // Three groups (odd: the vector path pairs groups), 7 output rows, 1 and 5 rows of x;
+        // every instruction set this CPU runs, on rows 2..7 of the matrix. 16-bit activations
+        // against f32: 1e-4 of the outputs' scale; the paths among themselves: 1e-5.
+        let groups = Int4Groups::quantise(&(values(&[7, 96], 0.5) * 0.1)).unwrap();
+        let q4 = Q4Matrix::new(&groups).unwrap();
+        let dense = groups.dequantise();
+        for m in [1usize, 5] {
+            let x = values(&[m as i64, 96], 2.0 + m as f64);
+            let expected: Vec<f32> =
+                Vec::try_from(x.linear::<&Tensor>(&dense, None).reshape([-1])).unwrap();
+            let scale = expected.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let input = Activations::new(&Vec::<f32>::try_from(x.reshape([-1])).unwrap(), 96);
+            let wanted: Vec<f32> = (0..m)
+                .flat_map(|i| expected[i * 7 + 2..i * 7 + 7].to_vec())
+                .collect();
+            let isas = Isa::available();
+            let mut scalar = vec![0f32; m * 5];
+            kernel::rows(isas[0], &q4, 2, &input, &mut scalar);
+            for isa in &isas {
+                let mut y = vec![0f32; m * 5];
+                kernel::rows(*isa, &q4, 2, &input, &mut y);
+                for ((got, want), exact) in y.iter().zip(&wanted).zip(&scalar) {
+                    assert!(
+                        (got - want).abs() <= 1e-4 * scale,
+                        "{}: {got} against {want}",
+                        isa.name()
+                    );
+                    assert!((got - exact).abs() <= 1e-5 * scale, "{}", isa.name());
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                assert!(isas.len() >= 2, "no vector kernel was checked");
+            }
+        }
+    }
+
+    #[test]
+    fn multiply_splits_into_parts_and_forward_keeps_shape_and_kind() {
+        // 300 output features: three parts of PART_ROWS, the last one short.
+        let groups = Int4Groups::quantise(&(values(&[300, 64], 0.1) * 0.1)).unwrap();
+        let q4 = Q4Matrix::new(&groups).unwrap();
+        let x = values(&[2, 3, 64], 0.7);
+        let expected = x.linear::<&Tensor>(&groups.dequantise(), None);
+        let y = q4.forward(&x);
+        assert_eq!(y.size(), vec![2, 3, 300]);
+        let error = (&y - &expected).abs().max().double_value(&[]);
+        assert!(
+            error <= 1e-4 * expected.abs().max().double_value(&[]),
+            "{error}"
+        );
+        let y = q4.forward(&x.to_kind(Kind::BFloat16));
+        assert_eq!(y.kind(), Kind::BFloat16);
+    }
+
+    #[test]
+    fn codes_out_of_range_are_refused() {
+        let groups = Int4Groups::quantise(&values(&[4, 64], 0.1)).unwrap();
+        let bad = Int4Groups {
+            codes: groups.codes.shallow_clone() + 16,
+            scales: groups.scales.shallow_clone(),
+            zeros: groups.zeros.shallow_clone(),
+        };
+        let error = Q4Matrix::new(&bad).unwrap_err().to_string();
+        assert!(error.contains("outside 0..=15"), "{error}");
+    }
+}
