@@ -19,23 +19,11 @@ import urllib.request
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference"))
 from common import GGUF_FILE, MODELS, ensure_packages  # noqa: E402
 
-CHAT = [
-    "What is the capital of France?", "Name three primary colours.", "What is 12 times 12?",
-    "Who wrote Romeo and Juliet?", "Give me a synonym for happy.",
-    "What is the boiling point of water in Celsius?", "Translate 'good morning' into Spanish.",
-    "What planet is known as the Red Planet?", "How many days are in a leap year?",
-    "Write a haiku about the sea.", "What is photosynthesis?", "Suggest a name for a pet cat.",
-    "What is the largest ocean on Earth?", "Explain gravity in one sentence.",
-    "What is the square root of 81?", "List two benefits of exercise.",
-    "What language is spoken in Brazil?", "Who painted the Mona Lisa?",
-    "What is the chemical symbol for gold?", "Tell me a fun fact about octopuses.",
-]
-RAW = [
-    "The capital of France is", "Once upon a time, in a small village,",
-    "The three laws of motion are", "def fibonacci(n):", "Water boils at", "The quick brown fox",
-    "In 1969, humans first", "The most important thing about learning is", "Paris is known for",
-    "A healthy breakfast includes",
-]
+# The prompts, shared with tests/agreement.rs (which holds the default's agreement to a floor).
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures",
+                       "agreement_prompts.json"), encoding="utf-8") as prompts:
+    PROMPTS = json.load(prompts)
+CHAT, RAW = PROMPTS["chat"], PROMPTS["raw"]
 
 
 def replies(binary, precision, port):
