@@ -10,7 +10,7 @@
 
 use tch::Tensor;
 
-use super::linear::Int4Groups;
+use super::q4::Int4Groups;
 use super::{Llama, LlamaConfig, ModelError, ModelOptions, Weights};
 use crate::gguf::{GgmlType, GgufFile};
 

@@ -11,13 +11,9 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::q4::Q4Matrix;
+use super::q4::{Int4Groups, Q4Matrix};
 use super::q8::Q8Matrix;
 use super::ModelError;
-use crate::gguf::Q4_1Blocks;
-
-/// Input features that share one int4 scale and zero (GGUF Q4_0/Q4_1 blocks have 32 too).
-pub const INT4_GROUP: i64 = 32;
 
 /// How the model stores its weights and computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,87 +69,6 @@ impl std::str::FromStr for Precision {
                 "unknown precision `{other}` (expected f32, bf16 or int4)"
             ))),
         }
-    }
-}
-
-/// Integer codes 0..15 with a scale and a zero per group of 32 input features: the common form of
-/// our own quantisation and of GGUF's Q4_1 blocks, before libtorch packs it.
-#[derive(Debug)]
-pub struct Int4Groups {
-    /// `[N, K]` int32, each in 0..=15.
-    pub codes: Tensor,
-    /// `[N, K/32]` f32.
-    pub scales: Tensor,
-    /// `[N, K/32]` f32: the weight that code 8 stands for.
-    pub zeros: Tensor,
-}
-
-impl Int4Groups {
-    /// Quantises dense weights `[N, K]` per group of 32 by its minimum and maximum
-    /// (w ≈ min + q·(max − min)/15), the Q4_1 scheme, with the minimum and the scale rounded to
-    /// f16 as GGUF stores them (and as our kernel reads them, `super::q4`).
-    pub fn quantise(weight: &Tensor) -> Result<Self, ModelError> {
-        let (n, k) = weight.size2()?;
-        if k % INT4_GROUP != 0 {
-            return Err(ModelError::Unsupported(format!(
-                "int4 needs input features in multiples of {INT4_GROUP}, got {k}"
-            )));
-        }
-        let groups = weight
-            .to_kind(Kind::Float)
-            .reshape([n, k / INT4_GROUP, INT4_GROUP]); // [N, K/32, 32]
-        let to_f16 = |t: Tensor| t.to_kind(Kind::Half).to_kind(Kind::Float);
-        let min = to_f16(groups.amin(-1, true)); // [N, K/32, 1]
-        let max = groups.amax(-1, true);
-        // Not below f16's smallest step, so that it stays positive when rounded.
-        let scale = to_f16(((max - &min) / 15.0).clamp_min(6e-8));
-        let codes = ((groups - &min) / &scale)
-            .round()
-            .clamp(0.0, 15.0)
-            .to_kind(Kind::Int)
-            .reshape([n, k]);
-        let scales = scale.squeeze_dim(-1);
-        let zeros = min.squeeze_dim(-1) + &scales * 8.0;
-        Ok(Self {
-            codes,
-            scales,
-            zeros,
-        })
-    }
-
-    /// GGUF Q4_1 blocks (w = d·q + m per 32 weights) as they are: scale d and zero m + 8·d, the
-    /// weight that code 8 stands for. No re-quantisation.
-    pub fn from_q4_1(blocks: &Q4_1Blocks) -> Self {
-        Self {
-            codes: blocks.quants.to_kind(Kind::Int),
-            scales: blocks.scales.shallow_clone(),
-            zeros: &blocks.mins + &blocks.scales * 8.0,
-        }
-    }
-
-    /// `[N, K]`.
-    pub fn shape(&self) -> Vec<i64> {
-        self.codes.size()
-    }
-
-    /// Output rows `index` (a row permutation or selection): groups run along the input axis, so
-    /// each row keeps its own codes, scales and zeros.
-    pub fn select_rows(&self, index: &Tensor) -> Self {
-        Self {
-            codes: self.codes.index_select(0, index),
-            scales: self.scales.index_select(0, index),
-            zeros: self.zeros.index_select(0, index),
-        }
-    }
-
-    /// The dense weights these codes stand for, `[N, K]` f32.
-    pub fn dequantise(&self) -> Tensor {
-        let (n, k) = self.codes.size2().expect("codes are [N, K]");
-        let codes = self
-            .codes
-            .to_kind(Kind::Float)
-            .reshape([n, k / INT4_GROUP, INT4_GROUP]);
-        ((codes - 8.0) * self.scales.unsqueeze(-1) + self.zeros.unsqueeze(-1)).reshape([n, k])
     }
 }
 
@@ -379,28 +294,6 @@ mod tests {
     fn random_weight(n: i64, k: i64) -> Tensor {
         tch::manual_seed(7);
         Tensor::randn([n, k], (Kind::Float, Device::Cpu)) * 0.05
-    }
-
-    #[test]
-    fn quantisation_error_is_within_half_a_step() {
-        let w = random_weight(64, 128);
-        let groups = Int4Groups::quantise(&w).unwrap();
-        let error = (groups.dequantise() - &w).abs().reshape([64, 4, 32]);
-        // Half a step, and the f16 rounding of the minimum (at most 2⁻¹¹ of it) and of the scale
-        // (15 steps of at most 2⁻¹¹ each at the top of the range).
-        let min = w.reshape([64, 4, 32]).amin(-1, true);
-        let half_step =
-            groups.scales.unsqueeze(-1) * (0.5 + 15.0 / 2048.0) + min.abs() / 2048.0 + 1e-7;
-        assert!(
-            bool::try_from(error.le_tensor(&half_step).all()).unwrap(),
-            "rounding error above half a step"
-        );
-        let max = groups.codes.max().int64_value(&[]);
-        let min = groups.codes.min().int64_value(&[]);
-        assert!(
-            (0..=15).contains(&min) && (0..=15).contains(&max) && max == 15 && min == 0,
-            "codes {min}..{max}"
-        );
     }
 
     #[test]

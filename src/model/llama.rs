@@ -609,7 +609,7 @@ impl Llama {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::linear::Int4Groups;
+    use crate::model::q4::Int4Groups;
 
     /// A two-layer model with random weights, small enough for unit tests. The matrices are drawn
     /// already on the int4 grid (quantised and dequantised), so that every precision computes the

@@ -1,5 +1,5 @@
-//! The language model: a Llama-family decoder (`llama`); its weight matmuls (`linear`, with
-//! kernels of our own for the int4 layers, `q4`, and the Q8_0 LM head, `q8`, written for the
+//! The language model: a Llama-family decoder (`llama`); its weight matmuls (`linear`, with the
+//! int4 layers' Q4_1 groups and their kernel in `q4` and the Q8_0 LM head in `q8`, written for the
 //! instruction sets of `isa` and split over libtorch's threads by `parallel`); the per-layer store
 //! of past keys and values that attention reads (`cache`, where the session memory of
 //! `infinity-former.md` §9.7 plugs in) and a decode step's attention over it on host memory

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 use tch::Tensor;
 
-use super::linear::{Int4Groups, Matrix};
+use super::linear::Matrix;
+use super::q4::Int4Groups;
 use super::ModelError;
 
 #[derive(Debug, Default)]
