@@ -238,15 +238,12 @@ impl Attention {
         rope: &RopeTable,
     ) -> Result<Vec<f32>, ModelError> {
         let [qkv_proj, o_proj] = matrices;
-        let qkv = multiply(qkv_proj, x);
+        let qkv = qkv_proj.multiply(x);
         let qkv = Tensor::from_slice(&qkv)
             .reshape([b, t, qkv_proj.rows() as i64])
             .to_kind(self.kind);
         let context = self.attend(&qkv, cache, rope)?.to_kind(Kind::Float);
-        Ok(multiply(
-            o_proj,
-            &Vec::<f32>::try_from(context.reshape([-1]))?,
-        ))
+        Ok(o_proj.multiply(&Vec::<f32>::try_from(context.reshape([-1]))?))
     }
 
     /// The heads of `qkv` `[B, T, (H + 2·H_kv)·D]` through the cache: `[B, T, H·D]`.
@@ -276,13 +273,6 @@ impl Attention {
 
         Ok(context.transpose(1, 2).reshape([b, t, h * d])) // [B, T, H·D]
     }
-}
-
-/// `x` `[M, K]` → `x Wᵀ` `[M, N]` on the host.
-fn multiply(matrix: &Q4Matrix, x: &[f32]) -> Vec<f32> {
-    let mut y = vec![0f32; x.len() / matrix.cols() * matrix.rows()];
-    matrix.multiply(x, &mut y);
-    y
 }
 
 /// SwiGLU feed-forward: down(silu(gate(x)) ⊙ up(x)).
@@ -325,7 +315,7 @@ impl Mlp {
     /// [`Mlp::forward`] on host memory, `x` `[M, C]` f32.
     fn forward_host(&self, x: &[f32], [gate_up_proj, down_proj]: [&Q4Matrix; 2]) -> Vec<f32> {
         let i = self.intermediate_size as usize;
-        let gate_up = multiply(gate_up_proj, x); // [M, 2·I]
+        let gate_up = gate_up_proj.multiply(x); // [M, 2·I]
         let hidden: Vec<f32> = gate_up
             .chunks_exact(2 * i)
             .flat_map(|row| {
@@ -335,7 +325,7 @@ impl Mlp {
                     .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
             })
             .collect(); // [M, I]: silu(gate) ⊙ up
-        multiply(down_proj, &hidden) // [M, C]
+        down_proj.multiply(&hidden) // [M, C]
     }
 }
 

@@ -221,16 +221,16 @@ impl Q4Matrix {
         self.cols
     }
 
-    /// `x` `[M, K]` row-major → `y` `[M, N]`: `x Wᵀ`, with the widest vectors the CPU has, the
-    /// output features split over libtorch's threads ([`super::parallel`]).
-    pub fn multiply(&self, x: &[f32], y: &mut [f32]) {
+    /// `x` `[M, K]` row-major → `x Wᵀ` `[M, N]`, with the widest vectors the CPU has, the output
+    /// features split over libtorch's threads ([`super::parallel`]).
+    pub fn multiply(&self, x: &[f32]) -> Vec<f32> {
         let x = Activations::new(x, self.cols);
-        let m = x.rows();
-        assert!(y.len() == m * self.rows, "y is [M, {}]", self.rows);
+        let mut y = vec![0f32; x.rows() * self.rows];
         let isa = Isa::best();
-        by_output_features(y, self.rows, PART_ROWS, &|first, out| {
+        by_output_features(&mut y, self.rows, PART_ROWS, &|first, out| {
             kernel::rows(isa, self, first, &x, out)
         });
+        y
     }
 
     /// `x [..., K]` (any float kind, on the CPU) → `[..., N]` in the kind of `x`.
@@ -239,9 +239,9 @@ impl Q4Matrix {
         *shape.last_mut().expect("x has a feature dimension") = self.rows as i64;
         let input = Vec::<f32>::try_from(x.to_kind(Kind::Float).contiguous().reshape([-1]))
             .expect("f32 activations copy to host memory");
-        let mut output = vec![0f32; input.len() / self.cols * self.rows];
-        self.multiply(&input, &mut output);
-        Tensor::from_slice(&output).reshape(shape).to_kind(x.kind())
+        Tensor::from_slice(&self.multiply(&input))
+            .reshape(shape)
+            .to_kind(x.kind())
     }
 }
 
