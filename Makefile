@@ -64,7 +64,8 @@ fuzz: fuzz-tools
 bench: setup
 	$(CARGO) bench --bench ltm
 
-# Decode and prefill tokens/s at batch 1 against llama-cpp-python on the same GGUF (installs it once).
+# Decode and prefill tokens/s at batch 1 against llama-cpp-python on the same GGUF (installs it once),
+# medians of 3 rounds that alternate the peer and ours (INFINI_BENCH_ROUNDS).
 bench-model: setup
 	$(CARGO) bench --bench model
 

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use common::{cpu_description, peer, prompt, GGUF};
+use common::{cpu_description, median, peer, prompt, GGUF};
 use infini::engine::generate::{generate, prefill, GenerateOptions, Greedy};
 use infini::memory::{MemoryConfig, MemoryLayout};
 use infini::model::{Checkpoint, KvCache, LayerCache, Llama, ModelOptions};
@@ -58,11 +58,6 @@ fn decode_steps<C: LayerCache>(
         true
     })?;
     Ok((times, out.tokens.last().copied().unwrap_or(last)))
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 /// One memory decoding at a point: the memory, the next token it feeds (decoded tokens join the

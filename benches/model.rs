@@ -10,8 +10,9 @@
 //! `INFINI_BENCH_THREADS` (default: libtorch's, the core count), `INFINI_BENCH_PEER=0` to skip the
 //! peer, `INFINI_BENCH_PEER_BATCHED=0/1` to make the peer prefill token by token or in one batch
 //! (default: in one batch, but token by token on CPUs with AMX, where its build crashes on
-//! batches), `INFINI_BENCH_KEEPERS=memory` (or `kv`) for one of the two pasts. Both sides use the
-//! same number of threads and the same token ids.
+//! batches), `INFINI_BENCH_KEEPERS=memory` (or `kv`) for one of the two pasts,
+//! `INFINI_BENCH_ROUNDS` (default 3: rounds of the peer then ours, each row the medians, the ratio
+//! of each round in brackets). Both sides use the same number of threads and the same token ids.
 
 mod common;
 
@@ -19,7 +20,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use common::{cpu_description, peer, prompt, Speed, GGUF};
+use common::{cpu_description, median, peer, prompt, Speed, GGUF};
 use infini::engine::generate::{generate, GenerateOptions, Greedy};
 use infini::memory::{MemoryConfig, MemoryLayout};
 use infini::model::{Checkpoint, LayerCache, Llama, ModelOptions, Precision};
@@ -87,6 +88,12 @@ fn main() -> Result<()> {
         tch::set_num_threads(threads.parse()?);
     }
     let threads = tch::get_num_threads();
+    let rounds: usize = std::env::var("INFINI_BENCH_ROUNDS")
+        .ok()
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(3)
+        .max(1);
     let lengths = std::env::var("INFINI_BENCH_PROMPTS").unwrap_or_else(|_| "100,1000,7800".into());
     let prompts: Vec<Vec<u32>> = lengths
         .split(',')
@@ -96,7 +103,7 @@ fn main() -> Result<()> {
     let checkpoint = Checkpoint::open(root.join(GGUF)).context("run ./scripts/setup.sh first")?;
     println!("{}", cpu_description());
     println!(
-        "batch 1, {threads} threads, {decode} tokens decoded per prompt; the peer prefills {}",
+        "batch 1, {threads} threads, {decode} tokens decoded per prompt, medians of {rounds} rounds (peer, then ours, in each); the peer prefills {}",
         if common::peer_prefills_token_by_token() {
             "token by token (its build crashes on batches with AMX)"
         } else {
@@ -104,11 +111,10 @@ fn main() -> Result<()> {
         }
     );
 
-    let peer_speeds = if std::env::var("INFINI_BENCH_PEER").as_deref() == Ok("0") {
-        None
-    } else {
-        Some(peer(&root, &prompts, decode, threads)?)
-    };
+    let with_peer = std::env::var("INFINI_BENCH_PEER").as_deref() != Ok("0");
+    let only = std::env::var("INFINI_BENCH_KEEPERS").unwrap_or_default();
+    // Every precision's model, loaded once; each is measured on the rows of its keepers.
+    let mut models = vec![];
     for precision in precisions {
         let started = Instant::now();
         let model = checkpoint.load(ModelOptions {
@@ -120,7 +126,6 @@ fn main() -> Result<()> {
             "{precision:?} loaded in {load:.1} s: {}",
             model.matmul_paths()
         );
-        let only = std::env::var("INFINI_BENCH_KEEPERS").unwrap_or_default();
         let keepers: Vec<(Keeper, &str)> =
             [(Keeper::Plain, "KV cache"), (Keeper::Memory, "memory")]
                 .into_iter()
@@ -131,25 +136,61 @@ fn main() -> Result<()> {
                 })
                 .collect();
         let _ = ours(&model, Keeper::Plain, &prompts[0][..16], 4)?; // warm-up
-        for ((tokens, i), &(keeper, name)) in prompts
+        models.push((precision, model, keepers));
+    }
+    // Rounds alternate the peer and ours, so that a drift of the machine (±30% within minutes on
+    // these VMs) falls on both sides; each row reports medians over the rounds.
+    let mut peer_speeds: Vec<Vec<Speed>> = prompts.iter().map(|_| vec![]).collect();
+    let mut our_speeds: Vec<Vec<Vec<Speed>>> = models
+        .iter()
+        .map(|(_, _, keepers)| vec![vec![]; prompts.len() * keepers.len()])
+        .collect();
+    for _ in 0..rounds {
+        if with_peer {
+            for (speeds, speed) in peer_speeds
+                .iter_mut()
+                .zip(peer(&root, &prompts, decode, threads)?)
+            {
+                speeds.push(speed);
+            }
+        }
+        for ((_, model, keepers), speeds) in models.iter().zip(&mut our_speeds) {
+            let rows = prompts
+                .iter()
+                .flat_map(|tokens| keepers.iter().map(move |&(keeper, _)| (tokens, keeper)));
+            for ((tokens, keeper), speeds) in rows.zip(speeds.iter_mut()) {
+                speeds.push(ours(model, keeper, tokens, decode)?);
+            }
+        }
+    }
+    let medians = |speeds: &[Speed]| {
+        let prefill = median(speeds.iter().map(|s| s.prefill).collect());
+        let decode = median(speeds.iter().map(|s| s.decode).collect());
+        (prefill, decode)
+    };
+    for ((precision, _, keepers), speeds) in models.iter().zip(&our_speeds) {
+        let rows = prompts
             .iter()
-            .zip(0..)
-            .flat_map(|prompt| keepers.iter().map(move |keeper| (prompt, keeper)))
-        {
-            let speed = ours(&model, keeper, tokens, decode)?;
+            .enumerate()
+            .flat_map(|(i, tokens)| keepers.iter().map(move |&(_, name)| (i, tokens, name)));
+        for ((i, tokens, name), speeds) in rows.zip(speeds) {
+            let (prefill, decode) = medians(speeds);
             let mut line = format!(
-                "{precision:?} {name:>8}, prompt {:>5}: prefill {:>7.1} tok/s, decode {:>6.1} tok/s",
+                "{precision:?} {name:>8}, prompt {:>5}: prefill {prefill:>7.1} tok/s, decode {decode:>6.1} tok/s",
                 tokens.len(),
-                speed.prefill,
-                speed.decode
             );
-            if let Some(peer) = peer_speeds.as_ref().and_then(|p| p.get(i)) {
+            if with_peer {
+                let (peer_prefill, peer_decode) = medians(&peer_speeds[i]);
+                let per_round: Vec<String> = speeds
+                    .iter()
+                    .zip(&peer_speeds[i])
+                    .map(|(ours, peer)| format!("{:.2}", ours.decode / peer.decode))
+                    .collect();
                 line += &format!(
-                    " | llama.cpp prefill {:>7.1}, decode {:>6.1} | ratio ours/peer: prefill {:.2}, decode {:.2}",
-                    peer.prefill,
-                    peer.decode,
-                    speed.prefill / peer.prefill,
-                    speed.decode / peer.decode
+                    " | llama.cpp prefill {peer_prefill:>7.1}, decode {peer_decode:>6.1} | ratio ours/peer: prefill {:.2}, decode {:.2} (rounds: {})",
+                    prefill / peer_prefill,
+                    decode / peer_decode,
+                    per_round.join(" ")
                 );
             }
             println!("{line}");

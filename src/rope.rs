@@ -54,6 +54,7 @@ impl Rope {
         RopeTable {
             cos: angles.cos().to_kind(kind).to_device(device),
             sin: angles.sin().to_kind(kind).to_device(device),
+            inverse_frequencies: self.inverse_frequencies.clone(),
         }
     }
 }
@@ -64,6 +65,8 @@ impl Rope {
 pub struct RopeTable {
     cos: Tensor, // [P, d]
     sin: Tensor, // [P, d]
+    /// θ_i, for rotating rows on the host ([`RopeTable::rotate_rows`]).
+    inverse_frequencies: Vec<f64>,
 }
 
 impl RopeTable {
@@ -117,6 +120,37 @@ impl RopeTable {
     }
 }
 
+impl RopeTable {
+    /// Rotates every row of d features in `rows` (host f32, row-major) to the one position
+    /// `position`, which must lie in the table: a decode step's queries or keys, rotated without a
+    /// tensor. The angles are computed in f64 and applied in f32 (the table's tensors hold cos and
+    /// sin in the activations' kind).
+    pub fn rotate_rows(&self, rows: &mut [f32], position: i64) {
+        assert!(
+            (0..self.len()).contains(&position),
+            "position {position} outside the RoPE table of {}",
+            self.len()
+        );
+        let half = self.inverse_frequencies.len();
+        let (cos, sin): (Vec<f32>, Vec<f32>) = self
+            .inverse_frequencies
+            .iter()
+            .map(|theta| {
+                let angle = position as f64 * theta;
+                (angle.cos() as f32, angle.sin() as f32)
+            })
+            .unzip();
+        for row in rows.chunks_exact_mut(2 * half) {
+            let (first, second) = row.split_at_mut(half);
+            for i in 0..half {
+                let (x1, x2) = (first[i], second[i]);
+                first[i] = x1 * cos[i] - x2 * sin[i];
+                second[i] = x2 * cos[i] + x1 * sin[i];
+            }
+        }
+    }
+}
+
 /// x·cos + rotate_half(x)·sin, with rotate_half(x) = (−x₂, x₁) for the halves x₁, x₂.
 fn rotate_with(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     let half = x.size().last().copied().expect("x has a feature dimension") / 2;
@@ -139,6 +173,20 @@ mod tests {
             .reshape([2, 3, 5, 16]);
         let (rq, rk) = table.rotate_pair(&q, &k, 7);
         assert!(rq.equal(&table.rotate(&q, 7)) && rk.equal(&table.rotate(&k, 7)));
+    }
+
+    #[test]
+    fn rotating_host_rows_equals_rotating_the_tensor() {
+        let table = Rope::new(16, 10000.0).table(64, Kind::Float, Device::Cpu);
+        let x = Tensor::arange(96, (Kind::Float, Device::Cpu))
+            .sin()
+            .reshape([1, 6, 1, 16]);
+        let mut rows = Vec::<f32>::try_from(x.reshape([-1])).unwrap();
+        table.rotate_rows(&mut rows, 37);
+        let want = Vec::<f32>::try_from(table.rotate(&x, 37).reshape([-1])).unwrap();
+        for (got, want) in rows.iter().zip(&want) {
+            assert!((got - want).abs() < 1e-6, "{got} against {want}");
+        }
     }
 
     #[test]

@@ -10,11 +10,19 @@ use anyhow::{bail, Context, Result};
 pub const GGUF: &str = infini::model::DEFAULT_MODEL;
 
 /// Tokens per second of one prompt.
+#[derive(Clone, Copy)]
 pub struct Speed {
     #[allow(dead_code)]
     // each bench target compiles this module; the memory bench reads decode only
     pub prefill: f64,
     pub decode: f64,
+}
+
+/// The middle value (the upper one of an even count); `values` must not be empty.
+#[allow(dead_code)] // each bench target compiles this module; not every one takes medians
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 /// A field of the first processor in /proc/cpuinfo (empty when absent).

@@ -177,6 +177,24 @@ impl Archive {
         Some(chosen)
     }
 
+    /// [`Archive::choose`] for one query per row and key/value head on the host: `query_sums`
+    /// `[B, H_kv, D]` (each head's G queries summed) gives the blocks `[B, H_kv, k]`, row-major,
+    /// counted as read. `None` when the archive is empty.
+    pub fn choose_on_host(
+        &mut self,
+        query_sums: &[f32],
+        [b, h]: [i64; 2],
+        k: usize,
+    ) -> Option<Vec<i64>> {
+        let representatives = self.representatives.view()?;
+        let k = (k as i64).min(self.blocks());
+        let chosen = ranking::best_blocks_on_host(&representatives, query_sums, k);
+        if let Some(reads) = &mut self.reads {
+            reads.count_on_host(&chosen, [b, h, k], self.representatives.len());
+        }
+        Some(chosen)
+    }
+
     /// The keys and values of the `chosen` blocks, gathered into new tensors (dequantised when
     /// int8).
     pub fn gather(&self, chosen: &Tensor) -> Option<Selection> {

@@ -24,7 +24,7 @@ use super::continuous::ContinuousTier;
 use super::spill::{SpillError, Storage};
 use super::window::Window;
 use crate::ltm::{joint_attention, KeyGroup, MemoryOperators};
-use crate::model::cache::causal_mask;
+use crate::model::cache::{causal_mask, unread, HostStep, StepRows};
 use crate::model::host_attention::{self, Past};
 use crate::model::{LayerCache, ModelError};
 use crate::rope::RopeTable;
@@ -327,6 +327,58 @@ impl LayerCache for LayerMemory {
         };
         Ok(context.reshape([b, h, t, d]))
     }
+
+    /// [`LayerMemory::attend`] for one new token per row on host memory: the token joins its
+    /// tier, each key/value head's queries (summed) rank the archive's blocks on the host, and
+    /// sinks, STM and the chosen blocks are read where they lie in one softmax of ours
+    /// ([`host_attention::decode_rows`]); then the STM's overflow leaves for the archive.
+    /// Declined, with nothing changed, where the joint read needs tensors: the signal's points
+    /// (their ln w_k bias), an int8 archive, a GPU, or nothing held yet.
+    fn attend_rows(
+        &mut self,
+        step: &HostStep,
+        rope: &RopeTable,
+    ) -> Option<Result<Vec<f32>, ModelError>> {
+        let (keys, values) = (self.keys.view()?, self.values.view()?);
+        let points = self.continuous.as_ref().and_then(|c| c.points()).is_some();
+        let exact = self.archive.blocks() == 0 || self.archive.exact_rows().is_some();
+        if !step.fits(&keys) || !step.fits(&values) || points || !exact {
+            return None;
+        }
+        let start = self.keys.len() + i64::from(self.evicted);
+        if start >= rope.len() {
+            return Some(Err(ModelError::ContextFull {
+                needed: start + 1,
+                capacity: rope.len(),
+            }));
+        }
+        let rows = step.rows(rope, start);
+        self.take_in_row(step, &rows);
+        let [b, h, h_kv, d] = step.shape;
+        let group = (h / h_kv) as usize;
+        let query_sums: Vec<f32> = rows
+            .queries
+            .chunks_exact(group * d as usize)
+            .flat_map(|queries| {
+                let mut sum = vec![0f32; d as usize];
+                for q in queries.chunks_exact(d as usize) {
+                    sum.iter_mut().zip(q).for_each(|(s, q)| *s += q);
+                }
+                sum
+            })
+            .collect();
+        let chosen = self
+            .archive
+            .choose_on_host(&query_sums, [b, h_kv], self.config.top_k_blocks);
+        let shape = [b, h_kv, group as i64, d];
+        let context = self.with_pasts(chosen.as_deref(), |pasts| {
+            host_attention::decode_rows(&rows.queries, shape, pasts)
+        });
+        Some(match context {
+            Some(context) => self.evict_overflow(rope).map(|()| context),
+            None => Err(unread(step)),
+        })
+    }
 }
 
 impl LayerMemory {
@@ -341,6 +393,22 @@ impl LayerMemory {
         if t > to_sinks {
             self.stm_keys
                 .append(&keys.narrow(2, to_sinks, t - to_sinks));
+        }
+    }
+
+    /// [`LayerMemory::take_in`] for one new token per row given as host rows: written in place
+    /// where the windows have room ([`Window::append_row`]), else appended as tensors.
+    fn take_in_row(&mut self, step: &HostStep, rows: &StepRows) {
+        let to_stm = self.sinks_held() >= self.config.sinks as i64;
+        let windows = [
+            (&mut self.keys, &rows.keys),
+            (&mut self.values, &rows.values),
+        ];
+        let stm = to_stm.then_some((&mut self.stm_keys, &rows.raw_keys));
+        for (window, rows) in windows.into_iter().chain(stm) {
+            if !window.append_row(rows) {
+                window.append(&step.to_tensor(rows));
+            }
         }
     }
 
@@ -423,6 +491,21 @@ impl LayerMemory {
     /// ([`host_attention::decode`]), instead of gathering the blocks and copying them after the
     /// window. `None` where that does not apply (a GPU, an int8 archive, a long segment).
     fn read_on_host(&self, q: &Tensor, chosen: Option<&Tensor>) -> Option<Tensor> {
+        let chosen = match chosen {
+            Some(chosen) => Some(Vec::<i64>::try_from(chosen.reshape([-1])).ok()?),
+            None => None,
+        };
+        self.with_pasts(chosen.as_deref(), |pasts| host_attention::decode(q, pasts))
+    }
+
+    /// `read` given what a decode step reads where it lies: the sinks and the STM whole, and the
+    /// `chosen` archive blocks (`[B, H_kv, k]`, row-major). `None` when nothing is held or the
+    /// archive is not exact.
+    fn with_pasts<R>(
+        &self,
+        chosen: Option<&[i64]>,
+        read: impl FnOnce(&[Past]) -> Option<R>,
+    ) -> Option<R> {
         let (keys, values) = (self.keys.view()?, self.values.view()?);
         let archive = match chosen {
             Some(chosen) => Some((self.archive.exact_rows()?, chosen)),
@@ -440,7 +523,7 @@ impl LayerMemory {
                 block_len: self.archive.block_len(),
             });
         }
-        host_attention::decode(q, &pasts)
+        read(&pasts)
     }
 
     /// Adds the mass `[B, H_kv, rows, R]` that session row 0's queries put on the points.

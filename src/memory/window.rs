@@ -4,6 +4,7 @@
 //! may keep its buffer in a memory-mapped spill file ([`Storage`]) instead of RAM.
 
 use super::spill::{SpillError, Storage};
+use crate::model::host_attention;
 use tch::Tensor;
 
 /// Rows a buffer grown for scratch gets beyond what is needed, so that a run that grows by one
@@ -96,6 +97,18 @@ impl Window {
         buffer.narrow(2, self.len, t).copy_(rows);
         self.len += t;
         Ok(())
+    }
+
+    /// Appends one token's rows (f32, `[B, H, D]` row-major) in place, in the buffer's kind, when
+    /// the buffer has room for it on the CPU ([`host_attention::write_position`]); `false`,
+    /// appending nothing, otherwise (the caller appends a tensor instead).
+    pub fn append_row(&mut self, rows: &[f32]) -> bool {
+        let written = self
+            .buffer
+            .as_ref()
+            .is_some_and(|buffer| host_attention::write_position(buffer, self.len, rows));
+        self.len += i64::from(written);
+        written
     }
 
     /// The held tokens followed by `extra` rows (each `[B, H, T_i, D]`) written just past them:

@@ -35,6 +35,88 @@ pub trait LayerCache {
         values: &Tensor,
         rope: &RopeTable,
     ) -> Result<Tensor, ModelError>;
+
+    /// [`LayerCache::attend`] for a decode step on host memory: one new token per row, given as
+    /// the fused projection's f32 rows, and the queries' reads returned as `[B, H·D]` f32 rows.
+    /// `None`, having changed nothing, where this cache has no such step for what it holds (the
+    /// caller then goes through `attend`).
+    fn attend_rows(
+        &mut self,
+        _step: &HostStep,
+        _rope: &RopeTable,
+    ) -> Option<Result<Vec<f32>, ModelError>> {
+        None
+    }
+}
+
+/// One new token per batch row on host memory: `qkv` `[B, (H + 2·H_kv)·D]`, each row its queries,
+/// keys and values before RoPE, as the fused projection gives them.
+pub struct HostStep<'a> {
+    pub qkv: &'a [f32],
+    /// B, H, H_kv, D.
+    pub shape: [i64; 4],
+    /// The kind the caches hold keys and values in (the precision's activations).
+    pub kind: Kind,
+}
+
+/// A [`HostStep`] taken apart: queries `[B, H, D]` and keys `[B, H_kv, D]` rotated to their
+/// position, the keys before RoPE, and the values, all f32 rows.
+pub struct StepRows {
+    pub queries: Vec<f32>,
+    pub keys: Vec<f32>,
+    pub raw_keys: Vec<f32>,
+    pub values: Vec<f32>,
+}
+
+impl HostStep<'_> {
+    /// The queries, keys and values of every row, the queries and keys rotated to `position`.
+    pub fn rows(&self, rope: &RopeTable, position: i64) -> StepRows {
+        let [b, h, h_kv, d] = self.shape.map(|n| n as usize);
+        let (mut queries, mut raw_keys, mut values) = (
+            Vec::with_capacity(b * h * d),
+            Vec::with_capacity(b * h_kv * d),
+            Vec::with_capacity(b * h_kv * d),
+        );
+        for row in self.qkv.chunks_exact((h + 2 * h_kv) * d) {
+            let (q, kv) = row.split_at(h * d);
+            let (k, v) = kv.split_at(h_kv * d);
+            queries.extend_from_slice(q);
+            raw_keys.extend_from_slice(k);
+            values.extend_from_slice(v);
+        }
+        let mut keys = raw_keys.clone();
+        rope.rotate_rows(&mut queries, position);
+        rope.rotate_rows(&mut keys, position);
+        StepRows {
+            queries,
+            keys,
+            raw_keys,
+            values,
+        }
+    }
+
+    /// `rows` `[B, H_kv, D]` as a tensor `[B, H_kv, 1, D]` of the caches' kind, to append.
+    pub fn to_tensor(&self, rows: &[f32]) -> Tensor {
+        let [b, _, h_kv, d] = self.shape;
+        Tensor::from_slice(rows)
+            .reshape([b, h_kv, 1, d])
+            .to_kind(self.kind)
+    }
+
+    /// Whether `held` (a cache's keys or values) can take this step's rows and be read on the
+    /// host: on the CPU, f32 or bf16, of this step's kind, with B rows and H_kv heads of D, and
+    /// shapes [`host_attention::decode_rows`] takes.
+    pub fn fits(&self, held: &Tensor) -> bool {
+        let [b, h, h_kv, d] = self.shape;
+        let size = held.size();
+        d % 8 == 0
+            && h / h_kv <= host_attention::MAX_QUERIES
+            && held.device() == Device::Cpu
+            && held.kind() == self.kind
+            && matches!(self.kind, Kind::Float | Kind::BFloat16)
+            && size.len() == 4
+            && [size[0], size[1], size[3]] == [b, h_kv, d]
+    }
 }
 
 /// Softmax attention of grouped queries over shared key/value heads (GQA): query head h reads
@@ -202,6 +284,46 @@ impl LayerCache for KvCache {
             &held_values.narrow(2, 0, needed),
         ))
     }
+
+    /// Rotates on the host, appends, and reads every held token with [`host_attention`], where
+    /// the buffers already hold tokens on the CPU with room for one more.
+    fn attend_rows(
+        &mut self,
+        step: &HostStep,
+        rope: &RopeTable,
+    ) -> Option<Result<Vec<f32>, ModelError>> {
+        let (keys, values) = (self.keys.as_ref()?, self.values.as_ref()?);
+        let start = self.len;
+        let fits = step.fits(keys) && start < keys.size()[2].min(rope.len());
+        if !fits || start == 0 {
+            return None;
+        }
+        let rows = step.rows(rope, start);
+        for (held, rows) in [(keys, &rows.keys), (values, &rows.values)] {
+            if !host_attention::write_position(held, start, rows) {
+                held.narrow(2, start, 1).copy_(&step.to_tensor(rows));
+            }
+        }
+        self.len = start + 1;
+        let [b, h, h_kv, d] = step.shape;
+        let past = host_attention::Past::Whole {
+            keys: &keys.narrow(2, 0, self.len),
+            values: &values.narrow(2, 0, self.len),
+        };
+        Some(
+            host_attention::decode_rows(&rows.queries, [b, h_kv, h / h_kv, d], &[past])
+                .ok_or_else(|| unread(step)),
+        )
+    }
+}
+
+/// The error of a host step whose rows the attention kernel declined after they were taken in
+/// (the checks before taking them in rule this out).
+pub(crate) fn unread(step: &HostStep) -> ModelError {
+    ModelError::Unsupported(format!(
+        "a decode step of shape {:?} in {:?} on host memory",
+        step.shape, step.kind
+    ))
 }
 
 #[cfg(test)]
@@ -279,5 +401,50 @@ mod tests {
                 capacity: 600
             })
         ));
+    }
+    /// A decode step on host memory (`attend_rows`) reads as the tensor path's `attend` step for
+    /// step (f32), and declines on an empty cache, holding nothing.
+    #[test]
+    fn host_steps_equal_the_tensor_path() {
+        tch::manual_seed(5);
+        let rope = Rope::new(16, 10000.0).table(64, Kind::Float, Device::Cpu);
+        let (h, h_kv, d) = (4, 2, 16);
+        let opts = (Kind::Float, Device::Cpu);
+        let (mut host, mut tensors) = (KvCache::new(64), KvCache::new(64));
+        let qkv = vec![0.25f32; ((h + 2 * h_kv) * d) as usize];
+        let step = HostStep {
+            qkv: &qkv,
+            shape: [1, h, h_kv, d],
+            kind: Kind::Float,
+        };
+        assert!(host.attend_rows(&step, &rope).is_none());
+        assert_eq!(host.len(), 0);
+        let (q, k, v) = (
+            Tensor::randn([1, h, 5, d], opts),
+            Tensor::randn([1, h_kv, 5, d], opts),
+            Tensor::randn([1, h_kv, 5, d], opts),
+        );
+        let _ = host.attend(&q, &k, &v, &rope).unwrap();
+        let _ = tensors.attend(&q, &k, &v, &rope).unwrap();
+        let flat = |t: &Tensor| Vec::<f32>::try_from(t.reshape([-1])).unwrap();
+        for _ in 0..6 {
+            let (q, k, v) = (
+                Tensor::randn([1, h, 1, d], opts),
+                Tensor::randn([1, h_kv, 1, d], opts),
+                Tensor::randn([1, h_kv, 1, d], opts),
+            );
+            let qkv = [flat(&q), flat(&k), flat(&v)].concat();
+            let step = HostStep {
+                qkv: &qkv,
+                shape: [1, h, h_kv, d],
+                kind: Kind::Float,
+            };
+            let ours = host.attend_rows(&step, &rope).expect("applies").unwrap();
+            let want = flat(&tensors.attend(&q, &k, &v, &rope).unwrap());
+            for (got, want) in ours.iter().zip(&want) {
+                assert!((got - want).abs() < 1e-5, "{got} against {want}");
+            }
+        }
+        assert_eq!(host.len(), 11);
     }
 }

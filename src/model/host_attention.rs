@@ -45,6 +45,60 @@ impl Element for Bf16 {
     }
 }
 
+/// The bf16 nearest to `v` (ties to even), as its 16 bits: the upper half of the f32 after
+/// rounding away the lower half. NaN stays NaN.
+pub(crate) fn bf16_bits(v: f32) -> i16 {
+    let bits = v.to_bits();
+    if v.is_nan() {
+        return ((bits >> 16) | 0x40) as u16 as i16;
+    }
+    let rounded = bits + 0x7fff + ((bits >> 16) & 1);
+    (rounded >> 16) as u16 as i16
+}
+
+/// Writes `rows` (f32, `[B, H, D]` row-major) at position `at` of `held` `[B, H, L, D]`, in
+/// `held`'s kind (f32, or bf16 rounded to nearest even): a decode step's new key or value appended
+/// to a cache's buffer without a tensor of its own. `false`, writing nothing, where that does not
+/// apply (not a contiguous CPU tensor of f32 or bf16, shapes that disagree, `at` outside).
+pub fn write_position(held: &Tensor, at: i64, rows: &[f32]) -> bool {
+    let Ok((b, h, l, d)) = held.size4() else {
+        return false;
+    };
+    let fits = held.device() == Device::Cpu
+        && held.is_contiguous()
+        && (0..l).contains(&at)
+        && rows.len() as i64 == b * h * d
+        && !held.data_ptr().is_null();
+    if !fits {
+        return false;
+    }
+    let (l, d) = (l as usize, d as usize);
+    let offsets = (0..rows.len() / d).map(|head| (head * l + at as usize) * d);
+    match held.kind() {
+        Kind::Float => {
+            let base = held.data_ptr() as *mut f32;
+            for (offset, row) in offsets.zip(rows.chunks_exact(d)) {
+                // SAFETY: `held` is a contiguous CPU f32 tensor [B, H, L, D] (checked above), so
+                // head (b, h)'s row `at` < L is the D elements from (head·L + at)·D; nothing else
+                // reads or writes that row while the step appends it.
+                unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), base.add(offset), d) };
+            }
+        }
+        Kind::BFloat16 => {
+            let base = held.data_ptr() as *mut i16;
+            for (offset, row) in offsets.zip(rows.chunks_exact(d)) {
+                // SAFETY: as above, with 2-byte bf16 elements.
+                let out = unsafe { std::slice::from_raw_parts_mut(base.add(offset), d) };
+                out.iter_mut()
+                    .zip(row)
+                    .for_each(|(o, &v)| *o = bf16_bits(v));
+            }
+        }
+        _ => return false,
+    }
+    true
+}
+
 /// A head's held rows, `[L, D]` row-major, borrowed from a tensor's storage.
 struct Rows<'a, E> {
     data: &'a [E],
@@ -72,26 +126,42 @@ pub enum Past<'a> {
     Blocks {
         keys: &'a Tensor,
         values: &'a Tensor,
-        /// `[B, H_kv, k]` int64.
-        chosen: &'a Tensor,
+        /// `[B, H_kv, k]`, row-major.
+        chosen: &'a [i64],
         block_len: i64,
     },
 }
 
 /// `queries` `[B, H_kv, G, D]` against everything in `pasts`, all visible, in one softmax:
-/// `[B, H_kv, G, D]` in the queries' kind. `None` where this does not apply (not on the CPU, a
-/// kind other than f32 or bf16, rows not contiguous, shapes that disagree, a block out of range,
-/// D not a multiple of 8, more than [`MAX_QUERIES`] queries, nothing to read), for the caller's
-/// fallback.
+/// `[B, H_kv, G, D]` in the queries' kind. `None` where this does not apply (see
+/// [`decode_rows`]; also queries not on the CPU), for the caller's fallback.
 pub fn decode(queries: &Tensor, pasts: &[Past]) -> Option<Tensor> {
     let (b, h_kv, g, d) = queries.size4().ok()?;
+    if queries.device() != Device::Cpu {
+        return None;
+    }
+    let q = Vec::<f32>::try_from(queries.to_kind(Kind::Float).contiguous().reshape([-1])).ok()?;
+    let out = decode_rows(&q, [b, h_kv, g, d], pasts)?;
+    Some(
+        Tensor::from_slice(&out)
+            .reshape([b, h_kv, g, d])
+            .to_kind(queries.kind()),
+    )
+}
+
+/// [`decode`] with the queries as f32 rows of `shape` `[B, H_kv, G, D]` on the host, and the
+/// result likewise. `None` where this does not apply: held rows not on the CPU, of a kind other
+/// than f32 or bf16, not contiguous, or with shapes that disagree; a block out of range; D not a
+/// multiple of 8; more than [`MAX_QUERIES`] queries; nothing to read.
+pub fn decode_rows(queries: &[f32], shape: [i64; 4], pasts: &[Past]) -> Option<Vec<f32>> {
+    let [b, h_kv, g, d] = shape;
     let tensors = pasts.iter().flat_map(|past| match past {
         Past::Whole { keys, values } | Past::Blocks { keys, values, .. } => [*keys, *values],
     });
     let kind = match pasts.first()? {
         Past::Whole { keys, .. } | Past::Blocks { keys, .. } => keys.kind(),
     };
-    let mut agree = queries.device() == Device::Cpu;
+    let mut agree = queries.len() as i64 == b * h_kv * g * d;
     for t in tensors {
         let size = t.size();
         agree &= t.device() == Device::Cpu
@@ -104,20 +174,13 @@ pub fn decode(queries: &Tensor, pasts: &[Past]) -> Option<Tensor> {
         return None;
     }
     let scale = 1.0 / (d as f32).sqrt();
-    let mut q =
-        Vec::<f32>::try_from(queries.to_kind(Kind::Float).contiguous().reshape([-1])).ok()?;
-    q.iter_mut().for_each(|q| *q *= scale);
+    let q: Vec<f32> = queries.iter().map(|q| q * scale).collect();
     let heads = (b * h_kv) as usize;
-    let out = match kind {
+    match kind {
         Kind::Float => attend(&q, &runs::<f32>(pasts, heads)?, (heads, g as usize)),
         Kind::BFloat16 => attend(&q, &runs::<Bf16>(pasts, heads)?, (heads, g as usize)),
-        _ => return None,
-    }?;
-    Some(
-        Tensor::from_slice(&out)
-            .reshape([b, h_kv, g, d])
-            .to_kind(queries.kind()),
-    )
+        _ => None,
+    }
 }
 
 /// A run of rows that one key/value head reads: keys and values `[len, D]`.
@@ -177,19 +240,36 @@ fn runs<'a, E: Element>(pasts: &[Past<'a>], heads: usize) -> Option<Vec<Run<'a, 
                 chosen,
                 block_len,
             } => {
-                if chosen.size().len() != 3 || chosen.size()[0] * chosen.size()[1] != heads as i64 {
+                if chosen.is_empty() || !chosen.len().is_multiple_of(heads) {
                     return None;
                 }
-                let chosen =
-                    Vec::<i64>::try_from(chosen.to_kind(Kind::Int64).reshape([-1])).ok()?;
                 let k = chosen.len() / heads;
-                for (i, &block) in chosen.iter().enumerate() {
-                    push(keys, values, i / k, block * block_len, *block_len)?;
+                for (head, blocks) in chosen.chunks_exact(k).enumerate() {
+                    for (first, count) in spans(blocks) {
+                        push(keys, values, head, first * block_len, count * block_len)?;
+                    }
                 }
             }
         }
     }
     (!runs.is_empty()).then_some(runs)
+}
+
+/// `blocks` (one head's choice) as runs of consecutive blocks `(first, count)`, in block order: the
+/// softmax does not depend on the order in which blocks are read, and blocks that lie side by
+/// side (at a few thousand tokens the top k are often most of the archive) are then read as one
+/// run, in parts as long as a whole window's.
+fn spans(blocks: &[i64]) -> Vec<(i64, i64)> {
+    let mut sorted = blocks.to_vec();
+    sorted.sort_unstable();
+    let mut spans: Vec<(i64, i64)> = vec![];
+    for block in sorted {
+        match spans.last_mut() {
+            Some((first, count)) if *first + *count == block => *count += 1,
+            _ => spans.push((block, 1)),
+        }
+    }
+    spans
 }
 
 /// Every run's partial softmax over the threads, then merged per head.
@@ -237,6 +317,20 @@ mod kernel {
     #[cfg(target_arch = "x86_64")]
     use super::super::isa::sum_lanes;
     use super::{Element, Isa, Level, Partial, Rows};
+    use std::cell::RefCell;
+
+    thread_local! {
+        /// Each thread's tile and scores, kept from part to part: a step has hundreds of parts.
+        static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    }
+
+    /// Rows widened and scored together: eight sums reduce to one vector of eight scores.
+    const TILE: usize = 8;
+    /// Bytes a prefetch brings in.
+    const CACHE_LINE: usize = 64;
+    /// How far ahead the scores' loop asks for key rows: one tile, 8 rows of 64 bf16, 1 KB, as
+    /// far ahead as the int4 kernel asks for its weights.
+    const PREFETCH_ROWS: usize = TILE;
 
     pub(super) fn part<E: Element>(
         isa: Isa,
@@ -256,22 +350,64 @@ mod kernel {
     #[target_feature(enable = "avx2,fma")]
     fn part_avx2<E: Element>(queries: &[f32], keys: &Rows<E>, values: &Rows<E>) -> Partial {
         use std::arch::x86_64::*;
-        let dot = |a: &[f32], b: &[f32]| {
-            assert!(a.len() == b.len() && a.len().is_multiple_of(8));
-            // SAFETY: eight floats from i < len of both, as asserted. AVX2 and FMA are enabled on
-            // this function.
+        let dots = |tile: &[f32], q: &[f32]| {
+            let d = q.len();
+            assert!(tile.len() == TILE * d && d.is_multiple_of(8));
+            // SAFETY: eight floats from i < d of `q` and of each of the TILE rows of `tile`, as
+            // asserted. AVX2 and FMA are enabled on this function.
             unsafe {
-                let mut sum = _mm256_setzero_ps();
-                for i in (0..a.len()).step_by(8) {
-                    let (x, y) = (a.as_ptr().add(i), b.as_ptr().add(i));
-                    sum = _mm256_fmadd_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(y), sum);
+                let mut sums = [_mm256_setzero_ps(); TILE];
+                for i in (0..d).step_by(8) {
+                    let q = _mm256_loadu_ps(q.as_ptr().add(i));
+                    for (row, sum) in sums.iter_mut().enumerate() {
+                        let k = _mm256_loadu_ps(tile.as_ptr().add(row * d + i));
+                        *sum = _mm256_fmadd_ps(k, q, *sum);
+                    }
                 }
-                sum_lanes(sum)
+                // Lane sums of the eight rows at once: pairs, then quads within each 128-bit
+                // half, then the two halves added.
+                let [a, b, c, d, e, f, g, h] = sums;
+                let low = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+                let high = _mm256_hadd_ps(_mm256_hadd_ps(e, f), _mm256_hadd_ps(g, h));
+                let total = _mm256_add_ps(
+                    _mm256_permute2f128_ps::<0x20>(low, high),
+                    _mm256_permute2f128_ps::<0x31>(low, high),
+                );
+                let mut out = [0f32; TILE];
+                _mm256_storeu_ps(out.as_mut_ptr(), total);
+                out
+            }
+        };
+        let accumulate = |weights: &[f32; TILE], tile: &[f32], out: &mut [f32]| {
+            let d = out.len();
+            assert!(tile.len() == TILE * d && d.is_multiple_of(8));
+            // SAFETY: eight floats from i < d of `out` and of each of the TILE rows of `tile`, as
+            // asserted. AVX2 and FMA are enabled on this function.
+            unsafe {
+                for i in (0..d).step_by(8) {
+                    let mut sum = _mm256_loadu_ps(out.as_ptr().add(i));
+                    for (row, &w) in weights.iter().enumerate() {
+                        let v = _mm256_loadu_ps(tile.as_ptr().add(row * d + i));
+                        sum = _mm256_fmadd_ps(_mm256_set1_ps(w), v, sum);
+                    }
+                    _mm256_storeu_ps(out.as_mut_ptr().add(i), sum);
+                }
             }
         };
         // A closure in this function has its features: the call needs no `unsafe`.
         let exp_sum = |scores: &mut [f32], top: f32| exp_sum_avx2(scores, top);
-        part_with(queries, keys, values, dot, exp_sum)
+        // A hint: it reads nothing and faults on no address.
+        let prefetch = |at: *const u8| _mm_prefetch::<_MM_HINT_T0>(at.cast());
+        part_with(
+            queries,
+            (keys, values),
+            Vector {
+                dots,
+                accumulate,
+                exp_sum,
+                prefetch,
+            },
+        )
     }
 
     /// In place: s ← e^{s − top}, returning Σ, for `isa` (the tests compare the two).
@@ -353,49 +489,107 @@ mod kernel {
 
     /// Any CPU.
     fn part_scalar<E: Element>(queries: &[f32], keys: &Rows<E>, values: &Rows<E>) -> Partial {
-        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| a * b).sum();
-        part_with(queries, keys, values, dot, exp_sum_scalar)
+        let dots = |tile: &[f32], q: &[f32]| {
+            let mut out = [0f32; TILE];
+            for (out, row) in out.iter_mut().zip(tile.chunks_exact(q.len())) {
+                *out = row.iter().zip(q).map(|(k, q)| k * q).sum();
+            }
+            out
+        };
+        let accumulate = |weights: &[f32; TILE], tile: &[f32], out: &mut [f32]| {
+            for (&w, row) in weights.iter().zip(tile.chunks_exact(out.len())) {
+                out.iter_mut().zip(row).for_each(|(o, v)| *o += w * v);
+            }
+        };
+        let vector = Vector {
+            dots,
+            accumulate,
+            exp_sum: exp_sum_scalar,
+            prefetch: |_| {},
+        };
+        part_with(queries, (keys, values), vector)
     }
 
-    /// Each key and value row is widened to f32 once, for all G queries; `dot` and `exp_sum` are
-    /// the caller's.
+    /// The vector operations of one instruction set, over tiles of [`TILE`] rows widened to f32
+    /// (`[TILE, D]`).
+    struct Vector<Dots, Accumulate, ExpSum, Prefetch> {
+        /// The tile's rows · one query: TILE scores.
+        dots: Dots,
+        /// `out` `[D]` += Σ_r weights[r] · tile[r].
+        accumulate: Accumulate,
+        /// In place: s ← e^{s − top}, returning Σ.
+        exp_sum: ExpSum,
+        /// A cache hint for the address given.
+        prefetch: Prefetch,
+    }
+
+    /// The part's keys, then its values, in tiles of [`TILE`] rows, each widened to f32 once for
+    /// all G queries (the last tile padded with zero rows, whose weights are 0).
+    ///
+    /// The part's rows are read from RAM (a step reads each held key and value once), so the
+    /// scores' loop asks for key rows [`PREFETCH_ROWS`] ahead and for the value rows of the same
+    /// positions: the values' loop then finds them in cache.
     #[inline(always)]
     fn part_with<E: Element>(
         queries: &[f32],
-        keys: &Rows<E>,
-        values: &Rows<E>,
-        dot: impl Fn(&[f32], &[f32]) -> f32,
-        exp_sum: impl Fn(&mut [f32], f32) -> f32,
+        (keys, values): (&Rows<E>, &Rows<E>),
+        vector: Vector<
+            impl Fn(&[f32], &[f32]) -> [f32; TILE],
+            impl Fn(&[f32; TILE], &[f32], &mut [f32]),
+            impl Fn(&mut [f32], f32) -> f32,
+            impl Fn(*const u8),
+        >,
     ) -> Partial {
         let d = keys.dim;
         let g = queries.len() / d;
         let len = keys.data.len() / d;
-        let mut row = vec![0f32; d];
-        let mut scores = vec![0f32; g * len]; // [G, len]
-        for (at, key) in keys.data.chunks_exact(d).enumerate() {
-            row.iter_mut().zip(key).for_each(|(r, k)| *r = k.to_f32());
-            for (query, q) in queries.chunks_exact(d).enumerate() {
-                scores[query * len + at] = dot(&row, q);
-            }
-        }
-        let mut partial = Partial {
-            max: vec![0f32; g],
-            sum: vec![0f32; g],
-            weighted: vec![0f32; g * d],
+        let row_bytes = d * std::mem::size_of::<E>();
+        let prefetch_rows = |rows: &[E], at: usize, count: usize| {
+            let start = rows.as_ptr().cast::<u8>().wrapping_add(at * row_bytes);
+            (0..count * row_bytes)
+                .step_by(CACHE_LINE)
+                .for_each(|byte| (vector.prefetch)(start.wrapping_add(byte)));
         };
-        for (query, scores) in scores.chunks_exact_mut(len).enumerate() {
-            let top = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            partial.max[query] = top;
-            partial.sum[query] = exp_sum(scores, top);
-        }
-        for (at, value) in values.data.chunks_exact(d).enumerate() {
-            row.iter_mut().zip(value).for_each(|(r, v)| *r = v.to_f32());
-            for (query, weighted) in partial.weighted.chunks_exact_mut(d).enumerate() {
-                let p = scores[query * len + at];
-                weighted.iter_mut().zip(&row).for_each(|(w, v)| *w += p * v);
+        SCRATCH.with_borrow_mut(|(tile, scores)| {
+            tile.resize(TILE * d, 0.0);
+            scores.resize(g * len, 0.0); // [G, len]
+            let widen = |tile: &mut [f32], rows: &[E]| {
+                let (held, padding) = tile.split_at_mut(rows.len());
+                held.iter_mut().zip(rows).for_each(|(t, x)| *t = x.to_f32());
+                padding.fill(0.0);
+            };
+            for (at, rows) in keys.data.chunks(TILE * d).enumerate() {
+                let first = at * TILE;
+                prefetch_rows(keys.data, first + PREFETCH_ROWS, TILE);
+                prefetch_rows(values.data, first, TILE);
+                widen(tile, rows);
+                let n = rows.len() / d;
+                for (query, q) in queries.chunks_exact(d).enumerate() {
+                    let dots = (vector.dots)(tile, q);
+                    scores[query * len + first..][..n].copy_from_slice(&dots[..n]);
+                }
             }
-        }
-        partial
+            let mut partial = Partial {
+                max: vec![0f32; g],
+                sum: vec![0f32; g],
+                weighted: vec![0f32; g * d],
+            };
+            for (query, scores) in scores.chunks_exact_mut(len).enumerate() {
+                let top = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                partial.max[query] = top;
+                partial.sum[query] = (vector.exp_sum)(scores, top);
+            }
+            for (at, rows) in values.data.chunks(TILE * d).enumerate() {
+                let (first, n) = (at * TILE, rows.len() / d);
+                widen(tile, rows);
+                for (query, weighted) in partial.weighted.chunks_exact_mut(d).enumerate() {
+                    let mut weights = [0f32; TILE];
+                    weights[..n].copy_from_slice(&scores[query * len + first..][..n]);
+                    (vector.accumulate)(&weights, tile, weighted);
+                }
+            }
+            partial
+        })
     }
 }
 
@@ -454,7 +648,7 @@ mod tests {
         let window_values = values(&[1, 2, 70, 16], 0.6);
         let archive_keys = values(&[1, 2, 32, 16], 0.7);
         let archive_values = values(&[1, 2, 32, 16], 0.8);
-        let chosen = Tensor::from_slice(&[3i64, 0, 1, 2]).reshape([1, 2, 2]);
+        let chosen = [3i64, 0, 1, 2]; // [B = 1, H_kv = 2, k = 2]
         let got = decode(
             &q,
             &[
@@ -501,7 +695,7 @@ mod tests {
             assert!(error < 1e-5, "head {head}: off by {error}");
         }
         // A block beyond the archive is declined, not read.
-        let beyond = Tensor::from_slice(&[4i64, 0, 1, 2]).reshape([1, 2, 2]);
+        let beyond = [4i64, 0, 1, 2];
         let past = Past::Blocks {
             keys: &archive_keys,
             values: &archive_values,
@@ -509,6 +703,53 @@ mod tests {
             block_len: 8,
         };
         assert!(decode(&q, &[past]).is_none());
+    }
+
+    /// Every instruction set's kernel on one part whose length is not a whole number of tiles
+    /// (13 = 8 + 5 rows): the same softmax statistics and weighted values as a plain f64 loop.
+    #[test]
+    fn each_kernel_equals_a_plain_softmax_on_a_part_with_a_short_tile() {
+        let (g, len, d) = (3, 13, 16);
+        let to_vec = |t: Tensor| Vec::<f32>::try_from(t.reshape([-1])).unwrap();
+        let q = to_vec(values(&[g, d], 0.7));
+        let keys = to_vec(values(&[len, d], 0.8));
+        let values_f32 = to_vec(values(&[len, d], 0.9));
+        let rows = |data| Rows {
+            data,
+            dim: d as usize,
+        };
+        let (g, d) = (g as usize, d as usize);
+        for isa in Isa::available() {
+            let got = kernel::part(isa, &q, &rows(&keys), &rows(&values_f32));
+            for query in 0..g {
+                let q = &q[query * d..][..d];
+                let scores: Vec<f64> = keys
+                    .chunks_exact(d)
+                    .map(|k| k.iter().zip(q).map(|(&k, &q)| f64::from(k * q)).sum())
+                    .collect();
+                let top = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let weights: Vec<f64> = scores.iter().map(|s| (s - top).exp()).collect();
+                let name = isa.name();
+                assert!(
+                    (f64::from(got.max[query]) - top).abs() < 1e-5,
+                    "{name}: max"
+                );
+                let sum: f64 = weights.iter().sum();
+                assert!(
+                    (f64::from(got.sum[query]) - sum).abs() < 1e-5 * sum,
+                    "{name}: sum"
+                );
+                for j in 0..d {
+                    let want: f64 = weights
+                        .iter()
+                        .zip(values_f32.chunks_exact(d))
+                        .map(|(w, v)| w * f64::from(v[j]))
+                        .sum();
+                    let got = f64::from(got.weighted[query * d + j]);
+                    assert!((got - want).abs() < 1e-5, "{name}: {got} against {want}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -528,6 +769,31 @@ mod tests {
             let sum: f32 = want.iter().sum();
             assert!((total - sum).abs() <= 1e-5 * sum, "{}", isa.name());
         }
+    }
+
+    /// Writing a position in place equals copying a tensor there, in f32 and in bf16 (rounded as
+    /// libtorch rounds), and touches no other position; a view that is not contiguous declines.
+    #[test]
+    fn writing_a_position_equals_copying_a_tensor_there() {
+        let rows = values(&[2, 3, 1, 8], 0.3);
+        let host = Vec::<f32>::try_from(rows.reshape([-1])).unwrap();
+        for kind in [Kind::Float, Kind::BFloat16] {
+            let held = values(&[2, 3, 5, 8], 0.1).to_kind(kind);
+            let want = held.copy();
+            want.narrow(2, 3, 1).copy_(&rows.to_kind(kind));
+            assert!(write_position(&held, 3, &host), "{kind:?}");
+            assert!(held.equal(&want), "{kind:?}");
+            assert!(!write_position(&held, 5, &host), "{kind:?}: past the end");
+        }
+        let strided = values(&[2, 3, 8, 5], 0.1).transpose(2, 3);
+        assert!(!write_position(&strided, 0, &host));
+    }
+
+    #[test]
+    fn chosen_blocks_side_by_side_make_one_span() {
+        assert_eq!(spans(&[5, 2, 3, 9, 4]), vec![(2, 4), (9, 1)]);
+        assert_eq!(spans(&[7]), vec![(7, 1)]);
+        assert_eq!(spans(&[]), vec![]);
     }
 
     #[test]

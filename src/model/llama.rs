@@ -7,7 +7,8 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::cache::{KvCache, LayerCache};
+use super::cache::{HostStep, KvCache, LayerCache};
+use super::host_attention::bf16_bits;
 use super::linear::{Linear, Matrix, Precision, INT4_MAX_ROWS};
 use super::q4::Q4Matrix;
 use super::{ModelError, Weights};
@@ -161,17 +162,6 @@ impl RmsNorm {
     }
 }
 
-/// The bf16 nearest to `v` (ties to even), as its 16 bits: the upper half of the f32 after
-/// rounding away the lower half. NaN stays NaN.
-fn bf16_bits(v: f32) -> i16 {
-    let bits = v.to_bits();
-    if v.is_nan() {
-        return ((bits >> 16) | 0x40) as u16 as i16;
-    }
-    let rounded = bits + 0x7fff + ((bits >> 16) & 1);
-    (rounded >> 16) as u16 as i16
-}
-
 /// Causal self-attention with grouped key/value heads. The past is whatever the layer's cache holds.
 #[derive(Debug)]
 struct Attention {
@@ -228,7 +218,8 @@ impl Attention {
     }
 
     /// [`Attention::forward`] on host memory: `x` `[B·T, C]` f32 rows through our int4 kernel,
-    /// with only the cache's part in tensors.
+    /// with only the cache's part in tensors, and, for one new token per row, not even that where
+    /// the cache has a host step ([`LayerCache::attend_rows`]).
     fn forward_host(
         &self,
         x: &[f32],
@@ -239,6 +230,16 @@ impl Attention {
     ) -> Result<Vec<f32>, ModelError> {
         let [qkv_proj, o_proj] = matrices;
         let qkv = qkv_proj.multiply(x);
+        if t == 1 {
+            let step = HostStep {
+                qkv: &qkv,
+                shape: [b, self.num_heads, self.num_kv_heads, self.head_dim],
+                kind: self.kind,
+            };
+            if let Some(context) = cache.attend_rows(&step, rope) {
+                return Ok(o_proj.multiply(&context?));
+            }
+        }
         let qkv = Tensor::from_slice(&qkv)
             .reshape([b, t, qkv_proj.rows() as i64])
             .to_kind(self.kind);

@@ -14,8 +14,14 @@ use tch::{Device, Kind, Tensor};
 /// `[B, H_kv, blocks, D]` score highest against `query` `[B, H_kv, 1, D]` (f32, the segment's
 /// queries summed per key/value head); k ≤ blocks.
 pub fn best_blocks(representatives: &Tensor, query: &Tensor, k: i64) -> Tensor {
-    if representatives.device() == Device::Cpu && representatives.kind() == Kind::BFloat16 {
-        best_blocks_bf16_cpu(representatives, query, k)
+    let (b, h, _, _) = representatives
+        .size4()
+        .expect("representatives are [B, H_kv, blocks, D]");
+    if reads_in_place(representatives) {
+        let query: Vec<f32> = Vec::try_from(query.to_kind(Kind::Float).contiguous().view([-1]))
+            .expect("an f32 query converts to a vector");
+        let chosen = best_blocks_on_host(representatives, &query, k);
+        Tensor::from_slice(&chosen).view([b, h, k])
     } else {
         let scores = representatives
             .to_kind(Kind::Float)
@@ -25,18 +31,19 @@ pub fn best_blocks(representatives: &Tensor, query: &Tensor, k: i64) -> Tensor {
     }
 }
 
-/// [`best_blocks`] over bf16 representatives in CPU memory, read in place.
-fn best_blocks_bf16_cpu(representatives: &Tensor, query: &Tensor, k: i64) -> Tensor {
+/// [`best_blocks`] with the query sums as f32 rows `[B, H_kv, D]` on the host, and the indices
+/// returned likewise (`[B, H_kv, k]`, row-major). bf16 representatives in CPU memory are read in
+/// place; any others through [`best_blocks`]' product.
+pub fn best_blocks_on_host(representatives: &Tensor, query: &[f32], k: i64) -> Vec<i64> {
     let (b, h, blocks, d) = representatives
         .size4()
         .expect("representatives are [B, H_kv, blocks, D]");
+    if !reads_in_place(representatives) {
+        let query = Tensor::from_slice(query).view([b, h, 1, d]);
+        let chosen = best_blocks(representatives, &query, k);
+        return Vec::try_from(chosen.reshape([-1])).expect("int64 indices convert");
+    }
     let strides = representatives.stride();
-    assert!(
-        strides[3] == 1 && strides[2] == d,
-        "each head's representatives are one contiguous run"
-    );
-    let query: Vec<f32> = Vec::try_from(query.to_kind(Kind::Float).contiguous().view([-1]))
-        .expect("an f32 query converts to a vector");
     let base = representatives.data_ptr() as *const u16;
     let mut chosen = Vec::with_capacity((b * h * k) as usize);
     let mut scores = Vec::with_capacity(blocks as usize);
@@ -54,7 +61,18 @@ fn best_blocks_bf16_cpu(representatives: &Tensor, query: &Tensor, k: i64) -> Ten
             chosen.extend(top_k(&scores, k as usize).into_iter().map(|j| j as i64));
         }
     }
-    Tensor::from_slice(&chosen).view([b, h, k])
+    chosen
+}
+
+/// Whether the loop of [`best_blocks_on_host`] reads `representatives` where they lie: bf16 in CPU
+/// memory, each head's rows one contiguous run.
+fn reads_in_place(representatives: &Tensor) -> bool {
+    let (size, strides) = (representatives.size(), representatives.stride());
+    representatives.device() == Device::Cpu
+        && representatives.kind() == Kind::BFloat16
+        && size.len() == 4
+        && strides[3] == 1
+        && strides[2] == size[3]
 }
 
 /// A bf16 bit pattern as the f32 it is the high half of (exact).

@@ -31,22 +31,10 @@ impl Tally {
     fn add(&mut self, chosen: &Tensor) {
         let (b, h, k) = chosen.size3().expect("chosen blocks are [B, H_kv, k]");
         match self {
-            Self::Host { counts, rows } => {
-                let blocks = counts.len() / *rows;
-                let chosen = chosen.contiguous();
-                // SAFETY: `chosen` is a live, contiguous int64 tensor in host memory of b·h·k
-                // elements, read only while it lives.
-                let indices = unsafe {
-                    std::slice::from_raw_parts(
-                        chosen.data_ptr() as *const i64,
-                        (b * h * k) as usize,
-                    )
-                };
-                for (row, picked) in indices.chunks_exact((h * k) as usize).enumerate() {
-                    for &index in picked {
-                        counts[row * blocks + index as usize] += 1;
-                    }
-                }
+            Self::Host { .. } => {
+                let indices = Vec::<i64>::try_from(chosen.reshape([-1]).to_device(Device::Cpu))
+                    .expect("int64 indices convert");
+                self.add_indices(&indices, [b, h, k]);
             }
             Self::Device(counts) => {
                 let chosen = chosen.reshape([b, h * k]);
@@ -55,8 +43,31 @@ impl Tally {
         }
     }
 
-    /// The counts of the oldest `front` blocks of each row (removed), and the rest, with `back`
-    /// zero columns appended.
+    /// [`Tally::add`] with the chosen blocks `[B, H_kv, k]` as host indices.
+    fn add_indices(&mut self, chosen: &[i64], [b, h, k]: [i64; 3]) {
+        match self {
+            Self::Host { counts, rows } => {
+                let blocks = counts.len() / *rows;
+                for (row, picked) in chosen.chunks_exact((h * k) as usize).enumerate() {
+                    for &index in picked {
+                        counts[row * blocks + index as usize] += 1;
+                    }
+                }
+            }
+            Self::Device(_) => {
+                let chosen = Tensor::from_slice(chosen).view([b, h, k]);
+                self.add(&chosen.to_device(self.device()));
+            }
+        }
+    }
+
+    fn device(&self) -> Device {
+        match self {
+            Self::Host { .. } => Device::Cpu,
+            Self::Device(counts) => counts.device(),
+        }
+    }
+
     fn split_front(self, front: usize, back: usize) -> (Vec<u64>, Self) {
         match self {
             Self::Host { counts, rows } => {
@@ -138,6 +149,15 @@ impl ReadCounts {
         self.segments += 1;
     }
 
+    /// [`ReadCounts::count`] with the choice as host indices `[B, H_kv, k]`, row-major.
+    pub fn count_on_host(&mut self, chosen: &[i64], [b, h, k]: [i64; 3], blocks: i64) {
+        self.per_block
+            .get_or_insert_with(|| Tally::zeros(b, blocks, Device::Cpu))
+            .add_indices(chosen, [b, h, k]);
+        self.picks += (h * k) as u64;
+        self.segments += 1;
+    }
+
     /// One block joined the archive (it has not been read yet).
     pub fn pushed(&mut self) {
         self.per_block = self.per_block.take().map(|t| t.split_front(0, 1).1);
@@ -198,5 +218,10 @@ mod tests {
             );
             assert_eq!(reads.take(), LayerReads::default(), "a take starts afresh");
         }
+        // Host indices (a decode step on host memory) count as the tensor does.
+        let (mut by_tensor, mut by_indices) = (ReadCounts::default(), ReadCounts::default());
+        by_tensor.count(&chosen(&[0, 2, 2, 1]), 3);
+        by_indices.count_on_host(&[0, 2, 2, 1], [1, 2, 2], 3);
+        assert_eq!(by_indices.take(), by_tensor.take());
     }
 }

@@ -276,3 +276,73 @@ fn a_failed_spill_is_an_error_and_leaves_the_tallies_whole() {
     assert_eq!((s.archive_tokens, s.dropped_tokens), (0, 4), "{s:?}");
     assert_eq!(s.sink_tokens + s.stm_tokens + s.dropped_tokens as i64, 12);
 }
+
+/// The new token's fused projection row `[1, (H + 2·H_kv)·D]` (f32), as `attend_rows` takes it,
+/// from queries `[1, H, 1, D]` and keys and values `[1, H_kv, 1, D]`.
+fn projection_row(q: &Tensor, k: &Tensor, v: &Tensor) -> Vec<f32> {
+    let flat = |t: &Tensor| Vec::<f32>::try_from(t.to_kind(Kind::Float).reshape([-1])).unwrap();
+    [flat(q), flat(k), flat(v)].concat()
+}
+
+/// A decode step on host memory (`attend_rows`: RoPE, the tiers, the ranking of blocks and the
+/// read, all without tensors of the step) equals the tensor path's `attend` step for step, in
+/// f32, while sinks fill, blocks leave the STM, and the archive grows past the top k; the tiers
+/// and the counted reads end the same.
+#[test]
+fn host_steps_equal_the_tensor_path() {
+    tch::manual_seed(13);
+    let rope = Rope::new(DIM as usize, 10000.0).table(512, Kind::Float, Device::Cpu);
+    let config = small(2, 8, 2, 1000);
+    let mut host = LayerMemory::new(config.clone(), None);
+    let mut tensors = LayerMemory::new(config, None);
+    let f32_step = |t| {
+        let (q, k, v) = step(t);
+        (
+            q.to_kind(Kind::Float),
+            k.to_kind(Kind::Float),
+            v.to_kind(Kind::Float),
+        )
+    };
+    let (q, k, v) = f32_step(3);
+    let _ = host.attend(&q, &k, &v, &rope).unwrap();
+    let _ = tensors.attend(&q, &k, &v, &rope).unwrap();
+    for _ in 0..40 {
+        let (q, k, v) = f32_step(1);
+        let qkv = projection_row(&q, &k, &v);
+        let step = HostStep {
+            qkv: &qkv,
+            shape: [1, HEADS, KV_HEADS, DIM],
+            kind: Kind::Float,
+        };
+        let ours = host
+            .attend_rows(&step, &rope)
+            .expect("a host step applies to an f32 memory on the CPU")
+            .unwrap();
+        let want = tensors.attend(&q, &k, &v, &rope).unwrap();
+        let want = Vec::<f32>::try_from(want.reshape([-1])).unwrap();
+        for (got, want) in ours.iter().zip(&want) {
+            assert!((got - want).abs() < 1e-5, "{got} against {want}");
+        }
+    }
+    assert_eq!(host.stats(), tensors.stats());
+    assert!(
+        host.stats().archive_tokens > 2 * 4,
+        "more blocks than the top k"
+    );
+    assert_eq!(host.take_reads(), tensors.take_reads());
+}
+
+/// With nothing held yet, the host step declines and leaves the memory as it was.
+#[test]
+fn a_host_step_on_an_empty_memory_declines() {
+    let rope = Rope::new(DIM as usize, 10000.0).table(64, Kind::Float, Device::Cpu);
+    let mut memory = LayerMemory::new(small(2, 8, 2, 1000), None);
+    let qkv = vec![0.5f32; ((HEADS + 2 * KV_HEADS) * DIM) as usize];
+    let step = HostStep {
+        qkv: &qkv,
+        shape: [1, HEADS, KV_HEADS, DIM],
+        kind: Kind::Float,
+    };
+    assert!(memory.attend_rows(&step, &rope).is_none());
+    assert_eq!(memory.len(), 0);
+}
