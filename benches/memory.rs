@@ -23,19 +23,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use common::{cpu_description, median, peer, prompt, GGUF};
+use common::{cpu_description, env_list, median, peer, prompt, GGUF};
 use infini::engine::generate::{generate, prefill, GenerateOptions, Greedy};
 use infini::memory::{MemoryConfig, MemoryLayout};
 use infini::model::{Checkpoint, KvCache, LayerCache, Llama, ModelOptions};
 use infini::session::SessionMemory;
-
-fn env_list(name: &str, default: &str) -> Result<Vec<usize>> {
-    std::env::var(name)
-        .unwrap_or_else(|_| default.into())
-        .split(',')
-        .map(|s| s.trim().parse().with_context(|| format!("{name}: {s}")))
-        .collect()
-}
 
 /// Seconds of each of `n` greedy decode steps after whatever `caches` hold (the first feeds
 /// `last`, each later one the token chosen before), and the last token chosen (not yet fed).

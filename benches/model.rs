@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use common::{cpu_description, median, peer, prompt, Speed, GGUF};
+use common::{cpu_description, env_list, median, peer, prompt, Speed, GGUF};
 use infini::engine::generate::{generate, GenerateOptions, Greedy};
 use infini::memory::{MemoryConfig, MemoryLayout};
 use infini::model::{Checkpoint, LayerCache, Llama, ModelOptions, Precision};
@@ -78,27 +78,16 @@ fn main() -> Result<()> {
         .split(',')
         .map(|s| s.trim().parse())
         .collect::<Result<_, _>>()?;
-    let decode: usize = std::env::var("INFINI_BENCH_DECODE")
-        .ok()
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(64)
-        .max(2);
+    let decode = env_list("INFINI_BENCH_DECODE", "64")?[0].max(2);
     if let Ok(threads) = std::env::var("INFINI_BENCH_THREADS") {
         tch::set_num_threads(threads.parse()?);
     }
     let threads = tch::get_num_threads();
-    let rounds: usize = std::env::var("INFINI_BENCH_ROUNDS")
-        .ok()
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(3)
-        .max(1);
-    let lengths = std::env::var("INFINI_BENCH_PROMPTS").unwrap_or_else(|_| "100,1000,7800".into());
-    let prompts: Vec<Vec<u32>> = lengths
-        .split(',')
-        .map(|n| Ok(prompt(n.trim().parse()?)))
-        .collect::<Result<_>>()?;
+    let rounds = env_list("INFINI_BENCH_ROUNDS", "3")?[0].max(1);
+    let prompts: Vec<Vec<u32>> = env_list("INFINI_BENCH_PROMPTS", "100,1000,7800")?
+        .into_iter()
+        .map(prompt)
+        .collect();
     // Ours loads the same GGUF as the peer (Q4_1 packed as is for int4).
     let checkpoint = Checkpoint::open(root.join(GGUF)).context("run ./scripts/setup.sh first")?;
     println!("{}", cpu_description());

@@ -18,6 +18,16 @@ pub struct Speed {
     pub decode: f64,
 }
 
+/// The comma-separated numbers of the environment variable `name`, or of `default` when it is
+/// unset; an entry that is not a number is an error that names the variable.
+pub fn env_list(name: &str, default: &str) -> Result<Vec<usize>> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .map(|s| s.trim().parse().with_context(|| format!("{name}: {s}")))
+        .collect()
+}
+
 /// The middle value (the upper one of an even count); `values` must not be empty.
 #[allow(dead_code)] // each bench target compiles this module; not every one takes medians
 pub fn median(mut values: Vec<f64>) -> f64 {

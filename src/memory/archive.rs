@@ -204,6 +204,12 @@ impl Archive {
         })
     }
 
+    /// Whether keys and values are held exact (not int8), so that [`Archive::exact_rows`] gives
+    /// them once blocks are held.
+    pub fn is_exact(&self) -> bool {
+        self.keys.is_exact() && self.values.is_exact()
+    }
+
     /// Every held key and value `[B, H_kv, tokens, D]` where they lie (views), when they are
     /// exact (not int8): chosen blocks can then be read in place.
     pub fn exact_rows(&self) -> Option<(Tensor, Tensor)> {

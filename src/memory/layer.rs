@@ -341,7 +341,7 @@ impl LayerCache for LayerMemory {
     ) -> Option<Result<Vec<f32>, ModelError>> {
         let (keys, values) = (self.keys.view()?, self.values.view()?);
         let points = self.continuous.as_ref().and_then(|c| c.points()).is_some();
-        let exact = self.archive.blocks() == 0 || self.archive.exact_rows().is_some();
+        let exact = self.archive.blocks() == 0 || self.archive.is_exact();
         if !step.fits(&keys) || !step.fits(&values) || points || !exact {
             return None;
         }

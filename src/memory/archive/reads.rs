@@ -142,20 +142,22 @@ impl ReadCounts {
     /// Counts one segment's choice `[B, H_kv, k]` among `blocks` held blocks.
     pub fn count(&mut self, chosen: &Tensor, blocks: i64) {
         let (b, h, k) = chosen.size3().expect("chosen blocks are [B, H_kv, k]");
-        self.per_block
-            .get_or_insert_with(|| Tally::zeros(b, blocks, chosen.device()))
-            .add(chosen);
-        self.picks += (h * k) as u64;
-        self.segments += 1;
+        self.counted([b, h, k], blocks, chosen.device()).add(chosen);
     }
 
     /// [`ReadCounts::count`] with the choice as host indices `[B, H_kv, k]`, row-major.
     pub fn count_on_host(&mut self, chosen: &[i64], [b, h, k]: [i64; 3], blocks: i64) {
-        self.per_block
-            .get_or_insert_with(|| Tally::zeros(b, blocks, Device::Cpu))
+        self.counted([b, h, k], blocks, Device::Cpu)
             .add_indices(chosen, [b, h, k]);
+    }
+
+    /// Counts one segment of `[B, H_kv, k]` picks, and the tally (made on `device` for `blocks`
+    /// blocks if there is none yet) that takes them.
+    fn counted(&mut self, [b, h, k]: [i64; 3], blocks: i64, device: Device) -> &mut Tally {
         self.picks += (h * k) as u64;
         self.segments += 1;
+        self.per_block
+            .get_or_insert_with(|| Tally::zeros(b, blocks, device))
     }
 
     /// One block joined the archive (it has not been read yet).

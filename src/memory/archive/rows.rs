@@ -67,11 +67,17 @@ impl Rows {
         self.codes.len()
     }
 
+    /// Whether the rows are held exact, not as int8 codes.
+    pub fn is_exact(&self) -> bool {
+        self.scales.is_none()
+    }
+
     /// The held rows as they lie (a view), when they are exact, not int8 codes.
     pub fn exact(&self) -> Option<Tensor> {
-        match self.scales {
-            None => self.codes.view(),
-            Some(_) => None,
+        if self.is_exact() {
+            self.codes.view()
+        } else {
+            None
         }
     }
 
