@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 CARGO ?= cargo
 
-.PHONY: setup build demo demo-memory demo-client test lint lint-deploy fuzz-tools browser-tools fuzz image bench bench-model bench-memory bench-load evaluate
+.PHONY: setup build demo demo-memory demo-client test lint lint-deploy fuzz-tools browser-tools fuzz image bench bench-model bench-memory bench-prefill bench-load evaluate
 setup:
 	./scripts/setup.sh
 
@@ -73,6 +73,11 @@ bench-model: setup
 # and decode tokens/s at 100 and 7,800 tokens of history against llama-cpp-python.
 bench-memory: setup
 	$(CARGO) bench --bench memory
+
+# Prefill tokens/s of an 8,000- and a 32,000-token prompt through the session memory against the
+# plain KV cache (up to the model's context), in the server's chunks, medians of 3 rounds.
+bench-prefill: setup
+	$(CARGO) bench --bench prefill
 
 # N = 1, 4, 16 concurrent streaming chats (and 4 with 7,800 tokens of history each) against our
 # server and llama.cpp's llama-server (-np 16, built once from the llama-cpp-python 0.3.36 sdist into

@@ -59,8 +59,10 @@ pub struct ServeConfig {
     /// Largest session import in bytes (an export carries the whole memory).
     #[arg(long, env = "INFINI_MAX_IMPORT_BYTES", default_value_t = 1024 * 1024 * 1024)]
     pub max_import_bytes: usize,
-    /// Most prompt tokens one request may feed (400 `context_length_exceeded` past it).
-    #[arg(long, env = "INFINI_MAX_PROMPT_TOKENS", default_value_t = 8192)]
+    /// Most prompt tokens one request may feed (400 `context_length_exceeded` past it). The
+    /// session memory takes a prompt longer than the model's context at a constant cost per token
+    /// (`make bench-prefill`), so the default admits a long document in one request.
+    #[arg(long, env = "INFINI_MAX_PROMPT_TOKENS", default_value_t = 32_768)]
     pub max_prompt_tokens: usize,
     /// Most tokens one request may generate, and the default when it names none.
     #[arg(long, env = "INFINI_MAX_TOKENS", default_value_t = 512)]

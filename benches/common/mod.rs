@@ -11,9 +11,8 @@ pub const GGUF: &str = infini::model::DEFAULT_MODEL;
 
 /// Tokens per second of one prompt.
 #[derive(Clone, Copy)]
+#[allow(dead_code)] // each bench target compiles this module; memory reads decode, prefill prefill
 pub struct Speed {
-    #[allow(dead_code)]
-    // each bench target compiles this module; the memory bench reads decode only
     pub prefill: f64,
     pub decode: f64,
 }

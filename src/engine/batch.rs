@@ -2,12 +2,15 @@
 //! MLP, LM head) run once on `[B, T, C]`, which is where batching saves time: each weight is read
 //! once per step instead of once per sequence. Attention is the one part that differs per row:
 //! each row takes in its own new keys and reads its own memory (sinks, STM, archive, LTM at its own
-//! positions, `infinity-former.md` §9.7), so [`Rows`] hands every row to its own cache.
+//! positions, `infinity-former.md` §9.7), so [`Rows`] hands every row to its own cache. A decode
+//! step of a few rows on host memory hands each row its own host step, so no row's read goes
+//! through tensors where its cache can read on the host.
 
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use super::generate::token_row;
 
+use crate::model::cache::HostStep;
 use crate::model::{LayerCache, Llama, LogitsAt, ModelError};
 use crate::rope::RopeTable;
 
@@ -55,22 +58,94 @@ impl<C: LayerCache> LayerCache for Rows<'_, C> {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Tensor::cat(&contexts, 0)) // [B, H, T, D]
     }
+
+    /// Each row's cache takes its row of the step on the host ([`LayerCache::attend_rows`]), or,
+    /// where it declines, through tensors ([`LayerCache::attend`]); so a step always has every
+    /// row's read as f32 rows `[B, H·D]`.
+    fn attend_rows(
+        &mut self,
+        step: &HostStep,
+        rope: &RopeTable,
+    ) -> Option<Result<Vec<f32>, ModelError>> {
+        if step.shape[0] != self.rows.len() as i64 {
+            return Some(Err(ModelError::BadInput(format!(
+                "{} batch rows for {} sequences",
+                step.shape[0],
+                self.rows.len()
+            ))));
+        }
+        let mut out = Vec::with_capacity(step.qkv.len());
+        for (b, cache) in self.rows.iter_mut().enumerate() {
+            let row = step.row(b);
+            let read = match cache.attend_rows(&row, rope) {
+                Some(read) => read,
+                None => read_through_tensors(*cache, &row, rope),
+            };
+            match read {
+                Ok(read) => out.extend(read),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        Some(Ok(out))
+    }
 }
 
-/// Feeds `tokens[b]` to the sequence whose per-layer caches are `memories[b]`, all in one forward
-/// pass, and returns each row's next-token logits `[B, V]` (f32).
+/// One row's host step through `cache`'s tensor read: `[H·D]` f32.
+fn read_through_tensors<C: LayerCache>(
+    cache: &mut C,
+    row: &HostStep,
+    rope: &RopeTable,
+) -> Result<Vec<f32>, ModelError> {
+    let [queries, keys, values] = row.tensors();
+    let context = cache.attend(&queries, &keys, &values, rope)?;
+    Ok(Vec::<f32>::try_from(
+        context.to_kind(Kind::Float).reshape([-1]),
+    )?)
+}
+
+/// Feeds `tokens[b]` to the sequence whose per-layer caches are `memories[b]`, and returns each
+/// row's next-token logits `[B, V]` (f32). All rows go in one forward pass, or, where the model
+/// runs a few rows on host memory ([`Llama::host_rows`]), in groups of that many: each weight is
+/// then read once per group instead of once for all, but every matrix and every row's attention
+/// stays in our kernels instead of libtorch's dense path.
 pub fn decode_rows<'a, C: LayerCache + 'a>(
     model: &Llama,
     memories: impl IntoIterator<Item = &'a mut [C]>,
     tokens: &[u32],
 ) -> Result<Tensor, ModelError> {
+    let mut memories: Vec<&'a mut [C]> = memories.into_iter().collect();
+    if memories.len() != tokens.len() {
+        return Err(ModelError::BadInput(format!(
+            "{} tokens for {} sequences",
+            tokens.len(),
+            memories.len()
+        )));
+    }
+    let group = model.host_rows().unwrap_or(tokens.len()).max(1);
+    let logits = memories
+        .chunks_mut(group)
+        .zip(tokens.chunks(group))
+        .map(|(memories, tokens)| decode_group(model, memories, tokens))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(match logits.as_slice() {
+        [one] => one.shallow_clone(),
+        _ => Tensor::cat(&logits, 0),
+    })
+}
+
+/// One forward pass of [`decode_rows`]: `tokens[b]` into `memories[b]`.
+fn decode_group<C: LayerCache>(
+    model: &Llama,
+    memories: &mut [&mut [C]],
+    tokens: &[u32],
+) -> Result<Tensor, ModelError> {
     let layers = model.config().num_layers as usize;
-    let mut per_layer: Vec<Rows<'a, C>> = (0..layers)
+    let mut per_layer: Vec<Rows<'_, C>> = (0..layers)
         .map(|_| Rows {
             rows: Vec::with_capacity(tokens.len()),
         })
         .collect();
-    for caches in memories {
+    for caches in memories.iter_mut() {
         if caches.len() != layers {
             return Err(ModelError::BadInput(format!(
                 "a memory of {} layers for a model of {layers}",
@@ -89,8 +164,11 @@ pub fn decode_rows<'a, C: LayerCache + 'a>(
 mod tests {
     use super::*;
     use crate::engine::generate::prefill;
+    use crate::memory::{MemoryConfig, MemoryLayout};
     use crate::model::llama::tests::tiny;
     use crate::model::{KvCache, Precision};
+    use crate::session::SessionMemory;
+    use tch::Device;
 
     #[test]
     fn a_batch_of_rows_computes_what_each_row_computes_alone() {
@@ -121,6 +199,53 @@ mod tests {
                 alone[0].len(),
                 "row {b}'s cache length"
             );
+        }
+    }
+
+    /// On host memory a step of more rows than the host path takes runs as groups of at most that
+    /// many, and within a group every row reads on the host or, where its memory declines (an int8
+    /// archive), through tensors: each row must still compute what it computes alone.
+    #[test]
+    fn host_groups_and_rows_that_decline_compute_what_each_row_computes_alone() {
+        let model = tiny(Precision::Int4);
+        let most = model
+            .host_rows()
+            .expect("the int4 tiny model runs on the host");
+        let rows = most + 3;
+        let layout = |row: usize| {
+            let config = MemoryConfig {
+                sinks: 2,
+                stm_len: 8,
+                block_len: 4,
+                top_k_blocks: 2,
+                archive_budget: 64,
+                ltm: None,
+                ltm_chunk_len: 16,
+                archive_int8: row.is_multiple_of(3),
+                ..MemoryConfig::default()
+            };
+            MemoryLayout::new(config, 128, Device::Cpu).unwrap()
+        };
+        let fresh = |row: usize| {
+            let mut memory = SessionMemory::new(&model, &layout(row));
+            let prompt: Vec<u32> = (0..12 + 3 * row as u32)
+                .map(|i| (i * 7 + row as u32) % 64)
+                .collect();
+            let _ = prefill(&model, memory.caches(), &prompt, 8).unwrap();
+            memory
+        };
+        let next: Vec<u32> = (0..rows as u32).map(|row| (row * 5 + 1) % 64).collect();
+        let mut batched: Vec<SessionMemory> = (0..rows).map(fresh).collect();
+        let together = decode_rows(&model, batched.iter_mut().map(|m| m.caches()), &next).unwrap();
+        assert_eq!(together.size(), [rows as i64, 64]);
+        for row in 0..rows {
+            let mut alone = fresh(row);
+            let logits = decode_rows(&model, [alone.caches()], &next[row..=row]).unwrap();
+            let error = (together.get(row as i64) - logits.get(0))
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(error < 1e-4, "row {row} differs by {error}");
         }
     }
 

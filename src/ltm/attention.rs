@@ -128,6 +128,9 @@ pub struct JointRead {
     /// Softmax mass on every key of each group, `[B, H, T, L_i]` in the groups' order (the mass on
     /// memory points feeds sticky memories, §9.2).
     pub probabilities: Vec<Tensor>,
+    /// ln Σ exp(logit) over every key of every group, `[B, H, T, 1]`: what merges this read with a
+    /// read of other keys into one softmax.
+    pub log_normaliser: Tensor,
 }
 
 /// One softmax over several groups of keys: sinks, short-term memory, archive blocks and memory
@@ -154,9 +157,14 @@ pub fn joint_attention(queries: &Tensor, groups: &[KeyGroup]) -> JointRead {
             }
         })
         .collect();
-    let lengths: Vec<i64> = logits.iter().map(|l| l.size()[3]).collect();
-    let probabilities = Tensor::cat(&logits, -1)
-        .softmax(-1, queries.kind())
+    let lengths: Vec<i64> = logits
+        .iter()
+        .map(|l| *l.size().last().expect("logits"))
+        .collect();
+    let logits = Tensor::cat(&logits, -1);
+    let log_normaliser = logits.logsumexp([-1].as_slice(), true);
+    let probabilities = (logits - &log_normaliser)
+        .exp()
         .split_with_sizes(&lengths, -1);
     let context = probabilities
         .iter()
@@ -167,6 +175,7 @@ pub fn joint_attention(queries: &Tensor, groups: &[KeyGroup]) -> JointRead {
     JointRead {
         context,
         probabilities,
+        log_normaliser,
     }
 }
 

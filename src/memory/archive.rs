@@ -39,7 +39,7 @@ pub struct Block {
     pub representative: Tensor,
 }
 
-/// The blocks one query segment reads: keys and values `[B, H_kv, k·block_len, D]`.
+/// The blocks each of S query segments reads: keys and values `[B, H_kv, S, k·block_len, D]`.
 #[derive(Debug)]
 pub struct Selection {
     pub keys: Tensor,
@@ -161,16 +161,18 @@ impl Archive {
     /// (`ranking::best_blocks`). Only the chosen blocks are dequantised. `None` when the archive
     /// is empty.
     pub fn select(&mut self, grouped_queries: &Tensor, k: usize) -> Option<Selection> {
-        let chosen = self.choose(grouped_queries, k)?;
+        let sums = grouped_queries.sum_dim_intlist(2, true, Kind::Float); // [B, H_kv, 1, D]
+        let chosen = self.choose(&sums, k)?;
         self.gather(&chosen)
     }
 
-    /// The block numbers that [`Archive::select`] reads, `[B, H_kv, k]` int64, counted as read.
-    pub fn choose(&mut self, grouped_queries: &Tensor, k: usize) -> Option<Tensor> {
+    /// The blocks each of S query segments reads, `[B, H_kv, S, k]` int64, from the segments'
+    /// query sums `[B, H_kv, S, D]` (f32; one ranking for all of them), each segment counted as
+    /// one read. `None` when the archive is empty.
+    pub fn choose(&mut self, query_sums: &Tensor, k: usize) -> Option<Tensor> {
         let representatives = self.representatives.view()?;
         let k = (k as i64).min(self.blocks());
-        let query = grouped_queries.sum_dim_intlist(2, true, Kind::Float); // [B, H_kv, 1, D]
-        let chosen = ranking::best_blocks(&representatives, &query, k);
+        let chosen = ranking::best_blocks(&representatives, query_sums, k);
         if let Some(reads) = &mut self.reads {
             reads.count(&chosen, self.representatives.len());
         }
@@ -190,17 +192,24 @@ impl Archive {
         let k = (k as i64).min(self.blocks());
         let chosen = ranking::best_blocks_on_host(&representatives, query_sums, k);
         if let Some(reads) = &mut self.reads {
-            reads.count_on_host(&chosen, [b, h, k], self.representatives.len());
+            reads.count_on_host(&chosen, [b, h, 1, k], self.representatives.len());
         }
         Some(chosen)
     }
 
-    /// The keys and values of the `chosen` blocks, gathered into new tensors (dequantised when
-    /// int8).
+    /// The keys and values of the `chosen` blocks `[B, H_kv, S, k]` (S segments' choices),
+    /// gathered into new tensors `[B, H_kv, S, k·block_len, D]` (dequantised when int8).
     pub fn gather(&self, chosen: &Tensor) -> Option<Selection> {
+        let (b, h, s, k) = chosen.size4().ok()?;
+        let flat = chosen.reshape([b, h, s * k]);
+        let gather = |rows: &Rows| {
+            let gathered = rows.gather_blocks(&flat, self.block_len)?;
+            let d = gathered.size()[3];
+            Some(gathered.view([b, h, s, k * self.block_len, d]))
+        };
         Some(Selection {
-            keys: self.keys.gather_blocks(chosen, self.block_len)?,
-            values: self.values.gather_blocks(chosen, self.block_len)?,
+            keys: gather(&self.keys)?,
+            values: gather(&self.values)?,
         })
     }
 
@@ -243,7 +252,7 @@ mod tests {
         let _ = query.narrow(3, 4, 1).fill_(1.0);
         let _ = query.narrow(3, 1, 1).fill_(0.5);
         let picked = archive.select(&query, 2).unwrap();
-        let values: Vec<f32> = Vec::try_from(picked.values.select(3, 0).view([-1])).unwrap();
+        let values: Vec<f32> = Vec::try_from(picked.values.select(4, 0).view([-1])).unwrap();
         assert_eq!(values, vec![4.0, 4.0, 4.0, 4.0, 1.0, 1.0, 1.0, 1.0]); // best first
         let (old_keys, _) = archive.pop_oldest(2);
         assert_eq!(old_keys.size(), vec![1, 1, 8, 6]);

@@ -16,19 +16,22 @@
 //! every position is exact).
 
 mod persist;
+mod segments;
 pub use persist::LayerShape;
 
 use super::archive::{Archive, LayerReads};
 use super::config::MemoryConfig;
-use super::continuous::ContinuousTier;
+use super::continuous::{ContinuousTier, MemoryPoints};
 use super::spill::{SpillError, Storage};
 use super::window::Window;
-use crate::ltm::{joint_attention, KeyGroup, MemoryOperators};
-use crate::model::cache::{causal_mask, unread, HostStep, StepRows};
+use crate::ltm::{joint_attention, JointRead, KeyGroup, MemoryOperators};
+use crate::model::cache::{
+    attention_with_lse, grouped_attention, unread, wide_kind, HostStep, StepRows,
+};
 use crate::model::host_attention::{self, Past};
 use crate::model::{LayerCache, ModelError};
 use crate::rope::RopeTable;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// Tokens and bytes held by each tier of one layer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -216,54 +219,58 @@ fn new_archive(config: &MemoryConfig) -> Archive {
     }
 }
 
-/// What one query segment reads past the sinks and the STM: the selected archive blocks and the
-/// signal's points, with the points' ln w_k.
-struct MemoryRows<'a> {
-    keys: Vec<&'a Tensor>,
-    values: Vec<&'a Tensor>,
-    /// Keys read without a bias (the selected blocks), then `points_bias`'s.
-    unbiased: i64,
-    points_bias: Option<&'a Tensor>,
-}
-
-/// `[T, L]` additive mask for T new tokens that are the last T of L keys: 0 where new token i may
-/// read key j (every older key, and new tokens up to itself), −∞ elsewhere. `None` for one token,
-/// which sees everything.
-fn causal_bias(t: i64, l: i64, (kind, device): (Kind, Device)) -> Option<Tensor> {
-    (t > 1).then(|| {
-        let hidden = causal_mask(t, l, device).logical_not();
-        Tensor::zeros([t, l], (kind, device)).masked_fill(&hidden, f64::NEG_INFINITY)
-    })
-}
-
-/// The additive mask `[B or 1, 1, G·n, L]` of query rows `from..from + n` of the new tokens over
-/// the `held` sinks and STM tokens followed by the memory rows: `causal` (the [`causal_bias`] of
-/// every new token over the held ones) on the held run, 0 on the selected blocks, ln w_k on the
-/// points. `None` when nothing is hidden or biased (a decode step without points).
-fn read_mask(
-    causal: Option<&Tensor>,
-    (from, n, held): (i64, i64, i64),
-    group: i64,
-    memory: &MemoryRows,
-    options: (Kind, Device),
-) -> Option<Tensor> {
-    if causal.is_none() && memory.points_bias.is_none() {
-        return None;
-    }
-    let rows = group * n;
-    let held_part = match causal {
-        Some(bias) => bias.narrow(0, from, n).repeat([group, 1]), // [G·n, held]
-        None => Tensor::zeros([rows, held], options),
+/// The held run (sinks and STM, the T new tokens last) read by the new tokens' queries
+/// `[B, H_kv, G, T, D]`, as a context and log-sum-exp per query (`[B, H_kv, G, T, D]` and
+/// `[B, H_kv, G, T, 1]`, merged kind): the tokens held before these (all visible) in one fused call
+/// over the grouped queries, and the new tokens over themselves causally in another (a square
+/// causal call, which skips the hidden half), merged ([`merge_reads`]). No mask is formed.
+fn read_held(queries: &Tensor, keys: &Tensor, values: &Tensor) -> (Tensor, Tensor) {
+    let (b, h_kv, group, t, d) = queries.size5().expect("queries are [B, H_kv, G, T, D]");
+    let before = keys.size()[2] - t;
+    let wide = wide_kind(queries.kind());
+    let as_grouped = |(context, lse): (Tensor, Tensor)| {
+        (
+            context.to_kind(wide).reshape([b, h_kv, group, t, d]),
+            lse.to_kind(wide).reshape([b, h_kv, group, t, 1]),
+        )
     };
-    let batch = memory.points_bias.map_or(1, |p| p.size()[0]);
-    let mut parts: Vec<Tensor> = [held_part, Tensor::zeros([rows, memory.unbiased], options)]
-        .into_iter()
-        .map(|p| p.expand([batch, 1, rows, p.size()[1]], false))
-        .collect();
-    if let Some(bias) = memory.points_bias {
-        parts.push(bias.expand([batch, 1, rows, bias.size()[3]], false));
+    // Every query head its key/value head's new rows (T rows: small next to the scores).
+    let per_head = |rows: &Tensor| {
+        rows.narrow(2, before, t)
+            .unsqueeze(2)
+            .expand([b, h_kv, group, t, d], false)
+            .reshape([b, h_kv * group, t, d])
+    };
+    let new = as_grouped(attention_with_lse(
+        &queries.reshape([b, h_kv * group, t, d]),
+        &per_head(keys),
+        &per_head(values),
+        true,
+    ));
+    if before == 0 {
+        return new;
     }
-    Some(Tensor::cat(&parts, 3))
+    let old = as_grouped(attention_with_lse(
+        &queries.reshape([b, h_kv, group * t, d]),
+        &keys.narrow(2, 0, before),
+        &values.narrow(2, 0, before),
+        false,
+    ));
+    merge_reads(old, new).0
+}
+
+/// Two reads of disjoint groups of keys by the same queries, each a context normalised over its
+/// own keys with its log-sum-exp, as the one softmax over both groups (§9.2): the contexts weighted
+/// by exp(lse_i − lse), lse = ln(e^lse₁ + e^lse₂). Returns the merged read and the second read's
+/// share of each query's mass.
+fn merge_reads(
+    (first, first_lse): (Tensor, Tensor),
+    (second, second_lse): (Tensor, Tensor),
+) -> ((Tensor, Tensor), Tensor) {
+    let total = first_lse.logaddexp(&second_lse);
+    let share = (second_lse - &total).exp();
+    let context = first * (first_lse - &total).exp() + second * &share;
+    ((context, total), share)
 }
 
 impl LayerCache for LayerMemory {
@@ -271,10 +278,9 @@ impl LayerCache for LayerMemory {
         self.keys.len()
     }
 
-    /// The new tokens join their tiers (§9.7, `LayerMemory::take_in`); then each query segment
-    /// (the new tokens in runs of one block's length; a decode step is one) selects its own top-k
-    /// archive blocks and reads sinks, STM, those blocks and the signal's points in one softmax
-    /// (§9.2, `LayerMemory::read_segment`); then the STM's overflow leaves for the archive
+    /// The new tokens join their tiers (§9.7, `LayerMemory::take_in`); then their queries read
+    /// every tier in one softmax each (`LayerMemory::read_tiers`; before anything has left the
+    /// STM, exactly the plain KV cache's read); then the STM's overflow leaves for the archive
     /// (`LayerMemory::evict_overflow`).
     fn attend(
         &mut self,
@@ -285,7 +291,6 @@ impl LayerCache for LayerMemory {
     ) -> Result<Tensor, ModelError> {
         let (b, h, t, d) = queries.size4()?;
         let h_kv = keys.size()[1];
-        let group = h / h_kv;
         let start = self.keys.len() + i64::from(self.evicted);
         if start + t > rope.len() {
             return Err(ModelError::ContextFull {
@@ -294,38 +299,20 @@ impl LayerCache for LayerMemory {
             });
         }
         let (queries, rotated_keys) = rope.rotate_pair(queries, keys, start);
-        let queries = queries.reshape([b, h_kv, group, t, d]);
         self.take_in(keys, &rotated_keys, values);
-        let held = self.keys.len();
-        let causal = causal_bias(t, held, (queries.kind(), queries.device()));
-        let segment = if self.archive.blocks() > 0 {
-            self.config.block_len as i64
+        let held = (
+            self.keys.view().expect("tokens are held"),
+            self.values.view().expect("tokens are held"),
+        );
+        let context = if self.archive.blocks() == 0 && self.points().is_none() {
+            grouped_attention(&queries, &held.0, &held.1)
         } else {
-            t
+            let grouped = queries.reshape([b, h_kv, h / h_kv, t, d]);
+            self.read_tiers(&grouped, (&held.0, &held.1))
+                .reshape([b, h, t, d])
         };
-        let (mut contexts, mut masses) = (Vec::new(), Vec::new());
-        for from in (0..t).step_by(segment as usize) {
-            let n = segment.min(t - from);
-            let q = queries.narrow(3, from, n).reshape([b, h_kv, group * n, d]); // [B, H_kv, G·n, D]
-            let (context, mass) = self.read_segment(&q, (from, n, held), group, causal.as_ref());
-            contexts.push(context.reshape([b, h_kv, group, n, d]));
-            masses.extend(mass);
-        }
-        if !masses.is_empty() {
-            let masses = Tensor::cat(&masses, 2); // [B, H_kv, rows, R]
-            if self.config.count_reads {
-                self.count_signal_mass(&masses);
-            }
-            if let Some(tier) = self.continuous.as_mut() {
-                tier.record_attention(&masses);
-            }
-        }
         self.evict_overflow(rope)?;
-        let context = match contexts.as_slice() {
-            [one] => one.shallow_clone(),
-            _ => Tensor::cat(&contexts, 3),
-        };
-        Ok(context.reshape([b, h, t, d]))
+        Ok(context)
     }
 
     /// [`LayerMemory::attend`] for one new token per row on host memory: the token joins its
@@ -340,7 +327,7 @@ impl LayerCache for LayerMemory {
         rope: &RopeTable,
     ) -> Option<Result<Vec<f32>, ModelError>> {
         let (keys, values) = (self.keys.view()?, self.values.view()?);
-        let points = self.continuous.as_ref().and_then(|c| c.points()).is_some();
+        let points = self.points().is_some();
         let exact = self.archive.blocks() == 0 || self.archive.is_exact();
         if !step.fits(&keys) || !step.fits(&values) || points || !exact {
             return None;
@@ -412,84 +399,115 @@ impl LayerMemory {
         }
     }
 
-    /// One query segment `q` `[B, H_kv, G·n, D]` (new tokens `from..from + n` of `held` keys)
-    /// reads sinks, STM, its own top-k archive blocks and the signal's points in one softmax
-    /// (§9.2, §9.7); with sticky memories, also the attention mass its queries put on the points.
-    fn read_segment(
-        &mut self,
-        q: &Tensor,
-        (from, n, held): (i64, i64, i64),
-        group: i64,
-        causal: Option<&Tensor>,
-    ) -> (Tensor, Option<Tensor>) {
-        let points = self.continuous.as_ref().and_then(|c| c.points());
-        // The mass on the points is wanted by sticky memories (§4) and by the memory map; reading
-        // it means one explicit softmax instead of the fused call, and only once points exist.
-        let record = points.is_some()
-            && (self.config.count_reads
-                || self
-                    .continuous
-                    .as_ref()
-                    .is_some_and(ContinuousTier::wants_attention));
-        let chosen = self.archive.choose(q, self.config.top_k_blocks);
-        if !record && causal.is_none() && points.is_none() {
-            if let Some(context) = self.read_on_host(q, chosen.as_ref()) {
-                return (context, None);
+    /// The signal's points, once something was absorbed.
+    fn points(&self) -> Option<&MemoryPoints> {
+        self.continuous.as_ref().and_then(ContinuousTier::points)
+    }
+
+    /// The new tokens' queries `[B, H_kv, G, T, D]` (rotated) read every tier in one softmax per
+    /// query (§9.2, §9.7): the `held` sinks and STM (the new tokens causally), the top-k archive
+    /// blocks of the query's segment (each run of `block_len` new tokens ranks the blocks by its
+    /// own queries) and the signal's points with their ln w_k. The softmax is computed split by key
+    /// groups and merged exactly by log-sum-exp: the held run in one fused call for all T queries,
+    /// read where it lies; the blocks and points of every segment of one length in one batched
+    /// call ([`LayerMemory::read_memory`]), with one ranking for all segments. With sticky memories
+    /// or read counts, the mass on the points is recorded. Returns `[B, H_kv, G, T, D]`.
+    fn read_tiers(&mut self, queries: &Tensor, (keys, values): (&Tensor, &Tensor)) -> Tensor {
+        let (b, h_kv, group, t, d) = queries.size5().expect("queries are [B, H_kv, G, T, D]");
+        let segment = if self.archive.blocks() > 0 {
+            self.config.block_len as i64
+        } else {
+            t
+        };
+        let cuts = segments::cut(t, segment);
+        let sums: Vec<Tensor> = cuts
+            .iter()
+            .map(|cut| cut.gather(queries).sum_dim_intlist(3, false, Kind::Float))
+            .collect();
+        let chosen = self
+            .archive
+            .choose(&Tensor::cat(&sums, 2), self.config.top_k_blocks); // [B, H_kv, S, k]
+        if t == 1 && self.points().is_none() {
+            let single = queries.reshape([b, h_kv, group, d]);
+            if let Some(context) = self.read_on_host(&single, chosen.as_ref()) {
+                return context.reshape([b, h_kv, group, 1, d]);
             }
         }
-        let selected = chosen.and_then(|chosen| self.archive.gather(&chosen));
-        let mut memory = MemoryRows {
-            keys: vec![],
-            values: vec![],
-            unbiased: 0,
-            points_bias: points.map(|p| &p.bias),
-        };
-        if let Some(s) = &selected {
-            memory.keys.push(&s.keys);
-            memory.values.push(&s.values);
-            memory.unbiased = s.keys.size()[2];
+        let (mut contexts, mut lses, mut point_masses) = (vec![], vec![], vec![]);
+        let mut segments_done = 0;
+        for cut in &cuts {
+            let chosen = chosen
+                .as_ref()
+                .map(|c| c.narrow(2, segments_done, cut.count));
+            segments_done += cut.count;
+            let read = self.read_memory(&cut.gather(queries), chosen.as_ref());
+            contexts.push(cut.scatter(&read.context, group));
+            lses.push(cut.scatter(&read.log_normaliser, group));
+            if self.points().is_some() {
+                let on_points = read.probabilities.last().expect("the points' group");
+                point_masses.push(cut.scatter(on_points, group));
+            }
         }
-        if let Some(p) = points {
-            memory.keys.push(&p.keys);
-            memory.values.push(&p.values);
+        let memory = (Tensor::cat(&contexts, 3), Tensor::cat(&lses, 3));
+        let ((context, _), memory_weight) = merge_reads(read_held(queries, keys, values), memory);
+        if !point_masses.is_empty() && self.records_point_mass() {
+            // The points' share of each query's whole softmax: [B, H_kv, G·T, R].
+            let masses =
+                (Tensor::cat(&point_masses, 3) * memory_weight).reshape([b, h_kv, group * t, -1]);
+            if self.config.count_reads {
+                self.count_signal_mass(&masses);
+            }
+            if let Some(tier) = self.continuous.as_mut() {
+                tier.record_attention(&masses);
+            }
         }
-        let read_keys = self.keys.view_with(&memory.keys).expect("tokens are held");
-        let read_values = self
-            .values
-            .view_with(&memory.values)
-            .expect("tokens are held");
-        let options = (q.kind(), q.device());
-        let mask = read_mask(causal, (from, n, held), group, &memory, options);
-        if !record {
-            let context = Tensor::scaled_dot_product_attention(
-                q,
-                &read_keys,
-                &read_values,
-                mask.as_ref(),
-                0.0,
-                false,
-                None,
-                false,
-            );
-            return (context, None);
+        context.to_kind(queries.kind())
+    }
+
+    /// Whether the softmax mass on the signal's points is wanted: by sticky memories (§4) or by
+    /// the memory map's read counts.
+    fn records_point_mass(&self) -> bool {
+        self.config.count_reads
+            || self
+                .continuous
+                .as_ref()
+                .is_some_and(ContinuousTier::wants_attention)
+    }
+
+    /// Query segments of one length `[B, H_kv, S, G·n, D]` (rotated) read, each its `chosen`
+    /// archive blocks `[B, H_kv, S, k]` and all of them the signal's points with their ln w_k, in
+    /// one softmax over those keys, computed in f32 (f64 for f64 queries): the blocks' group
+    /// first, the points' last. At least one of the two exists where this is called.
+    fn read_memory(&self, queries: &Tensor, chosen: Option<&Tensor>) -> JointRead {
+        let wide = wide_kind(queries.kind());
+        let selected = chosen.and_then(|chosen| self.archive.gather(chosen));
+        let blocks = selected.map(|s| [s.keys, s.values].map(|rows| rows.to_kind(wide))); // [B, H_kv, S, k·n, D]
+        let points = self
+            .points()
+            .map(|p| [&p.keys, &p.values, &p.bias].map(|rows| rows.unsqueeze(2).to_kind(wide))); // keys, values [B, H_kv, 1, R, D]; ln w_k [B, 1, 1, 1, R]
+        let mut groups = vec![];
+        if let Some([keys, values]) = &blocks {
+            groups.push(KeyGroup {
+                keys,
+                values,
+                bias: None,
+            });
         }
-        let read = joint_attention(
-            q,
-            &[KeyGroup {
-                keys: &read_keys,
-                values: &read_values,
-                bias: mask.as_ref(),
-            }],
-        );
-        let r = points.map_or(0, |p| p.keys.size()[2]);
-        let mass = read.probabilities[0].narrow(3, read_keys.size()[2] - r, r);
-        (read.context, Some(mass))
+        if let Some([keys, values, bias]) = &points {
+            groups.push(KeyGroup {
+                keys,
+                values,
+                bias: Some(bias),
+            });
+        }
+        joint_attention(&queries.to_kind(wide), &groups)
     }
 
     /// A decode step's read with nothing masked or biased (no points): sinks, STM and the chosen
     /// archive blocks, where they lie, in one softmax of ours on host memory
     /// ([`host_attention::decode`]), instead of gathering the blocks and copying them after the
-    /// window. `None` where that does not apply (a GPU, an int8 archive, a long segment).
+    /// window. `chosen`: the blocks `[B, H_kv, 1, k]`. `None` where that does not apply (a GPU,
+    /// an int8 archive, f64).
     fn read_on_host(&self, q: &Tensor, chosen: Option<&Tensor>) -> Option<Tensor> {
         let chosen = match chosen {
             Some(chosen) => Some(Vec::<i64>::try_from(chosen.reshape([-1])).ok()?),

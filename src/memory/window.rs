@@ -7,10 +7,6 @@ use super::spill::{SpillError, Storage};
 use crate::model::host_attention;
 use tch::Tensor;
 
-/// Rows a buffer grown for scratch gets beyond what is needed, so that a run that grows by one
-/// token per step reallocates once every this many steps, not every step.
-const SCRATCH_SLACK: i64 = 256;
-
 /// Token rows of one kind (pre-RoPE keys, rotated keys or values) for every batch row and head.
 #[derive(Debug)]
 pub struct Window {
@@ -93,7 +89,7 @@ impl Window {
     /// grown buffer is allocated in the window's storage, so a spilled window can fail here.
     pub fn try_append(&mut self, rows: &Tensor) -> Result<(), SpillError> {
         let t = rows.size()[2];
-        let buffer = self.reserve(self.len + t, rows, false)?;
+        let buffer = self.reserve(self.len + t, rows)?;
         buffer.narrow(2, self.len, t).copy_(rows);
         self.len += t;
         Ok(())
@@ -111,43 +107,14 @@ impl Window {
         written
     }
 
-    /// The held tokens followed by `extra` rows (each `[B, H, T_i, D]`) written just past them:
-    /// one contiguous run to read, without holding the extra rows (the next append overwrites
-    /// them). A decode step reads every tier this way, in place. `None` when nothing is held or
-    /// given.
-    pub fn view_with(&mut self, extra: &[&Tensor]) -> Option<Tensor> {
-        let like = extra
-            .first()
-            .copied()
-            .or(self.buffer.as_ref())?
-            .shallow_clone();
-        let total = self.len + extra.iter().map(|t| t.size()[2]).sum::<i64>();
-        // Scratch needs about the same room every step: grow to that (plus slack), not to double.
-        let buffer = self
-            .reserve(total, &like, true)
-            .expect("scratch rows are only read from windows in RAM");
-        let mut at = self.len;
-        for rows in extra {
-            let t = rows.size()[2];
-            buffer.narrow(2, at, t).copy_(rows);
-            at += t;
-        }
-        Some(buffer.narrow(2, 0, total))
-    }
-
-    /// The buffer (a handle to it), grown (in the window's storage) when it holds fewer than
-    /// `needed` tokens: to `needed` rounded up to [`SCRATCH_SLACK`] when `exact`, else to at least
-    /// double, and always to whole granules; `like` gives the shape of a row and the dtype when
-    /// nothing is allocated yet.
-    fn reserve(&mut self, needed: i64, like: &Tensor, exact: bool) -> Result<Tensor, SpillError> {
+    /// The buffer (a handle to it), grown (in the window's storage, to at least double, and to
+    /// whole granules) when it holds fewer than `needed` tokens; `like` gives the shape of a row
+    /// and the dtype when nothing is allocated yet.
+    fn reserve(&mut self, needed: i64, like: &Tensor) -> Result<Tensor, SpillError> {
         let capacity = self.buffer.as_ref().map_or(0, |b| b.size()[2]);
         if needed > capacity {
             let size = like.size();
-            let grown_capacity = if exact {
-                round_up(needed, SCRATCH_SLACK)
-            } else {
-                needed.max(2 * capacity).max(64)
-            };
+            let grown_capacity = needed.max(2 * capacity).max(64);
             let grown_capacity = round_up(grown_capacity, self.granule);
             let grown = self.storage.zeros(
                 &[size[0], size[1], grown_capacity, size[3]],
@@ -263,25 +230,5 @@ mod tests {
         let held = w.view().unwrap();
         assert!(held.narrow(2, 0, 10).equal(&rows(20, 10)));
         assert!(held.narrow(2, 10, 50).equal(&rows(35, 50)));
-    }
-
-    /// Scratch rows are read right after the held ones, and are not held: the next append
-    /// overwrites them; the buffer grows when held + scratch exceed it.
-    #[test]
-    fn reads_scratch_rows_after_the_held_ones_without_holding_them() {
-        let rows =
-            |value: f64, n: i64| Tensor::full([1, 2, n, 3], value, (Kind::Float, Device::Cpu));
-        let mut w = Window::new();
-        w.append(&rows(1.0, 60));
-        let read = w.view_with(&[&rows(2.0, 10), &rows(3.0, 4)]).unwrap();
-        assert_eq!(read.size(), vec![1, 2, 74, 3]);
-        assert!(read.narrow(2, 0, 60).equal(&rows(1.0, 60)));
-        assert!(read.narrow(2, 60, 10).equal(&rows(2.0, 10)));
-        assert!(read.narrow(2, 70, 4).equal(&rows(3.0, 4)));
-        assert_eq!(w.len(), 60);
-        w.append(&rows(4.0, 1));
-        assert!(w.view().unwrap().narrow(2, 60, 1).equal(&rows(4.0, 1)));
-        assert!(w.view_with(&[]).unwrap().equal(&w.view().unwrap()));
-        assert!(Window::new().view_with(&[]).is_none());
     }
 }

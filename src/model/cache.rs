@@ -95,6 +95,28 @@ impl HostStep<'_> {
         }
     }
 
+    /// Row `b` of this step alone (B = 1).
+    pub fn row(&self, b: usize) -> HostStep<'_> {
+        let [_, h, h_kv, d] = self.shape;
+        let width = ((h + 2 * h_kv) * d) as usize;
+        HostStep {
+            qkv: &self.qkv[b * width..(b + 1) * width],
+            shape: [1, h, h_kv, d],
+            kind: self.kind,
+        }
+    }
+
+    /// The step as the tensors [`LayerCache::attend`] takes: queries `[B, H, 1, D]`, keys and
+    /// values `[B, H_kv, 1, D]`, before RoPE, in the caches' kind.
+    pub fn tensors(&self) -> [Tensor; 3] {
+        let [b, h, h_kv, d] = self.shape;
+        let qkv = Tensor::from_slice(self.qkv)
+            .view([b, h + 2 * h_kv, d])
+            .to_kind(self.kind);
+        [(0, h), (h, h_kv), (h + h_kv, h_kv)]
+            .map(|(first, count)| qkv.narrow(1, first, count).unsqueeze(2))
+    }
+
     /// `rows` `[B, H_kv, D]` as a tensor `[B, H_kv, 1, D]` of the caches' kind, to append.
     pub fn to_tensor(&self, rows: &[f32]) -> Tensor {
         let [b, _, h_kv, d] = self.shape;
@@ -178,6 +200,58 @@ pub fn grouped_attention(queries: &Tensor, keys: &Tensor, values: &Tensor) -> Te
             None,
             false,
         )
+    }
+}
+
+/// Softmax attention of `queries` `[B, H, R, D]` (rotated) over `keys`/`values` `[B, H, L, D]`
+/// (read where they lie), all visible, or, when `causal`, query i over keys 0..=i (R = L, the
+/// same tokens), with each row's log-sum-exp of its scaled scores `[B, H, R]` (f32; f64 for f64
+/// queries). The log-sum-exp is what merges this read with a read of other keys into one softmax
+/// exactly: the session memory reads its tiers as such groups (`infinity-former.md` §9.2, one
+/// softmax split by key groups). On the CPU this is libtorch's fused (flash) kernel, which never
+/// holds the `[R, L]` scores and skips the hidden half of a causal read; elsewhere the scores are
+/// formed in f32.
+pub fn attention_with_lse(
+    queries: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+    causal: bool,
+) -> (Tensor, Tensor) {
+    let kind = queries.kind();
+    if queries.device() == Device::Cpu
+        && matches!(kind, Kind::Float | Kind::BFloat16 | Kind::Double)
+    {
+        return Tensor::internal_scaled_dot_product_flash_attention_for_cpu(
+            queries,
+            keys,
+            values,
+            0.0,
+            causal,
+            None::<Tensor>,
+            None,
+        );
+    }
+    let wide = wide_kind(kind);
+    let (r, d) = (queries.size()[2], queries.size()[3]);
+    let mut scores = queries
+        .to_kind(wide)
+        .matmul(&keys.to_kind(wide).transpose(-1, -2))
+        / (d as f64).sqrt();
+    if causal {
+        let hidden = causal_mask(r, r, queries.device()).logical_not();
+        scores = scores.masked_fill(&hidden, f64::NEG_INFINITY);
+    }
+    let lse = scores.logsumexp([-1].as_slice(), true);
+    let context = (scores - &lse).exp().matmul(&values.to_kind(wide));
+    (context.to_kind(kind), lse.squeeze_dim(-1))
+}
+
+/// The kind in which reads of `kind` are split and merged: f64 for f64, else f32.
+pub(crate) fn wide_kind(kind: Kind) -> Kind {
+    if kind == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
     }
 }
 

@@ -515,12 +515,18 @@ impl Llama {
     }
 
     /// Whether the blocks run `x` `[B, T, C]` on host memory ([`Block::forward_host`]): a few rows
-    /// (decode, at most [`INT4_MAX_ROWS`]) on the CPU, with every matrix in our int4 kernel.
+    /// (decode, at most [`Llama::host_rows`]) on the CPU, with every matrix in our int4 kernel.
     fn runs_on_host(&self, x: &Tensor) -> bool {
         let rows = x.numel() as i64 / self.config.hidden_size;
-        x.device() == Device::Cpu
-            && rows <= INT4_MAX_ROWS
-            && self.layers.iter().all(|b| b.host_matrices().is_some())
+        x.device() == Device::Cpu && self.host_rows().is_some_and(|most| rows as usize <= most)
+    }
+
+    /// The most rows a forward pass runs on host memory ([`INT4_MAX_ROWS`]), when the model can
+    /// (on the CPU, every matrix in our int4 kernel); `None` otherwise.
+    pub fn host_rows(&self) -> Option<usize> {
+        (self.options.device == Device::Cpu
+            && self.layers.iter().all(|b| b.host_matrices().is_some()))
+        .then_some(INT4_MAX_ROWS as usize)
     }
 
     /// The model's identity (see `fingerprint`), e.g. `llama-1a2b3c4d5e6f7a8b-int4`.

@@ -344,74 +344,140 @@ mod kernel {
             .sum()
     }
 
+    /// Rows of activations whose sums one weight row's pass keeps in registers and L1.
+    #[cfg(target_arch = "x86_64")]
+    const ROWS_AT_ONCE: usize = 8;
+
+    /// AVX2: each weight row's groups unpacked once (codes to 16-bit nibbles, d and m to f32)
+    /// for up to [`ROWS_AT_ONCE`] rows of activations at a time, each row summed exactly as alone:
+    /// the same operations in the same order, so a row's result does not depend on its batch.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn rows_avx2(w: &Q4Matrix, first: usize, x: &Activations, out: &mut [f32]) {
         use std::arch::x86_64::*;
-        rows_with(w, first, x, out, |row| {
-            let Row {
-                codes,
-                scales_mins,
-                x_codes,
-                x_scales_sums,
-            } = row;
-            let groups = scales_mins.len();
-            assert!(codes.len() == groups * GROUP_BYTES && x_codes.len() == groups * GROUP);
-            assert!(x_scales_sums.len() == groups);
-            // SAFETY: group g reads codes[16g..16g + 16], x_codes[32g..32g + 32], scales_mins[g]
-            // and x_scales_sums[g], g < groups: within the lengths asserted above. AVX2, FMA and
-            // F16C are enabled on this function.
-            unsafe {
-                let nibble = _mm256_set1_epi16(15);
-                // Group g: q · p as 8 partial sums, and [d·e, m·s, 0, 0].
-                let group = |g: usize| {
-                    let bytes = _mm_loadu_si128(codes.as_ptr().add(g * GROUP_BYTES).cast());
-                    let words = _mm256_cvtepu8_epi16(bytes); // q_j | q_{j+16} << 4, j < 16
-                    let p = x_codes.as_ptr().add(g * GROUP);
-                    let low = _mm256_madd_epi16(
-                        _mm256_and_si256(words, nibble),
-                        _mm256_loadu_si256(p.cast()),
-                    );
-                    let high = _mm256_madd_epi16(
-                        _mm256_srli_epi16::<4>(words),
-                        _mm256_loadu_si256(p.add(16).cast()),
-                    );
-                    let dot = _mm256_cvtepi32_ps(_mm256_add_epi32(low, high));
-                    let dm = scales_mins.as_ptr().add(g).cast::<i32>().read_unaligned();
-                    let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(dm));
-                    let es = _mm_castpd_ps(_mm_load_sd(x_scales_sums.as_ptr().add(g).cast()));
-                    (dot, _mm_mul_ps(dm, es))
-                };
-                // Two accumulators (even and odd groups) keep two multiply-adds in flight; lane 1
-                // of `offsets` gathers Σ m·s.
-                let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-                let mut offsets = _mm_setzero_ps();
-                let mut g = 0;
-                while g < groups {
-                    // The rows follow one another in memory: ask for what comes after early.
-                    let ahead = codes
-                        .as_ptr()
-                        .wrapping_add(g * GROUP_BYTES + PREFETCH_CODES);
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
-                    let ahead = scales_mins
-                        .as_ptr()
-                        .wrapping_add(g + PREFETCH_CODES / GROUP_BYTES);
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
-                    let (dot, scales) = group(g);
-                    even = _mm256_fmadd_ps(dot, _mm256_broadcastss_ps(scales), even);
-                    offsets = _mm_add_ps(offsets, scales);
-                    if g + 1 < groups {
-                        let (dot, scales) = group(g + 1);
-                        odd = _mm256_fmadd_ps(dot, _mm256_broadcastss_ps(scales), odd);
-                        offsets = _mm_add_ps(offsets, scales);
+        let (k, groups) = (w.cols, w.cols / GROUP);
+        let m = x.rows();
+        let count = out.len() / m;
+        assert!(out.len() == m * count && x.codes.len() == m * k);
+        assert!(x.scales_sums.len() == m * groups);
+        assert!(w.codes.len() >= (first + count) * groups * GROUP_BYTES);
+        assert!(w.scales_mins.len() >= (first + count) * groups);
+        // SAFETY: for weight row r < count, group g < groups and activation row i < m, the loads
+        // read w.codes[((first + r)·groups + g)·16 ..][..16], w.scales_mins[(first + r)·groups
+        // + g], x.codes[i·k + 32g ..][..32] and x.scales_sums[i·groups + g], and the stores write
+        // out[i·count + r]: within the lengths asserted above. AVX2, FMA and F16C are enabled on
+        // this function.
+        unsafe {
+            let nibble = _mm256_set1_epi16(15);
+            for r in 0..count {
+                let row = (first + r) * groups;
+                let codes = w.codes.as_ptr().add(row * GROUP_BYTES);
+                let scales_mins = w.scales_mins.as_ptr().add(row);
+                // Group g unpacked, asking early (every other group, as a line holds three)
+                // for what comes after: the rows follow one another in memory.
+                let unpack = |g: usize| -> Unpacked {
+                    if g.is_multiple_of(2) {
+                        let ahead = codes.wrapping_add(g * GROUP_BYTES + PREFETCH_CODES);
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                        let ahead = scales_mins.wrapping_add(g + PREFETCH_CODES / GROUP_BYTES);
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
                     }
-                    g += 2;
+                    let bytes = _mm_loadu_si128(codes.add(g * GROUP_BYTES).cast());
+                    let words = _mm256_cvtepu8_epi16(bytes); // q_j | q_{j+16} << 4, j < 16
+                    let dm = scales_mins.add(g).cast::<i32>().read_unaligned();
+                    (
+                        _mm256_and_si256(words, nibble),
+                        _mm256_srli_epi16::<4>(words),
+                        _mm_cvtph_ps(_mm_cvtsi32_si128(dm)),
+                    )
+                };
+                // Row i's group g against the unpacked one: q · p as 8 partial sums, and
+                // [d·e, m·s, 0, 0].
+                let against = |(low, high, dm): Unpacked, i: usize, g: usize| {
+                    let p = x.codes.as_ptr().add(i * k + g * GROUP);
+                    let low = _mm256_madd_epi16(low, _mm256_loadu_si256(p.cast()));
+                    let high = _mm256_madd_epi16(high, _mm256_loadu_si256(p.add(16).cast()));
+                    let dot = _mm256_cvtepi32_ps(_mm256_add_epi32(low, high));
+                    let es = x.scales_sums.as_ptr().add(i * groups + g).cast();
+                    (dot, _mm_mul_ps(dm, _mm_castpd_ps(_mm_load_sd(es))))
+                };
+                for rows in (0..m).step_by(ROWS_AT_ONCE) {
+                    let sums = (&unpack, &against, rows);
+                    let out =
+                        |j: usize, sum: f32| *out.get_unchecked_mut((rows + j) * count + r) = sum;
+                    match m - rows {
+                        1 => sum_groups::<1>(groups, sums, out),
+                        2 => sum_groups::<2>(groups, sums, out),
+                        3 => sum_groups::<3>(groups, sums, out),
+                        4 => sum_groups::<4>(groups, sums, out),
+                        5 => sum_groups::<5>(groups, sums, out),
+                        6 => sum_groups::<6>(groups, sums, out),
+                        7 => sum_groups::<7>(groups, sums, out),
+                        _ => sum_groups::<ROWS_AT_ONCE>(groups, sums, out),
+                    }
                 }
-                let sum = sum_lanes(_mm256_add_ps(even, odd));
-                sum + _mm_cvtss_f32(_mm_shuffle_ps(offsets, offsets, 1))
             }
-        })
+        }
     }
+
+    /// One weight row's groups against N rows of activations from `first` on (N known at compile
+    /// time, so each row's accumulators stay in registers): `unpack(g)` and `against(unpacked, i,
+    /// g)` as in [`rows_avx2`]; `out(j, y)` takes row `first + j`'s result.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn sum_groups<const N: usize>(
+        groups: usize,
+        (unpack, against, first): (
+            &impl Fn(usize) -> Unpacked,
+            &impl Fn(Unpacked, usize, usize) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m128),
+            usize,
+        ),
+        mut out: impl FnMut(usize, f32),
+    ) {
+        use std::arch::x86_64::*;
+        // SAFETY (of the intrinsics): the caller, `rows_avx2`, has AVX2, FMA and F16C enabled and
+        // this function is inlined into it.
+        unsafe {
+            // Per row: two accumulators (even and odd groups) keep two multiply-adds in flight;
+            // lane 1 of `offsets` gathers Σ m·s.
+            let mut even = [_mm256_setzero_ps(); N];
+            let mut odd = [_mm256_setzero_ps(); N];
+            let mut offsets = [_mm_setzero_ps(); N];
+            let mut g = 0;
+            while g < groups {
+                let unpacked = unpack(g);
+                for j in 0..N {
+                    let (dot, scales) = against(unpacked, first + j, g);
+                    even[j] = _mm256_fmadd_ps(dot, _mm256_broadcastss_ps(scales), even[j]);
+                    offsets[j] = _mm_add_ps(offsets[j], scales);
+                }
+                if g + 1 < groups {
+                    let unpacked = unpack(g + 1);
+                    for j in 0..N {
+                        let (dot, scales) = against(unpacked, first + j, g + 1);
+                        odd[j] = _mm256_fmadd_ps(dot, _mm256_broadcastss_ps(scales), odd[j]);
+                        offsets[j] = _mm_add_ps(offsets[j], scales);
+                    }
+                }
+                g += 2;
+            }
+            for j in 0..N {
+                let sum = sum_lanes(_mm256_add_ps(even[j], odd[j]));
+                out(
+                    j,
+                    sum + _mm_cvtss_f32(_mm_shuffle_ps(offsets[j], offsets[j], 1)),
+                );
+            }
+        }
+    }
+
+    /// A group of one weight row unpacked: its low and high nibbles as 16-bit lanes, and [d, m].
+    #[cfg(target_arch = "x86_64")]
+    type Unpacked = (
+        std::arch::x86_64::__m256i,
+        std::arch::x86_64::__m256i,
+        std::arch::x86_64::__m128,
+    );
 }
 
 #[cfg(test)]

@@ -113,9 +113,7 @@ impl Q8Matrix {
             let count = out.len() / m;
             let codes = &self.codes[first * k..(first + count) * k];
             let scales = &self.scales[first * groups..(first + count) * groups];
-            for (x, y) in input.chunks_exact(k).zip(out.chunks_exact_mut(count)) {
-                kernel::rows(isa, codes, scales, x, y);
-            }
+            kernel::product(isa, codes, scales, (&input, k), out);
         });
         Tensor::from_slice(&output)
             .reshape(shape)
@@ -125,12 +123,13 @@ impl Q8Matrix {
 
 /// `y[r] = Σ_g d[r, g] · Σ_{j<32} q[r, 32g + j] · x[32g + j]` in f32, with the widest vectors the
 /// CPU has (chosen at run time): each group's 32 codes are widened to f32 and multiplied with fused
-/// multiply-adds; two accumulators (even and odd groups) keep the adder busy.
+/// multiply-adds. With AVX2 a group is widened once for all the rows of a decode step's batch;
+/// with AVX-512, one row at a time, two accumulators (even and odd groups) keeping the adder busy.
 mod kernel {
     #[cfg(target_arch = "x86_64")]
     use super::super::isa::sum_lanes;
     use super::super::isa::{Isa, Level};
-    use super::Q8_GROUP;
+    use super::{Q8_GROUP, Q8_MAX_ROWS};
 
     /// How far ahead of the group being read its codes are requested from memory, in bytes.
     #[cfg(target_arch = "x86_64")]
@@ -196,43 +195,76 @@ mod kernel {
         }
     }
 
+    /// AVX2: each weight row's groups widened to f32 once and multiplied with each of the m
+    /// activation rows of `x` (`[m, k]`, a decode step's batch), so that widening, most of the
+    /// work for one row, is not repeated per row; `out` is `[m, count]`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    fn rows_avx2(codes: &[i8], scales: &[f32], x: &[f32], y: &mut [f32]) {
+    fn product_avx2(codes: &[i8], scales: &[f32], (x, k): (&[f32], usize), out: &mut [f32]) {
         use std::arch::x86_64::*;
-        let groups = x.len() / Q8_GROUP;
-        assert!(codes.len() >= y.len() * x.len() && scales.len() >= y.len() * groups);
-        // SAFETY: as in `rows_avx512`, every read lies within the lengths asserted above.
+        let (groups, m) = (k / Q8_GROUP, x.len() / k);
+        let count = out.len() / m;
+        assert!(m <= Q8_MAX_ROWS && x.len() == m * k && out.len() == m * count);
+        assert!(codes.len() >= count * k && scales.len() >= count * groups);
+        // SAFETY: every load below reads codes[(r·groups + g)·32 ..][..32], scales[r·groups + g]
+        // and x[i·k + g·32 ..][..32] for r < count, g < groups, i < m, and writes out[i·count + r]:
+        // within the lengths asserted above.
         unsafe {
-            for (r, out) in y.iter_mut().enumerate() {
-                let mut total = _mm256_setzero_ps();
+            for r in 0..count {
+                let mut totals = [_mm256_setzero_ps(); Q8_MAX_ROWS];
                 for g in 0..groups {
                     let q = codes.as_ptr().add((r * groups + g) * Q8_GROUP);
-                    let xs = x.as_ptr().add(g * Q8_GROUP);
-                    let mut dot = _mm256_setzero_ps();
-                    for part in 0..4 {
-                        let codes8 = _mm_loadl_epi64(q.add(8 * part).cast());
-                        let weights = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(codes8));
-                        dot = _mm256_fmadd_ps(weights, _mm256_loadu_ps(xs.add(8 * part)), dot);
-                    }
+                    _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(PREFETCH).cast());
+                    let weights: [__m256; 4] = std::array::from_fn(|part| {
+                        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                            q.add(8 * part).cast(),
+                        )))
+                    });
                     let d = _mm256_set1_ps(*scales.get_unchecked(r * groups + g));
-                    total = _mm256_fmadd_ps(dot, d, total);
+                    for (i, total) in totals.iter_mut().enumerate().take(m) {
+                        let xs = x.as_ptr().add(i * k + g * Q8_GROUP);
+                        let mut dot = _mm256_mul_ps(weights[0], _mm256_loadu_ps(xs));
+                        for (part, w) in weights.iter().enumerate().skip(1) {
+                            dot = _mm256_fmadd_ps(*w, _mm256_loadu_ps(xs.add(8 * part)), dot);
+                        }
+                        *total = _mm256_fmadd_ps(dot, d, *total);
+                    }
                 }
-                *out = sum_lanes(total);
+                for (i, total) in totals.iter().enumerate().take(m) {
+                    *out.get_unchecked_mut(i * count + r) = sum_lanes(*total);
+                }
             }
         }
     }
 
-    /// `y = codes·x` row by row, with `isa`'s vectors.
-    pub(super) fn rows(isa: Isa, codes: &[i8], scales: &[f32], x: &[f32], y: &mut [f32]) {
+    /// `out[i·count + r]` = weight row r · activation row i, for the m rows of `x` (`[m, k]`) and
+    /// the `count` weight rows of `codes` and `scales`, with `isa`'s vectors (AVX2 widens each
+    /// group once for every row; the others take one row at a time).
+    pub(super) fn product(
+        isa: Isa,
+        codes: &[i8],
+        scales: &[f32],
+        (x, k): (&[f32], usize),
+        out: &mut [f32],
+    ) {
         match isa.level() {
-            Level::Scalar => rows_scalar(codes, scales, x, y),
             // SAFETY: an `Isa` of this level exists only on a CPU with AVX2 and FMA.
             #[cfg(target_arch = "x86_64")]
-            Level::Avx2 => unsafe { rows_avx2(codes, scales, x, y) },
+            Level::Avx2 => unsafe { product_avx2(codes, scales, (x, k), out) },
+            Level::Scalar => {
+                let count = out.len() / (x.len() / k);
+                for (x, y) in x.chunks_exact(k).zip(out.chunks_exact_mut(count)) {
+                    rows_scalar(codes, scales, x, y);
+                }
+            }
             // SAFETY: an `Isa` of this level exists only on a CPU with AVX-512F.
             #[cfg(target_arch = "x86_64")]
-            Level::Avx512 => unsafe { rows_avx512(codes, scales, x, y) },
+            Level::Avx512 => {
+                let count = out.len() / (x.len() / k);
+                for (x, y) in x.chunks_exact(k).zip(out.chunks_exact_mut(count)) {
+                    unsafe { rows_avx512(codes, scales, x, y) };
+                }
+            }
         }
     }
 }
@@ -264,16 +296,19 @@ mod tests {
 
     #[test]
     fn every_vector_kernel_equals_the_scalar_loop() {
-        // Three groups (an odd count: the AVX-512 path pairs groups) and five rows; every path
-        // this CPU runs (an AVX-512 machine checks its AVX2 path too).
+        // Three groups (an odd count: the AVX-512 path pairs groups), five weight rows and three
+        // rows of activations; every path this CPU runs (an AVX-512 machine checks its AVX2 path
+        // too).
         let weight = values(&[5, 96], 0.5);
         let q8 = Q8Matrix::quantise(&weight).unwrap();
-        let x: Vec<f32> = (0..96).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
+        let x: Vec<f32> = (0..3 * 96)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
+            .collect();
         let paths: Vec<(&str, Vec<f32>)> = Isa::available()
             .into_iter()
             .map(|isa| {
-                let mut y = vec![0f32; 5];
-                kernel::rows(isa, &q8.codes, &q8.scales, &x, &mut y);
+                let mut y = vec![0f32; 3 * 5];
+                kernel::product(isa, &q8.codes, &q8.scales, (&x, 96), &mut y);
                 (isa.name(), y)
             })
             .collect();
@@ -305,7 +340,7 @@ mod tests {
             bool::try_from(error.le_tensor(&half_step).all()).unwrap(),
             "rounding error above half a step"
         );
-        for shape in [vec![1i64, 64], vec![2, 3, 64], vec![3, 5, 64]] {
+        for shape in [vec![1i64, 64], vec![2, 3, 64], vec![3, 5, 64], vec![8, 64]] {
             let x = values(&shape, 2.0);
             let expected = x.linear::<&Tensor>(&dense, None);
             let got = q8.forward(&x);

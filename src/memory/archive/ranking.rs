@@ -10,43 +10,42 @@
 
 use tch::{Device, Kind, Tensor};
 
-/// Indices `[B, H_kv, k]` (int64, best first) of the `k` blocks whose representatives
-/// `[B, H_kv, blocks, D]` score highest against `query` `[B, H_kv, 1, D]` (f32, the segment's
-/// queries summed per key/value head); k ≤ blocks.
+/// Indices `[B, H_kv, S, k]` (int64, best first) of the `k` blocks whose representatives
+/// `[B, H_kv, blocks, D]` score highest against each of the S queries `[B, H_kv, S, D]` (f32, each
+/// query segment's queries summed per key/value head); k ≤ blocks.
 pub fn best_blocks(representatives: &Tensor, query: &Tensor, k: i64) -> Tensor {
-    let (b, h, _, _) = representatives
-        .size4()
-        .expect("representatives are [B, H_kv, blocks, D]");
+    let (b, h, s, _) = query.size4().expect("query sums are [B, H_kv, S, D]");
     if reads_in_place(representatives) {
         let query: Vec<f32> = Vec::try_from(query.to_kind(Kind::Float).contiguous().view([-1]))
             .expect("an f32 query converts to a vector");
         let chosen = best_blocks_on_host(representatives, &query, k);
-        Tensor::from_slice(&chosen).view([b, h, k])
+        Tensor::from_slice(&chosen).view([b, h, s, k])
     } else {
-        let scores = representatives
+        let scores = query
             .to_kind(Kind::Float)
-            .matmul(&query.transpose(-1, -2))
-            .squeeze_dim(-1); // [B, H_kv, blocks]
+            .matmul(&representatives.to_kind(Kind::Float).transpose(-1, -2)); // [B, H_kv, S, blocks]
         scores.topk(k, -1, true, true).1
     }
 }
 
-/// [`best_blocks`] with the query sums as f32 rows `[B, H_kv, D]` on the host, and the indices
-/// returned likewise (`[B, H_kv, k]`, row-major). bf16 representatives in CPU memory are read in
+/// [`best_blocks`] with the query sums as f32 rows `[B, H_kv, S, D]` on the host, and the indices
+/// returned likewise (`[B, H_kv, S, k]`, row-major). bf16 representatives in CPU memory are read in
 /// place; any others through [`best_blocks`]' product.
 pub fn best_blocks_on_host(representatives: &Tensor, query: &[f32], k: i64) -> Vec<i64> {
     let (b, h, blocks, d) = representatives
         .size4()
         .expect("representatives are [B, H_kv, blocks, D]");
+    let segments = query.len() as i64 / (b * h * d);
     if !reads_in_place(representatives) {
-        let query = Tensor::from_slice(query).view([b, h, 1, d]);
+        let query = Tensor::from_slice(query).view([b, h, segments, d]);
         let chosen = best_blocks(representatives, &query, k);
         return Vec::try_from(chosen.reshape([-1])).expect("int64 indices convert");
     }
     let strides = representatives.stride();
     let base = representatives.data_ptr() as *const u16;
-    let mut chosen = Vec::with_capacity((b * h * k) as usize);
+    let mut chosen = Vec::with_capacity((b * h * segments * k) as usize);
     let mut scores = Vec::with_capacity(blocks as usize);
+    let mut queries = query.chunks_exact(d as usize);
     for row in 0..b {
         for head in 0..h {
             let offset = (row * strides[0] + head * strides[1]) as usize;
@@ -55,10 +54,11 @@ pub fn best_blocks_on_host(representatives: &Tensor, query: &[f32], k: i64) -> V
             // above), and nothing writes to it while this slice lives.
             let held =
                 unsafe { std::slice::from_raw_parts(base.add(offset), (blocks * d) as usize) };
-            let q = &query[((row * h + head) * d) as usize..][..d as usize];
-            scores.clear();
-            scores.extend(held.chunks_exact(d as usize).map(|r| dot_bf16(r, q)));
-            chosen.extend(top_k(&scores, k as usize).into_iter().map(|j| j as i64));
+            for q in queries.by_ref().take(segments as usize) {
+                scores.clear();
+                scores.extend(held.chunks_exact(d as usize).map(|r| dot_bf16(r, q)));
+                chosen.extend(top_k(&scores, k as usize).into_iter().map(|j| j as i64));
+            }
         }
     }
     chosen
@@ -126,22 +126,21 @@ mod tests {
     use super::*;
 
     /// The in-place bf16 loop picks exactly the blocks libtorch's f32 product picks, in the same
-    /// order, for several batch rows and heads read through a view of a larger buffer.
+    /// order, for several batch rows, heads and query segments, read through a view of a larger
+    /// buffer.
     #[test]
     fn the_bf16_loop_ranks_as_the_f32_product_does() {
         tch::manual_seed(3);
         let buffer =
             Tensor::randn([2, 3, 300, 64], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
         let representatives = buffer.narrow(2, 0, 257); // a window's held part
-        let query = Tensor::randn([2, 3, 1, 64], (Kind::Float, Device::Cpu));
+        let query = Tensor::randn([2, 3, 4, 64], (Kind::Float, Device::Cpu)); // 4 segments
         let ours = best_blocks(&representatives, &query, 8);
-        let reference = representatives
-            .to_kind(Kind::Float)
-            .matmul(&query.transpose(-1, -2))
-            .squeeze_dim(-1)
+        let reference = query
+            .matmul(&representatives.to_kind(Kind::Float).transpose(-1, -2))
             .topk(8, -1, true, true)
             .1;
-        assert_eq!(ours.size(), vec![2, 3, 8]);
+        assert_eq!(ours.size(), vec![2, 3, 4, 8]);
         assert!(ours.equal(&reference), "{ours} against {reference}");
     }
 

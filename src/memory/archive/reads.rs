@@ -139,23 +139,24 @@ pub struct LayerReads {
 }
 
 impl ReadCounts {
-    /// Counts one segment's choice `[B, H_kv, k]` among `blocks` held blocks.
+    /// Counts S segments' choices `[B, H_kv, S, k]` among `blocks` held blocks.
     pub fn count(&mut self, chosen: &Tensor, blocks: i64) {
-        let (b, h, k) = chosen.size3().expect("chosen blocks are [B, H_kv, k]");
-        self.counted([b, h, k], blocks, chosen.device()).add(chosen);
+        let (b, h, s, k) = chosen.size4().expect("chosen blocks are [B, H_kv, S, k]");
+        self.counted([b, h, s, k], blocks, chosen.device())
+            .add(&chosen.reshape([b, h * s, k]));
     }
 
-    /// [`ReadCounts::count`] with the choice as host indices `[B, H_kv, k]`, row-major.
-    pub fn count_on_host(&mut self, chosen: &[i64], [b, h, k]: [i64; 3], blocks: i64) {
-        self.counted([b, h, k], blocks, Device::Cpu)
-            .add_indices(chosen, [b, h, k]);
+    /// [`ReadCounts::count`] with the choices as host indices `[B, H_kv, S, k]`, row-major.
+    pub fn count_on_host(&mut self, chosen: &[i64], [b, h, s, k]: [i64; 4], blocks: i64) {
+        self.counted([b, h, s, k], blocks, Device::Cpu)
+            .add_indices(chosen, [b, h * s, k]);
     }
 
-    /// Counts one segment of `[B, H_kv, k]` picks, and the tally (made on `device` for `blocks`
-    /// blocks if there is none yet) that takes them.
-    fn counted(&mut self, [b, h, k]: [i64; 3], blocks: i64, device: Device) -> &mut Tally {
-        self.picks += (h * k) as u64;
-        self.segments += 1;
+    /// Counts S segments of `[B, H_kv, k]` picks each, and the tally (made on `device` for
+    /// `blocks` blocks if there is none yet) that takes them.
+    fn counted(&mut self, [b, h, s, k]: [i64; 4], blocks: i64, device: Device) -> &mut Tally {
+        self.picks += (h * s * k) as u64;
+        self.segments += s as u64;
         self.per_block
             .get_or_insert_with(|| Tally::zeros(b, blocks, device))
     }
@@ -197,7 +198,7 @@ mod tests {
     /// here on the CPU) give the same counts.
     #[test]
     fn counts_follow_the_blocks_as_they_join_and_leave() {
-        let chosen = |v: &[i64]| Tensor::from_slice(v).view([1, 2, v.len() as i64 / 2]);
+        let chosen = |v: &[i64]| Tensor::from_slice(v).view([1, 2, 1, v.len() as i64 / 2]);
         let on_device = || ReadCounts {
             per_block: Some(Tally::Device(Tensor::zeros(
                 [1, 3],
@@ -220,10 +221,16 @@ mod tests {
             );
             assert_eq!(reads.take(), LayerReads::default(), "a take starts afresh");
         }
-        // Host indices (a decode step on host memory) count as the tensor does.
+        // Host indices (a decode step on host memory) count as the tensor does, and two segments
+        // of one pick per head (a prefill's segments ranked together) as two segments.
         let (mut by_tensor, mut by_indices) = (ReadCounts::default(), ReadCounts::default());
-        by_tensor.count(&chosen(&[0, 2, 2, 1]), 3);
-        by_indices.count_on_host(&[0, 2, 2, 1], [1, 2, 2], 3);
-        assert_eq!(by_indices.take(), by_tensor.take());
+        by_tensor.count(&chosen(&[0, 2, 2, 1]).view([1, 2, 2, 1]), 3);
+        by_indices.count_on_host(&[0, 2, 2, 1], [1, 2, 2, 1], 3);
+        let taken = by_tensor.take();
+        assert_eq!(
+            (taken.per_block.clone(), taken.picks, taken.segments),
+            (vec![1, 1, 2], 4, 2)
+        );
+        assert_eq!(by_indices.take(), taken);
     }
 }

@@ -1,6 +1,8 @@
 use super::*;
+use crate::model::cache::causal_mask;
 use crate::model::KvCache;
 use crate::rope::Rope;
+use tch::Device;
 
 const F64: (Kind, Device) = (Kind::Double, Device::Cpu);
 const HEADS: i64 = 4;
@@ -104,6 +106,73 @@ fn archive_with_every_block_selected_is_exact_attention_at_the_memory_position()
     assert!(
         diff < 1e-12,
         "archive reading differs from exact attention by {diff}"
+    );
+}
+
+/// A chunk of new tokens is read as query segments of `block_len`, each with its own top-k
+/// archive blocks, all segments in one batched call and the held run in one fused call, merged by
+/// log-sum-exp: every query must read what the softmax over its own segment's blocks, the sinks and
+/// the STM (causally) gives, written out by hand per segment (tolerance 1e-12, f64; 11 tokens
+/// make two whole segments and a short one, and top 2 of several blocks makes them differ).
+#[test]
+fn each_query_segment_reads_its_own_blocks_in_one_softmax() {
+    tch::manual_seed(14);
+    let rope = Rope::new(DIM as usize, 10000.0).table(256, Kind::Double, Device::Cpu);
+    let mut memory = LayerMemory::new(small(2, 8, 2, 1000), None);
+    for _ in 0..6 {
+        let (q, k, v) = step(5);
+        let _ = memory.attend(&q, &k, &v, &rope).unwrap();
+    }
+    assert!(
+        memory.archive.blocks() >= 4,
+        "{} blocks",
+        memory.archive.blocks()
+    );
+    let (t, group) = (11, HEADS / KV_HEADS);
+    let (q, k, v) = step(t);
+    // The reference, from the state before the chunk is taken in.
+    let start = memory.keys.len() + i64::from(memory.evicted);
+    let (rotated_q, rotated_k) = rope.rotate_pair(&q, &k, start);
+    let held_keys = Tensor::cat(&[memory.keys.view().unwrap(), rotated_k], 2);
+    let held_values = Tensor::cat(&[memory.values.view().unwrap(), v.shallow_clone()], 2);
+    let l = held_keys.size()[2];
+    let grouped = rotated_q.reshape([1, KV_HEADS, group, t, DIM]);
+    let mut chosen_sets = vec![];
+    let mut reference = vec![];
+    for (from, n) in [(0, 4), (4, 4), (8, 3)] {
+        let rows = grouped
+            .narrow(3, from, n)
+            .reshape([1, KV_HEADS, group * n, DIM]);
+        let selected = memory.archive.select(&rows, 2).unwrap();
+        chosen_sets.push(Vec::<f64>::try_from(selected.keys.sum(Kind::Double).view([1])).unwrap());
+        let keys = Tensor::cat(&[&held_keys, &selected.keys.squeeze_dim(2)], 2);
+        let values = Tensor::cat(&[&held_values, &selected.values.squeeze_dim(2)], 2);
+        let visible = causal_mask(t, l, Device::Cpu)
+            .narrow(0, from, n)
+            .repeat([group, 1]);
+        let hidden = Tensor::cat(
+            &[
+                visible,
+                Tensor::ones([group * n, keys.size()[2] - l], (Kind::Bool, Device::Cpu)),
+            ],
+            1,
+        )
+        .logical_not();
+        let scores = (rows.matmul(&keys.transpose(-1, -2)) / (DIM as f64).sqrt())
+            .masked_fill(&hidden, f64::NEG_INFINITY);
+        let read = scores.softmax(-1, Kind::Double).matmul(&values);
+        reference.push(read.reshape([1, KV_HEADS, group, n, DIM]));
+    }
+    assert_ne!(
+        chosen_sets[0], chosen_sets[1],
+        "the segments should choose differently"
+    );
+    let reference = Tensor::cat(&reference, 3).reshape([1, HEADS, t, DIM]);
+    let ours = memory.attend(&q, &k, &v, &rope).unwrap();
+    let diff = (ours - reference).abs().max().double_value(&[]);
+    assert!(
+        diff < 1e-12,
+        "segments read differently from their own softmax by {diff}"
     );
 }
 
