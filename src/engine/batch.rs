@@ -19,6 +19,20 @@ pub struct Rows<'a, C> {
     rows: Vec<&'a mut C>,
 }
 
+impl<C> Rows<'_, C> {
+    /// A step of `batch` rows must bring one row per sequence.
+    fn check_batch(&self, batch: i64) -> Result<(), ModelError> {
+        if batch == self.rows.len() as i64 {
+            Ok(())
+        } else {
+            Err(ModelError::BadInput(format!(
+                "{batch} batch rows for {} sequences",
+                self.rows.len()
+            )))
+        }
+    }
+}
+
 impl<C: LayerCache> LayerCache for Rows<'_, C> {
     /// The longest row's length (rows differ: each sequence has its own history).
     fn len(&self) -> i64 {
@@ -32,13 +46,7 @@ impl<C: LayerCache> LayerCache for Rows<'_, C> {
         values: &Tensor,
         rope: &RopeTable,
     ) -> Result<Tensor, ModelError> {
-        let batch = queries.size()[0];
-        if batch != self.rows.len() as i64 {
-            return Err(ModelError::BadInput(format!(
-                "{batch} batch rows for {} sequences",
-                self.rows.len()
-            )));
-        }
+        self.check_batch(queries.size()[0])?;
         if let [only] = self.rows.as_mut_slice() {
             return only.attend(queries, keys, values, rope);
         }
@@ -67,12 +75,8 @@ impl<C: LayerCache> LayerCache for Rows<'_, C> {
         step: &HostStep,
         rope: &RopeTable,
     ) -> Option<Result<Vec<f32>, ModelError>> {
-        if step.shape[0] != self.rows.len() as i64 {
-            return Some(Err(ModelError::BadInput(format!(
-                "{} batch rows for {} sequences",
-                step.shape[0],
-                self.rows.len()
-            ))));
+        if let Err(e) = self.check_batch(step.shape[0]) {
+            return Some(Err(e));
         }
         let mut out = Vec::with_capacity(step.qkv.len());
         for (b, cache) in self.rows.iter_mut().enumerate() {

@@ -420,9 +420,12 @@ impl LayerMemory {
             t
         };
         let cuts = segments::cut(t, segment);
-        let sums: Vec<Tensor> = cuts
+        // Each run of segments' queries `[B, H_kv, S, G·n, D]`, laid out once for the ranking and
+        // the read.
+        let gathered: Vec<Tensor> = cuts.iter().map(|cut| cut.gather(queries)).collect();
+        let sums: Vec<Tensor> = gathered
             .iter()
-            .map(|cut| cut.gather(queries).sum_dim_intlist(3, false, Kind::Float))
+            .map(|rows| rows.sum_dim_intlist(3, false, Kind::Float))
             .collect();
         let chosen = self
             .archive
@@ -435,12 +438,12 @@ impl LayerMemory {
         }
         let (mut contexts, mut lses, mut point_masses) = (vec![], vec![], vec![]);
         let mut segments_done = 0;
-        for cut in &cuts {
+        for (cut, rows) in cuts.iter().zip(&gathered) {
             let chosen = chosen
                 .as_ref()
                 .map(|c| c.narrow(2, segments_done, cut.count));
             segments_done += cut.count;
-            let read = self.read_memory(&cut.gather(queries), chosen.as_ref());
+            let read = self.read_memory(rows, chosen.as_ref());
             contexts.push(cut.scatter(&read.context, group));
             lses.push(cut.scatter(&read.log_normaliser, group));
             if self.points().is_some() {
