@@ -11,6 +11,7 @@ use clap::{Args, ValueEnum};
 use crate::cli::MemoryArgs;
 use crate::engine::scheduler::BatchLimits;
 use crate::model::ModelArgs;
+use crate::store::budget;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -78,6 +79,11 @@ pub struct ServeConfig {
     /// Requests that may wait for a place in the batch; past running + waiting, 429 at once.
     #[arg(long, env = "INFINI_MAX_WAITING", default_value_t = 64)]
     pub max_waiting: usize,
+    /// Bytes of RAM the session memories kept between turns may hold together (e.g. 2GiB): past
+    /// it the least recently used idle ones leave RAM, for the database to give back on their next
+    /// turn. Default: half the memory this process may use (its cgroup limit, else the RAM).
+    #[arg(long, env = "INFINI_MEMORY_POOL_BYTES", value_parser = budget::parse_size)]
+    pub memory_pool_bytes: Option<u64>,
     /// Seconds an idle session stays in RAM before only the database holds it.
     #[arg(long, env = "INFINI_SESSION_IDLE_SECS", default_value_t = 600)]
     pub session_idle_secs: u64,
@@ -122,6 +128,14 @@ impl ServeConfig {
     pub fn batch(&self) -> Result<BatchLimits, String> {
         BatchLimits::new(self.max_running, self.max_batch_tokens)
             .map_err(|e| format!("--max-running / --max-batch-tokens: {e}"))
+    }
+
+    /// `--memory-pool-bytes`, or its default for this machine.
+    pub fn memory_pool_budget(&self) -> usize {
+        let bytes = self
+            .memory_pool_bytes
+            .unwrap_or_else(budget::default_budget);
+        usize::try_from(bytes).unwrap_or(usize::MAX)
     }
 
     pub fn session_idle(&self) -> Duration {

@@ -132,7 +132,12 @@ fn blocks_suite(url: &str, db: &[(&str, String)], dir: &TempDir, restart: bool) 
         memory["total_bytes"]
     );
 
-    // A fork copies the rows; its state is what `a` holds now.
+    // A fork copies the rows; its state is what `a` holds now. In RAM it shares `a`'s kept
+    // memory until either writes: the pool keeps one more session for under 5% more bytes.
+    let (pool_before, kept_before) = (
+        server.metric("infini_memory_pool_bytes"),
+        server.metric("infini_memory_pool_sessions"),
+    );
     let fork = server.request(
         "POST",
         &format!("/v1/sessions/{a}/fork"),
@@ -142,20 +147,32 @@ fn blocks_suite(url: &str, db: &[(&str, String)], dir: &TempDir, restart: bool) 
     assert_eq!(fork.status, 201, "{}", fork.text());
     let f = fork.json()["id"].as_str().unwrap().to_string();
     assert_eq!(stored_blocks(url, &f), third);
+    let pool_after = server.metric("infini_memory_pool_bytes");
+    assert_eq!(
+        server.metric("infini_memory_pool_sessions"),
+        kept_before + 1.0
+    );
+    assert!(
+        pool_after >= pool_before && pool_after - pool_before < pool_before * 0.05,
+        "the fork grew the pool from {pool_before} to {pool_after} bytes"
+    );
     let exported = export(&server, &a);
     assert_eq!(export(&server, &f)["memory"], exported["memory"]);
+    // Greedy third turn on `a`, from its live memory.
+    let question = "Which rock did note 3 name? Answer briefly.";
+    let live = turn(&server, &a, question, 8);
     let server = if restart {
-        // Greedy third turn on `a`, from its live memory; after a restart the fork's memory comes
-        // back byte for byte, and its third turn, rebuilt from the stored core and blocks,
-        // answers as the live memory did.
-        let question = "Which rock did note 3 name? Answer briefly.";
-        let live = turn(&server, &a, question, 8);
+        // After a restart the fork's memory comes back byte for byte, and its third turn, rebuilt
+        // from the stored core and blocks, answers as the live memory did.
         drop(server);
         let server = Server::start(&env, &dir.0);
         assert_eq!(export(&server, &f)["memory"], exported["memory"]);
         assert_eq!(turn(&server, &f, question, 8), live);
         server
     } else {
+        // Without one, the fork answers from the memory it shares with `a` (which `a`'s turn
+        // has since copied away from) as `a` did.
+        assert_eq!(turn(&server, &f, question, 8), live);
         server
     };
     let deleted = server.request(

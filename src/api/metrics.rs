@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::engine::stats::EngineStats;
+use crate::store::hot::PoolUsage;
 
 /// A sum and count (Prometheus summary without quantiles).
 #[derive(Debug, Default)]
@@ -36,6 +37,8 @@ pub struct Metrics {
     pub block_writes: AtomicU64,
     pub block_deletes: AtomicU64,
     pub sessions_evicted: AtomicU64,
+    /// Session memories that left RAM to keep the pool within its budget.
+    pub pool_evictions: AtomicU64,
     pub request_duration: Summary,
 }
 
@@ -46,6 +49,7 @@ pub struct Gauges {
     pub hot_sessions: usize,
     pub cancelled: usize,
     pub draining: bool,
+    pub pool: PoolUsage,
 }
 
 impl Metrics {
@@ -84,7 +88,7 @@ impl Metrics {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
         let relaxed = |a: &AtomicUsize| a.load(Ordering::Relaxed) as f64;
         // (name, type, help, value) of every single-valued counter and gauge.
-        let single: [(&str, &str, &str, f64); 14] = [
+        let single: [(&str, &str, &str, f64); 18] = [
             (
                 "prompt_tokens_total",
                 "counter",
@@ -126,6 +130,30 @@ impl Metrics {
                 "counter",
                 "Idle sessions whose memory left RAM.",
                 load(&self.sessions_evicted),
+            ),
+            (
+                "memory_pool_evictions_total",
+                "counter",
+                "Session memories that left RAM so that the kept ones fit the pool's budget.",
+                load(&self.pool_evictions),
+            ),
+            (
+                "memory_pool_bytes",
+                "gauge",
+                "Bytes of RAM held by the session memories kept between turns (spare room included).",
+                gauges.pool.bytes as f64,
+            ),
+            (
+                "memory_pool_budget_bytes",
+                "gauge",
+                "The pool's budget (--memory-pool-bytes).",
+                gauges.pool.budget as f64,
+            ),
+            (
+                "memory_pool_sessions",
+                "gauge",
+                "Sessions whose memory is kept in the pool between turns.",
+                gauges.pool.sessions as f64,
             ),
             (
                 "generations_cancelled_total",
@@ -173,6 +201,17 @@ impl Metrics {
         for (name, kind, help, value) in single {
             metric(name, kind, help, vec![(String::new(), value)]);
         }
+        let tier = |name: &str, tokens: u64| (format!("{{tier=\"{name}\"}}"), tokens as f64);
+        metric(
+            "memory_pool_tokens",
+            "gauge",
+            "Tokens held by the kept session memories, per tier (every layer holds the same).",
+            vec![
+                tier("sinks", gauges.pool.sink_tokens),
+                tier("stm", gauges.pool.stm_tokens),
+                tier("archive", gauges.pool.archive_tokens),
+            ],
+        );
         metric(
             "request_duration_seconds",
             "summary",

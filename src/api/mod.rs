@@ -161,6 +161,10 @@ async fn run(config: ServeConfig, keys: ApiKeys) -> Result<()> {
         .await
         .context("opening the session store")?;
     tracing::info!(backend = ?store.backend(), "session store ready");
+    tracing::info!(
+        budget_bytes = config.memory_pool_budget(),
+        "session memories kept between turns share this budget (--memory-pool-bytes)"
+    );
     let (engine, loaded) = Engine::start(EngineOptions {
         load: config.load.clone(),
         memory: config.memory.config(),
@@ -170,7 +174,7 @@ async fn run(config: ServeConfig, keys: ApiKeys) -> Result<()> {
     let state = AppState {
         engine: Arc::new(engine),
         store: Arc::new(store),
-        hot: Arc::new(HotSessions::default()),
+        hot: Arc::new(HotSessions::with_budget(config.memory_pool_budget())),
         keys: Arc::new(keys),
         metrics: Arc::new(Metrics::default()),
         limits: Limits {

@@ -58,6 +58,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         hot_sessions: state.hot.live(),
         cancelled: state.engine.cancelled(),
         draining: state.draining.load(Ordering::SeqCst),
+        pool: state.hot.pool(),
     };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -2,6 +2,8 @@
 //! (one JSON file: memory, transcript, model fingerprint, format version) and import. A session is
 //! visible only to the key that created it; to any other it does not exist (404).
 
+use std::sync::atomic::Ordering;
+
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -19,6 +21,7 @@ use super::types::{now, MessageView};
 use super::AppState;
 use crate::engine::channel::SubmitError;
 use crate::session::{MemoryParts, TurnReading};
+use crate::store::hot::{LiveMemory, SlotGuard};
 use crate::store::{ForkOf, SessionHead, SessionRecord};
 use crate::tokenizer::Transcript;
 
@@ -298,6 +301,9 @@ pub async fn delete(
 }
 
 /// A new session that starts from this one's last stored turn (memory and transcript copied).
+/// Where this replica keeps the source's memory of that turn in RAM, the fork's memory shares its
+/// buffers until either session writes (copy on write), so forking a long session costs no copy
+/// of its past in RAM.
 #[utoipa::path(post, path = "/v1/sessions/{id}/fork", tag = "sessions", params(("id" = String, Path)),
     responses((status = 201, body = SessionObject), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -306,6 +312,8 @@ pub async fn fork(
     caller: Caller,
     SessionId(id): SessionId,
 ) -> Result<Response, ApiError> {
+    // Holding the source's slot keeps this replica's turns of it from committing meanwhile.
+    let source = state.hot.try_claim_existing(&id);
     let fork = ForkOf {
         source: &id,
         owner: &caller.0,
@@ -317,7 +325,42 @@ pub async fn fork(
         .fork(fork)
         .await?
         .ok_or_else(|| RequestError::UnknownSession(id.clone()))?;
+    if let Some(source) = source {
+        share_kept_memory(&state, &id, source, &head).await?;
+    }
     Ok((StatusCode::CREATED, Json(SessionObject::of(head, false))).into_response())
+}
+
+/// Keeps a fork of the source's kept memory as `fork`'s, when it is the memory of the turn the
+/// store copied: the source's stored version is still the kept one's (versions only grow, so no
+/// turn committed on any replica since that memory was kept, and the fork copied that turn).
+async fn share_kept_memory(
+    state: &AppState,
+    source_id: &str,
+    source: SlotGuard,
+    fork: &SessionHead,
+) -> Result<(), ApiError> {
+    let Some(kept_version) = source.live.as_ref().map(|live| live.version) else {
+        return Ok(());
+    };
+    let stored = state.store.head(source_id).await?;
+    if stored.is_none_or(|head| head.version != kept_version) {
+        return Ok(());
+    }
+    let Some(memory) = source.live.as_ref().map(|live| live.memory.fork()) else {
+        return Ok(());
+    };
+    drop(source);
+    if let Some(mut slot) = state.hot.try_claim(&fork.id) {
+        let evicted = state
+            .hot
+            .keep(&mut slot, LiveMemory::new(fork.version, memory));
+        state
+            .metrics
+            .pool_evictions
+            .fetch_add(evicted as u64, Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 /// The session as one file: memory bytes, transcript, model fingerprint, format version.

@@ -284,10 +284,13 @@ async fn finish(
             metrics
                 .block_deletes
                 .fetch_add(committed.blocks_deleted, Ordering::Relaxed);
-            turn.slot.live = Some(LiveMemory {
-                version: committed.version,
-                memory: kept.memory,
-            });
+            let evicted = state.hot.keep(
+                &mut turn.slot,
+                LiveMemory::new(committed.version, kept.memory),
+            );
+            metrics
+                .pool_evictions
+                .fetch_add(evicted as u64, Ordering::Relaxed);
             done
         }
         Ok(None) => {

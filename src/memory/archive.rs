@@ -119,6 +119,28 @@ impl Archive {
         self.keys.bytes() + self.values.bytes() + self.representatives.bytes()
     }
 
+    /// The RAM buffers of keys, values and representatives, by address, with their bytes (spare
+    /// room included; spilled rows hold none).
+    pub fn resident_buffers(&self) -> impl Iterator<Item = (usize, usize)> {
+        self.keys
+            .resident_buffers()
+            .chain(self.values.resident_buffers())
+            .chain(self.representatives.resident_buffer())
+    }
+
+    /// The same blocks over the same buffers until either archive writes ([`Window::share`]): a
+    /// fork of a long session costs no copy of its archive. Reads are counted afresh.
+    pub fn share(&self) -> Self {
+        Self {
+            block_len: self.block_len,
+            keys: self.keys.share(),
+            values: self.values.share(),
+            representatives: self.representatives.share(),
+            pushed: self.pushed,
+            reads: self.reads.as_ref().map(|_| ReadCounts::default()),
+        }
+    }
+
     /// Appends one block: keys (rotated to the memory position) and values `[B, H_kv, block_len, D]`.
     /// A block that cannot be stored (a spill file that cannot be made) leaves the archive as it was.
     pub fn push(&mut self, keys: &Tensor, values: &Tensor) -> Result<(), SpillError> {

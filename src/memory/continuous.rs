@@ -8,6 +8,7 @@
 
 use crate::ltm::sticky::point_mass_histogram;
 use crate::ltm::{quadrature_log_weights, LongTermMemory, MemoryOperators};
+use std::sync::Arc;
 use tch::{Kind, Tensor};
 
 /// What the attention reads from the signal: R points per key/value head and their ln w_k.
@@ -27,6 +28,9 @@ pub struct ContinuousTier {
     operators: MemoryOperators,
     memory: Option<LongTermMemory>,
     points: Option<MemoryPoints>,
+    /// Every tier over the same signal holds a clone of this; while there is more than one (a
+    /// fork, [`ContinuousTier::fork`]), the signal's state is copied before it changes.
+    owners: Arc<()>,
 }
 
 impl ContinuousTier {
@@ -37,6 +41,7 @@ impl ContinuousTier {
             operators,
             memory: None,
             points: None,
+            owners: Arc::new(()),
         }
     }
 
@@ -50,6 +55,7 @@ impl ContinuousTier {
             operators,
             memory,
             points,
+            owners: Arc::new(()),
         }
     }
 
@@ -90,8 +96,67 @@ impl ContinuousTier {
         state + points
     }
 
+    /// The tier's RAM as one entry, by the address of its coefficients (or points), with
+    /// [`ContinuousTier::bytes`]; `None` before anything was absorbed.
+    pub fn resident_buffer(&self) -> Option<(usize, usize)> {
+        let anchor = match (&self.memory, &self.points) {
+            (Some(memory), _) => memory.coefficients(),
+            (None, Some(points)) => &points.keys,
+            (None, None) => return None,
+        };
+        Some((anchor.data_ptr() as usize, self.bytes()))
+    }
+
+    /// The same signal and points for a forked memory, shared until either tier changes them:
+    /// the signal's state is copied then ([`ContinuousTier::own`]); the points are replaced
+    /// whole, never written in place.
+    pub fn fork(&self) -> Self {
+        Self {
+            operators: self.operators.share(),
+            memory: self
+                .memory
+                .as_ref()
+                .map(|m| self.signal_copy(m, Tensor::shallow_clone)),
+            points: self.points.as_ref().map(|p| MemoryPoints {
+                keys: p.keys.shallow_clone(),
+                values: p.values.shallow_clone(),
+                bias: p.bias.shallow_clone(),
+            }),
+            owners: Arc::clone(&self.owners),
+        }
+    }
+
+    /// Makes the signal's state this tier's own before it changes in place, when it is shared.
+    fn own(&mut self) {
+        if Arc::strong_count(&self.owners) > 1 {
+            self.memory = self
+                .memory
+                .as_ref()
+                .map(|m| self.signal_copy(m, Tensor::copy));
+            self.owners = Arc::new(());
+        }
+    }
+
+    /// `memory`'s state with each tensor passed through `tensor` (a copy, or a shared handle).
+    fn signal_copy(
+        &self,
+        memory: &LongTermMemory,
+        tensor: fn(&Tensor) -> Tensor,
+    ) -> LongTermMemory {
+        LongTermMemory::from_state(
+            &self.operators,
+            tensor(memory.coefficients()),
+            tensor(memory.attention_mass()),
+            tensor(memory.token_density()),
+            memory.tokens_absorbed().to_vec(),
+            memory.updates().to_vec(),
+        )
+        .expect("a signal's own state has the operators' shapes")
+    }
+
     /// Absorbs one chunk: keys (rotated to the memory position) and values `[B, H_kv, C, D]`.
     pub fn absorb(&mut self, keys: &Tensor, values: &Tensor) {
+        self.own();
         let (b, h, c, d) = keys.size4().expect("keys are [B, H_kv, C, D]");
         let fold = |t: &Tensor| t.permute([0, 2, 1, 3]).reshape([b, c, h * d]);
         let chunk = Tensor::cat(&[fold(keys), fold(values)], 2).to_kind(self.operators.kind());
@@ -120,8 +185,12 @@ impl ContinuousTier {
 
     /// Records the softmax mass `[B, ..., R]` that landed on the points, for sticky memories (§4, §9.2).
     pub fn record_attention(&mut self, mass: &Tensor) {
+        if !self.wants_attention() {
+            return;
+        }
+        self.own();
         let ops = &self.operators;
-        if let (true, Some(memory)) = (ops.config().sticky, self.memory.as_mut()) {
+        if let Some(memory) = self.memory.as_mut() {
             let bins = ops.config().sticky_bins;
             memory.record_attention(&point_mass_histogram(
                 &mass.to_kind(Kind::Float),

@@ -144,6 +144,47 @@ impl LayerMemory {
         }
     }
 
+    /// The RAM buffers of every tier, by address, with their bytes including spare room (what
+    /// [`LayerMemory::stats`] counts is the tokens' bytes alone). Forks share addresses.
+    pub fn resident_buffers(&self) -> Vec<(usize, usize)> {
+        let windows = [
+            &self.keys,
+            &self.values,
+            &self.stm_keys,
+            &self.staged_keys,
+            &self.staged_values,
+        ];
+        let signal = self
+            .continuous
+            .as_ref()
+            .and_then(ContinuousTier::resident_buffer);
+        windows
+            .into_iter()
+            .filter_map(Window::resident_buffer)
+            .chain(self.archive.resident_buffers())
+            .chain(signal)
+            .collect()
+    }
+
+    /// A memory that starts where this one is and then goes its own way: every tier's buffers
+    /// shared until either memory writes into them (copy on write, [`Window::share`]), the
+    /// signal's small state copied. Reads are counted afresh.
+    pub fn fork(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            keys: self.keys.share(),
+            values: self.values.share(),
+            stm_keys: self.stm_keys.share(),
+            archive: self.archive.share(),
+            staged_keys: self.staged_keys.share(),
+            staged_values: self.staged_values.share(),
+            continuous: self.continuous.as_ref().map(ContinuousTier::fork),
+            evicted: self.evicted,
+            dropped: self.dropped,
+            signal_mass: None,
+        }
+    }
+
     /// Moves the oldest `blocks` blocks of the STM into the archive (or towards the signal), one
     /// block at a time, re-basing the rotated STM once, and keeps the archive within its budget.
     fn evict_blocks(&mut self, blocks: i64, rope: &RopeTable) -> Result<(), SpillError> {

@@ -1,16 +1,27 @@
-//! A fixed-capacity run of per-token rows `[B, H, len, D]` in one preallocated buffer: appends
-//! write in place, and dropping the oldest tokens shifts the rest once. The short-term memory
-//! lives in these, so a decode step allocates nothing that grows with the conversation. A window
-//! may keep its buffer in a memory-mapped spill file ([`Storage`]) instead of RAM.
+//! A run of per-token rows `[B, H, len, D]` in one buffer with spare room: appends write in
+//! place, and dropping the oldest tokens shifts the rest once. The short-term memory lives in
+//! these, so a decode step allocates nothing that grows with the conversation. The buffer grows by
+//! a quarter when full, so the RAM a memory holds stays within a quarter (or one granule) of the
+//! bytes its tokens need ([`Window::resident_bytes`]). A window may keep its buffer in a
+//! memory-mapped spill file ([`Storage`]) instead of RAM. A forked memory's windows share their
+//! parent's buffers ([`Window::share`]) until either writes: the writer copies first.
+
+use std::sync::Arc;
 
 use super::spill::{SpillError, Storage};
 use crate::model::host_attention;
 use tch::Tensor;
 
+/// Tokens a buffer holds at least: a short window grows from here.
+const MIN_CAPACITY: i64 = 64;
+
 /// Token rows of one kind (pre-RoPE keys, rotated keys or values) for every batch row and head.
 #[derive(Debug)]
 pub struct Window {
     buffer: Option<Tensor>, // [B, H, capacity, D]
+    /// Every window over `buffer` holds a clone of this; while there is more than one, the buffer
+    /// is shared ([`Window::share`]) and a write copies it first (copy on write).
+    owners: Arc<()>,
     len: i64,
     storage: Storage,
     /// The buffer's capacity is a multiple of this (1, or an archive's block length).
@@ -27,6 +38,7 @@ impl Window {
     pub fn in_storage(storage: Storage) -> Self {
         Self {
             buffer: None,
+            owners: Arc::new(()),
             len: 0,
             storage,
             granule: 1,
@@ -48,10 +60,36 @@ impl Window {
         let len = rows.as_ref().map_or(0, |r| r.size()[2]);
         Self {
             buffer: rows.map(|r| r.contiguous()),
+            owners: Arc::new(()),
             len,
             storage: Storage::Ram,
             granule: 1,
         }
+    }
+
+    /// The same tokens over the same buffer, shared until either window writes: a write into a
+    /// shared buffer copies it first, so neither window ever sees the other's later tokens.
+    pub fn share(&self) -> Self {
+        Self {
+            buffer: self.buffer.as_ref().map(Tensor::shallow_clone),
+            owners: Arc::clone(&self.owners),
+            len: self.len,
+            storage: self.storage.clone(),
+            granule: self.granule,
+        }
+    }
+
+    /// Whether another window reads this one's buffer ([`Window::share`]).
+    fn is_shared(&self) -> bool {
+        Arc::strong_count(&self.owners) > 1
+    }
+
+    /// The RAM address of the buffer (the same for windows that share it), with its
+    /// [`Window::resident_bytes`]; `None` when the window holds no RAM.
+    pub fn resident_buffer(&self) -> Option<(usize, usize)> {
+        let bytes = self.resident_bytes();
+        let buffer = self.buffer.as_ref().filter(|_| bytes > 0)?;
+        Some((buffer.data_ptr() as usize, bytes))
     }
 
     /// Tokens held.
@@ -67,6 +105,14 @@ impl Window {
     pub fn bytes(&self) -> usize {
         self.view()
             .map_or(0, |t| t.numel() * t.kind().elt_size_in_bytes())
+    }
+
+    /// Bytes of RAM the buffer holds, spare room included (none when it lies in a spill file).
+    pub fn resident_bytes(&self) -> usize {
+        match (&self.buffer, &self.storage) {
+            (Some(buffer), Storage::Ram) => buffer.numel() * buffer.kind().elt_size_in_bytes(),
+            _ => 0,
+        }
     }
 
     /// The held tokens `[B, H, len, D]` (a view; empty before the first append).
@@ -85,7 +131,7 @@ impl Window {
             .expect("a window in RAM allocates without a file");
     }
 
-    /// Appends `rows` `[B, H, T, D]`, growing the buffer (by doubling) only when it is full; the
+    /// Appends `rows` `[B, H, T, D]`, growing the buffer (by a quarter) only when it is full; the
     /// grown buffer is allocated in the window's storage, so a spilled window can fail here.
     pub fn try_append(&mut self, rows: &Tensor) -> Result<(), SpillError> {
         let t = rows.size()[2];
@@ -96,37 +142,47 @@ impl Window {
     }
 
     /// Appends one token's rows (f32, `[B, H, D]` row-major) in place, in the buffer's kind, when
-    /// the buffer has room for it on the CPU ([`host_attention::write_position`]); `false`,
+    /// the buffer is this window's alone and has room for it on the CPU ([`host_attention::write_position`]); `false`,
     /// appending nothing, otherwise (the caller appends a tensor instead).
     pub fn append_row(&mut self, rows: &[f32]) -> bool {
-        let written = self
-            .buffer
-            .as_ref()
-            .is_some_and(|buffer| host_attention::write_position(buffer, self.len, rows));
+        let written = !self.is_shared()
+            && self
+                .buffer
+                .as_ref()
+                .is_some_and(|buffer| host_attention::write_position(buffer, self.len, rows));
         self.len += i64::from(written);
         written
     }
 
-    /// The buffer (a handle to it), grown (in the window's storage, to at least double, and to
-    /// whole granules) when it holds fewer than `needed` tokens; `like` gives the shape of a row
-    /// and the dtype when nothing is allocated yet.
+    /// The buffer (a handle to it), this window's own and with room for `needed` tokens: grown (in
+    /// the window's storage, by at least a quarter, to at least [`MIN_CAPACITY`] tokens and to
+    /// whole granules) when it holds fewer, copied when it is shared ([`Window::share`]); `like`
+    /// gives the shape of a row and the dtype when nothing is allocated yet.
     fn reserve(&mut self, needed: i64, like: &Tensor) -> Result<Tensor, SpillError> {
         let capacity = self.buffer.as_ref().map_or(0, |b| b.size()[2]);
-        if needed > capacity {
+        if needed > capacity || self.is_shared() {
             let size = like.size();
-            let grown_capacity = needed.max(2 * capacity).max(64);
-            let grown_capacity = round_up(grown_capacity, self.granule);
-            let grown = self.storage.zeros(
-                &[size[0], size[1], grown_capacity, size[3]],
+            // Growing by a quarter copies each token about five times over the window's life (by
+            // doubling, twice) and leaves at most a quarter of the buffer spare (not half).
+            let new_capacity = if needed > capacity {
+                round_up(
+                    needed.max(capacity + capacity / 4).max(MIN_CAPACITY),
+                    self.granule,
+                )
+            } else {
+                capacity
+            };
+            let own = self.storage.zeros(
+                &[size[0], size[1], new_capacity, size[3]],
                 like.kind(),
                 like.device(),
             )?;
             if let Some(old) = &self.buffer {
-                grown
-                    .narrow(2, 0, self.len)
+                own.narrow(2, 0, self.len)
                     .copy_(&old.narrow(2, 0, self.len));
             }
-            self.buffer = Some(grown);
+            self.buffer = Some(own);
+            self.owners = Arc::new(());
         }
         Ok(self
             .buffer
@@ -180,10 +236,18 @@ impl Window {
             start + n,
             self.len
         );
-        let buffer = self
+        let held = self
             .buffer
             .as_ref()
-            .expect("a window with tokens has a buffer");
+            .expect("a window with tokens has a buffer")
+            .shallow_clone();
+        // A shared buffer is copied before the later tokens move up in it; where no spill file
+        // can be made for the copy, this window's copy lives in RAM instead.
+        let buffer = self.reserve(self.len, &held).unwrap_or_else(|_| {
+            self.storage = Storage::Ram;
+            self.reserve(self.len, &held)
+                .expect("a window in RAM allocates without a file")
+        });
         let taken = buffer.narrow(2, start, n).copy();
         let after = self.len - start - n;
         let rest = buffer.narrow(2, start + n, after).copy();
@@ -209,13 +273,63 @@ mod tests {
     use super::*;
     use tch::{Device, Kind};
 
+    /// Tokens `from..from + n`, each row of every batch row and head filled with its number.
+    fn rows(from: i64, n: i64) -> Tensor {
+        Tensor::arange_start(from, from + n, (Kind::Float, Device::Cpu))
+            .view([1, 1, n, 1])
+            .expand([2, 3, n, 4], false)
+    }
+
+    #[test]
+    fn shared_windows_copy_before_writing_and_never_see_each_others_tokens() {
+        let mut parent = Window::new();
+        parent.append(&rows(0, 40));
+        let mut child = parent.share();
+        assert_eq!(
+            parent.resident_buffer(),
+            child.resident_buffer(),
+            "one buffer"
+        );
+        // The fork writes first: it copies; then the parent writes in place into its own.
+        child.append(&rows(100, 5));
+        assert_ne!(parent.resident_buffer(), child.resident_buffer());
+        let before = parent.resident_buffer();
+        parent.append(&rows(40, 5));
+        assert_eq!(
+            parent.resident_buffer(),
+            before,
+            "no longer shared: written in place"
+        );
+        assert!(parent.view().unwrap().equal(&rows(0, 45)));
+        let expected = Tensor::cat(&[rows(0, 40), rows(100, 5)], 2);
+        assert!(child.view().unwrap().equal(&expected));
+        // Taking tokens out of a shared window leaves the other's alone; so does a host append,
+        // which declines on a shared buffer.
+        let mut other = parent.share();
+        assert!(other.take_front(10).equal(&rows(0, 10)));
+        assert!(other.view().unwrap().equal(&rows(10, 35)));
+        assert!(parent.view().unwrap().equal(&rows(0, 45)));
+        let third = parent.share();
+        assert!(!parent.append_row(&[7.0; 2 * 3 * 4]));
+        assert!(third.view().unwrap().equal(&rows(0, 45)));
+    }
+
+    #[test]
+    fn buffers_grow_by_a_quarter_and_hold_at_most_that_spare() {
+        let mut w = Window::new();
+        for n in 0..200 {
+            w.append(&rows(n, 1));
+            let capacity = w.resident_bytes() / (2 * 3 * 4 * 4);
+            let len = w.len() as usize;
+            assert!(
+                capacity >= len && capacity <= (len + len / 4).max(64),
+                "{len} in {capacity}"
+            );
+        }
+    }
+
     #[test]
     fn appends_and_takes_in_token_order() {
-        let rows = |from: i64, n: i64| {
-            Tensor::arange_start(from, from + n, (Kind::Float, Device::Cpu))
-                .view([1, 1, n, 1])
-                .expand([2, 3, n, 4], false)
-        };
         let mut w = Window::new();
         w.append(&rows(0, 50));
         w.append(&rows(50, 30)); // grows past the first 64 slots

@@ -100,6 +100,29 @@ impl SessionMemory {
         }
     }
 
+    /// The RAM buffers of every layer, by address (a fork shares its parent's until either
+    /// writes), with their bytes including spare room.
+    pub fn resident_buffers(&self) -> Vec<(usize, usize)> {
+        self.layers
+            .iter()
+            .flat_map(LayerMemory::resident_buffers)
+            .collect()
+    }
+
+    /// Bytes of RAM the memory's buffers hold, spare room included.
+    pub fn resident_bytes(&self) -> usize {
+        self.resident_buffers().iter().map(|(_, bytes)| bytes).sum()
+    }
+
+    /// A new session's memory that starts where this one is: it shares this memory's buffers
+    /// until either writes into them ([`LayerMemory::fork`]), so a fork costs no copy of the past.
+    pub fn fork(&self) -> Self {
+        Self {
+            layers: self.layers.iter().map(LayerMemory::fork).collect(),
+            fingerprint: self.fingerprint.clone(),
+        }
+    }
+
     /// What the memory read since the last call, over every layer (see [`TurnReading`]), and a
     /// fresh count.
     pub fn take_reading(&mut self) -> TurnReading {

@@ -314,3 +314,48 @@ fn the_same_window_gives_the_same_logits_at_token_one_million() {
     assert_eq!((near_seen, far_seen), (514, 1_000_194));
     assert!(near.equal(&far), "differs by {}", (near - far).abs().max());
 }
+
+/// A fork shares its parent's buffers until either writes: beside a long exact archive it adds
+/// under 5% of the parent's bytes (the signal's small state is copied, everything else shared).
+/// Then each goes its own way, whichever writes first, exactly as two independent copies of the
+/// memory would: bit-identical logits and bytes; with the signal in use and with a long archive.
+#[test]
+fn a_fork_shares_the_past_until_either_writes_then_each_continues_exactly() {
+    let model = tiny(Precision::F32);
+    let long_archive = MemoryConfig {
+        archive_budget: 1 << 20,
+        ..layout().config().clone()
+    };
+    let long_archive = MemoryLayout::new(long_archive, 128, Device::Cpu).unwrap();
+    for (layout, n) in [(layout(), 100), (long_archive, 2000)] {
+        let mut parent = filled(&model, &layout, n);
+        let alone = parent.resident_bytes();
+        let mut child = parent.fork();
+        let together: usize = parent
+            .resident_buffers()
+            .into_iter()
+            .chain(child.resident_buffers())
+            .collect::<std::collections::HashMap<_, _>>()
+            .values()
+            .sum();
+        assert!(together >= alone);
+        if n == 2000 {
+            assert!(
+                together - alone < alone / 20,
+                "a fork of {alone} bytes added {}",
+                together - alone
+            );
+        }
+        let copy = || SessionMemory::from_bytes(&parent.to_bytes(), &model, &layout).unwrap();
+        let (mut as_child, mut as_parent) = (copy(), copy());
+        let (child_tokens, parent_tokens) = (tokens(20, 5), tokens(20, 6));
+        let child_logits = prefill(&model, child.caches(), &child_tokens, 3).unwrap();
+        let parent_logits = prefill(&model, parent.caches(), &parent_tokens, 3).unwrap();
+        let expected = prefill(&model, as_child.caches(), &child_tokens, 3).unwrap();
+        assert!(child_logits.equal(&expected), "the fork, n = {n}");
+        let expected = prefill(&model, as_parent.caches(), &parent_tokens, 3).unwrap();
+        assert!(parent_logits.equal(&expected), "the parent, n = {n}");
+        assert_eq!(child.to_bytes(), as_child.to_bytes());
+        assert_eq!(parent.to_bytes(), as_parent.to_bytes());
+    }
+}

@@ -3,6 +3,7 @@
 //! memories in front of it ([`hot::HotSessions`]).
 
 mod blocks;
+pub mod budget;
 pub mod hot;
 pub mod sql;
 

@@ -86,6 +86,22 @@ impl Rows {
         self.codes.bytes() + self.scales.as_ref().map_or(0, Window::bytes)
     }
 
+    /// The RAM buffers held, by address, with their bytes (spare room included).
+    pub fn resident_buffers(&self) -> impl Iterator<Item = (usize, usize)> {
+        let codes = self.codes.resident_buffer();
+        codes
+            .into_iter()
+            .chain(self.scales.as_ref().and_then(Window::resident_buffer))
+    }
+
+    /// The same rows over the same buffers until either writes ([`Window::share`]).
+    pub fn share(&self) -> Self {
+        Self {
+            codes: self.codes.share(),
+            scales: self.scales.as_ref().map(Window::share),
+        }
+    }
+
     /// Appends rows `[B, H, T, D]` given in the model's dtype (quantised here when int8).
     pub fn append(&mut self, rows: &Tensor) -> Result<(), SpillError> {
         match &mut self.scales {
