@@ -34,7 +34,7 @@ use axum::Router;
 use crate::config::{LogFormat, ServeConfig};
 use crate::engine::channel::TurnEngine;
 use crate::engine::worker::{Engine, EngineOptions};
-use crate::store::hot::HotSessions;
+use crate::store::hot::{HotSessions, LiveMemory, SlotGuard};
 use crate::store::sql::SqlStore;
 use crate::store::SessionStore;
 use auth::ApiKeys;
@@ -60,6 +60,17 @@ pub struct AppState {
     pub log_memory_stats: bool,
     /// Serve the playground page (off with `--no-playground`).
     pub playground: bool,
+}
+
+impl AppState {
+    /// Keeps a session's memory in its slot within the pool's budget ([`HotSessions::keep`]),
+    /// counting the memories that left RAM for it.
+    fn keep_memory(&self, slot: &mut SlotGuard, live: LiveMemory) {
+        let evicted = self.hot.keep(slot, live);
+        self.metrics
+            .pool_evictions
+            .fetch_add(evicted as u64, Ordering::Relaxed);
+    }
 }
 
 /// Request body limits: every route's, and the session import's (which carries a whole memory).
@@ -161,8 +172,9 @@ async fn run(config: ServeConfig, keys: ApiKeys) -> Result<()> {
         .await
         .context("opening the session store")?;
     tracing::info!(backend = ?store.backend(), "session store ready");
+    let pool_budget = config.memory_pool_budget();
     tracing::info!(
-        budget_bytes = config.memory_pool_budget(),
+        budget_bytes = pool_budget,
         "session memories kept between turns share this budget (--memory-pool-bytes)"
     );
     let (engine, loaded) = Engine::start(EngineOptions {
@@ -174,7 +186,7 @@ async fn run(config: ServeConfig, keys: ApiKeys) -> Result<()> {
     let state = AppState {
         engine: Arc::new(engine),
         store: Arc::new(store),
-        hot: Arc::new(HotSessions::with_budget(config.memory_pool_budget())),
+        hot: Arc::new(HotSessions::with_budget(pool_budget)),
         keys: Arc::new(keys),
         metrics: Arc::new(Metrics::default()),
         limits: Limits {

@@ -2,8 +2,6 @@
 //! (one JSON file: memory, transcript, model fingerprint, format version) and import. A session is
 //! visible only to the key that created it; to any other it does not exist (404).
 
-use std::sync::atomic::Ordering;
-
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -352,13 +350,7 @@ async fn share_kept_memory(
     };
     drop(source);
     if let Some(mut slot) = state.hot.try_claim(&fork.id) {
-        let evicted = state
-            .hot
-            .keep(&mut slot, LiveMemory::new(fork.version, memory));
-        state
-            .metrics
-            .pool_evictions
-            .fetch_add(evicted as u64, Ordering::Relaxed);
+        state.keep_memory(&mut slot, LiveMemory::new(fork.version, memory));
     }
     Ok(())
 }

@@ -284,13 +284,10 @@ async fn finish(
             metrics
                 .block_deletes
                 .fetch_add(committed.blocks_deleted, Ordering::Relaxed);
-            let evicted = state.hot.keep(
+            state.keep_memory(
                 &mut turn.slot,
                 LiveMemory::new(committed.version, kept.memory),
             );
-            metrics
-                .pool_evictions
-                .fetch_add(evicted as u64, Ordering::Relaxed);
             done
         }
         Ok(None) => {

@@ -142,8 +142,9 @@ impl Window {
     }
 
     /// Appends one token's rows (f32, `[B, H, D]` row-major) in place, in the buffer's kind, when
-    /// the buffer is this window's alone and has room for it on the CPU ([`host_attention::write_position`]); `false`,
-    /// appending nothing, otherwise (the caller appends a tensor instead).
+    /// the buffer is this window's alone and has room for it on the CPU
+    /// ([`host_attention::write_position`]); `false`, appending nothing, otherwise (the caller
+    /// appends a tensor instead).
     pub fn append_row(&mut self, rows: &[f32]) -> bool {
         let written = !self.is_shared()
             && self
