@@ -81,6 +81,7 @@ pub fn prompt(length: usize) -> Vec<u32> {
 /// Whether the peer prefills one token per call: on CPUs with AMX, where the llama-cpp-python
 /// build crashes on batches of two or more tokens (its prefill figures are then not its best), or
 /// when `INFINI_BENCH_PEER_BATCHED=0`; `=1` forces batches.
+#[allow(dead_code)] // each bench target compiles this module; the batch bench has no peer of its own
 pub fn peer_prefills_token_by_token() -> bool {
     match std::env::var("INFINI_BENCH_PEER_BATCHED").as_deref() {
         Ok("1") => false,
@@ -89,6 +90,7 @@ pub fn peer_prefills_token_by_token() -> bool {
     }
 }
 
+#[allow(dead_code)] // each bench target compiles this module; the batch bench has no peer of its own
 pub fn peer(root: &Path, prompts: &[Vec<u32>], decode: usize, threads: i32) -> Result<Vec<Speed>> {
     let file =
         std::env::temp_dir().join(format!("infini-bench-prompts-{}.json", std::process::id()));

@@ -3,8 +3,8 @@
 //! once per step instead of once per sequence. Attention is the one part that differs per row:
 //! each row takes in its own new keys and reads its own memory (sinks, STM, archive, LTM at its own
 //! positions, `infinity-former.md` §9.7), so [`Rows`] hands every row to its own cache. A decode
-//! step of a few rows on host memory hands each row its own host step, so no row's read goes
-//! through tensors where its cache can read on the host.
+//! step on host memory hands each row its own host step, so no row's read goes through tensors
+//! where its cache can read on the host.
 
 use tch::{Kind, Tensor};
 
@@ -108,10 +108,9 @@ fn read_through_tensors<C: LayerCache>(
 }
 
 /// Feeds `tokens[b]` to the sequence whose per-layer caches are `memories[b]`, and returns each
-/// row's next-token logits `[B, V]` (f32). All rows go in one forward pass, or, where the model
-/// runs a few rows on host memory ([`Llama::host_rows`]), in groups of that many: each weight is
-/// then read once per group instead of once for all, but every matrix and every row's attention
-/// stays in our kernels instead of libtorch's dense path.
+/// row's next-token logits `[B, V]` (f32), all rows in one forward pass: each weight is read once
+/// per step. Where the model decodes on host memory ([`Llama::decodes_on_host`]), every matrix and
+/// every row's attention stays in our kernels instead of libtorch's per-operation dispatch.
 pub fn decode_rows<'a, C: LayerCache + 'a>(
     model: &Llama,
     memories: impl IntoIterator<Item = &'a mut [C]>,
@@ -125,24 +124,6 @@ pub fn decode_rows<'a, C: LayerCache + 'a>(
             memories.len()
         )));
     }
-    let group = model.host_rows().unwrap_or(tokens.len()).max(1);
-    let logits = memories
-        .chunks_mut(group)
-        .zip(tokens.chunks(group))
-        .map(|(memories, tokens)| decode_group(model, memories, tokens))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(match logits.as_slice() {
-        [one] => one.shallow_clone(),
-        _ => Tensor::cat(&logits, 0),
-    })
-}
-
-/// One forward pass of [`decode_rows`]: `tokens[b]` into `memories[b]`.
-fn decode_group<C: LayerCache>(
-    model: &Llama,
-    memories: &mut [&mut [C]],
-    tokens: &[u32],
-) -> Result<Tensor, ModelError> {
     let layers = model.config().num_layers as usize;
     let mut per_layer: Vec<Rows<'_, C>> = (0..layers)
         .map(|_| Rows {
@@ -206,16 +187,17 @@ mod tests {
         }
     }
 
-    /// On host memory a step of more rows than the host path takes runs as groups of at most that
-    /// many, and within a group every row reads on the host or, where its memory declines (an int8
-    /// archive), through tensors: each row must still compute what it computes alone.
+    /// On host memory a step of more rows than one pass of the kernel takes (8) runs as one batch
+    /// in which every row reads on the host or, where its memory declines (an int8 archive),
+    /// through tensors: each row must still compute what it computes alone.
     #[test]
-    fn host_groups_and_rows_that_decline_compute_what_each_row_computes_alone() {
+    fn many_host_rows_and_rows_that_decline_compute_what_each_row_computes_alone() {
         let model = tiny(Precision::Int4);
-        let most = model
-            .host_rows()
-            .expect("the int4 tiny model runs on the host");
-        let rows = most + 3;
+        assert!(
+            model.decodes_on_host(),
+            "the int4 tiny model decodes on the host"
+        );
+        let rows = crate::model::linear::INT4_MAX_ROWS as usize + 3;
         let layout = |row: usize| {
             let config = MemoryConfig {
                 sinks: 2,

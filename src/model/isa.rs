@@ -10,7 +10,7 @@ pub(super) enum Level {
     /// AVX2 with fused multiply-add and f16 conversions (F16C), as every AVX2 CPU has them.
     #[cfg(target_arch = "x86_64")]
     Avx2,
-    /// AVX-512 Foundation, on a CPU that has the AVX2 level too.
+    /// AVX-512 Foundation and Byte/Word (16-bit lanes), on a CPU that has the AVX2 level too.
     #[cfg(target_arch = "x86_64")]
     Avx512,
 }
@@ -32,7 +32,10 @@ impl Isa {
             {
                 levels.push(Isa(Level::Avx2));
             }
-            if levels.len() > 1 && std::arch::is_x86_feature_detected!("avx512f") {
+            if levels.len() > 1
+                && std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+            {
                 levels.push(Isa(Level::Avx512));
             }
         }

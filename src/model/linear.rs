@@ -176,6 +176,12 @@ pub fn prefill_kind() -> Kind {
 /// kernel (2-core EPYC, one thread, 1536×576): int4 0.07 ms vs bf16 0.21 ms at 2 rows, equal at 8,
 /// and at 512 rows (prefill) 11.8 ms vs 1.2 ms: an int4 kernel streams fewer bytes but has no GEMM
 /// blocking. Ours (`super::q4`) reads each weight row once for all rows of a product, likewise.
+///
+/// A decode step on host memory multiplies every row in our kernel whatever their number (see
+/// `super::llama`): a row's logits then do not depend on its batch. The dense bf16 copy on a CPU
+/// with native bf16 (AVX-512 EPYC, `make bench-batch`) was no faster for a whole step at 8 or 16
+/// rows (23 against 26–31 ms at 8, 58–62 against 54–77 ms at 16) and faster only at 64 (133–162
+/// against 183–191 ms), at the price of bf16 activations that move a row's logits with its batch.
 pub const INT4_MAX_ROWS: i64 = 8;
 
 impl Linear {
@@ -239,7 +245,7 @@ impl Linear {
             Linear::Dense(weight) => format!("dense {:?}", weight.kind()),
             Linear::Q8(_) => format!("Q8_0 ({} kernel)", super::isa::Isa::best().name()),
             Linear::Int4 { dense, .. } => format!(
-                "Q4_1 ({} kernel) up to {INT4_MAX_ROWS} rows, dense {:?} beyond",
+                "Q4_1 ({} kernel) for decode steps and up to {INT4_MAX_ROWS} rows, dense {:?} beyond",
                 super::q4::kernel_name(),
                 dense.kind()
             ),

@@ -514,19 +514,19 @@ impl Llama {
         format!("layers: {layers}; LM head: {}", self.lm_head.describe())
     }
 
-    /// Whether the blocks run `x` `[B, T, C]` on host memory ([`Block::forward_host`]): a few rows
-    /// (decode, at most [`Llama::host_rows`]) on the CPU, with every matrix in our int4 kernel.
+    /// Whether the blocks run `x` `[B, T, C]` on host memory ([`Block::forward_host`]): a decode
+    /// step (one new token per row, any number of rows) or a few rows (at most [`INT4_MAX_ROWS`]),
+    /// where the model can ([`Llama::decodes_on_host`]).
     fn runs_on_host(&self, x: &Tensor) -> bool {
-        let rows = x.numel() as i64 / self.config.hidden_size;
-        x.device() == Device::Cpu && self.host_rows().is_some_and(|most| rows as usize <= most)
+        let (b, t) = (x.size()[0], x.size()[1]);
+        x.device() == Device::Cpu && self.decodes_on_host() && (t == 1 || b * t <= INT4_MAX_ROWS)
     }
 
-    /// The most rows a forward pass runs on host memory ([`INT4_MAX_ROWS`]), when the model can
-    /// (on the CPU, every matrix in our int4 kernel); `None` otherwise.
-    pub fn host_rows(&self) -> Option<usize> {
-        (self.options.device == Device::Cpu
-            && self.layers.iter().all(|b| b.host_matrices().is_some()))
-        .then_some(INT4_MAX_ROWS as usize)
+    /// Whether a decode step runs on host memory: on the CPU with every matrix int4, each multiplied
+    /// by our kernel for every row of the step.
+    pub fn decodes_on_host(&self) -> bool {
+        self.options.device == Device::Cpu
+            && self.layers.iter().all(|b| b.host_matrices().is_some())
     }
 
     /// The model's identity (see `fingerprint`), e.g. `llama-1a2b3c4d5e6f7a8b-int4`.

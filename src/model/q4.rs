@@ -245,14 +245,10 @@ impl Q4Matrix {
     }
 }
 
-/// The kernel's code path on this CPU, for the start-up log: the AVX2 one on every AVX2 or AVX-512
-/// CPU (16-bit products gain nothing from wider vectors on a memory-bound product), else scalar.
+/// The kernel's code path on this CPU, for the start-up log: `avx512f` (with BW), `avx2` or
+/// `scalar`.
 pub fn kernel_name() -> &'static str {
-    if Isa::available().len() > 1 {
-        "avx2"
-    } else {
-        "scalar"
-    }
+    Isa::best().name()
 }
 
 /// The kernel for each [`Isa`]: for weight rows `first..first + C`, C = `out.len() / M` (each read
@@ -277,7 +273,10 @@ mod kernel {
             // SAFETY: an `Isa` of this level exists only on a CPU with AVX2 and FMA, which every
             // AVX-512 CPU has too.
             #[cfg(target_arch = "x86_64")]
-            Level::Avx2 | Level::Avx512 => unsafe { rows_avx2(w, first, x, out) },
+            Level::Avx2 => unsafe { rows_avx2(w, first, x, out) },
+            // SAFETY: an `Isa` of this level exists only on a CPU with AVX-512 F and BW.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => unsafe { rows_avx512(w, first, x, out) },
         }
     }
 
@@ -471,6 +470,170 @@ mod kernel {
         }
     }
 
+    /// Groups whose d, m, e and s one AVX-512 vector holds.
+    #[cfg(target_arch = "x86_64")]
+    const LANES: usize = 16;
+
+    /// AVX-512: a group of 32 weights is one vector of 16-bit lanes, so one `vpmaddwd` takes all
+    /// 32 products of a row (AVX2 takes two and an add). Before a weight row's groups are read,
+    /// d·e of every group is formed for each row of activations (16 groups per vector) and Σ m·s
+    /// starts that row's accumulator, so the loop over groups does only what depends on both:
+    /// per group and row, one load, one multiply-add of 16-bit lanes, one conversion and one fused
+    /// multiply-add with d·e broadcast from memory. Each row is summed exactly as alone.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn rows_avx512(w: &Q4Matrix, first: usize, x: &Activations, out: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let (k, groups) = (w.cols, w.cols / GROUP);
+        let m = x.rows();
+        let count = out.len() / m;
+        assert!(out.len() == m * count && x.codes.len() == m * k);
+        assert!(x.scales_sums.len() == m * groups);
+        assert!(w.codes.len() >= (first + count) * groups * GROUP_BYTES);
+        assert!(w.scales_mins.len() >= (first + count) * groups);
+        // d·e of every group for each of up to ROWS_AT_ONCE rows, in whole vectors of 16 groups.
+        let padded = groups.div_ceil(LANES) * LANES;
+        let mut de = vec![0f32; ROWS_AT_ONCE * padded];
+        // SAFETY: for weight row r < count, group g < groups and activation row i < m, the loads
+        // read w.codes[((first + r)·groups + g)·16 ..][..16], w.scales_mins[(first + r)·groups
+        // ..][..groups] and x.scales_sums[i·groups ..][..groups] (both masked past the row's
+        // last group), x.codes[i·k + 32g ..][..32] and de[j·padded + g] (j < ROWS_AT_ONCE); the
+        // stores write de[j·padded ..][..padded] and out[i·count + r]: within the lengths asserted
+        // or allocated above. AVX-512 F and BW are enabled on this function.
+        unsafe {
+            let nibble = _mm256_set1_epi16(15);
+            let (even_lanes, odd_lanes) = (
+                _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0),
+                _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1),
+            );
+            // Lanes 0..n of a vector (n ≤ 16).
+            let first_lanes = |n: usize| -> __mmask16 { ((1u32 << n) - 1) as u16 };
+            // e and s of activation row i's 16 groups from `at` on (zeros past its last group).
+            let es = |i: usize, at: usize| {
+                let pairs = x.scales_sums.as_ptr().add(i * groups + at).cast::<f32>();
+                let valid = 2 * (groups - at).min(LANES);
+                let low = _mm512_maskz_loadu_ps(first_lanes(valid.min(LANES)), pairs);
+                let high = _mm512_maskz_loadu_ps(
+                    first_lanes(valid.saturating_sub(LANES)),
+                    pairs.wrapping_add(LANES),
+                );
+                (
+                    _mm512_permutex2var_ps(low, even_lanes, high),
+                    _mm512_permutex2var_ps(low, odd_lanes, high),
+                )
+            };
+            for rows in (0..m).step_by(ROWS_AT_ONCE) {
+                for r in 0..count {
+                    let row = (first + r) * groups;
+                    let codes = w.codes.as_ptr().add(row * GROUP_BYTES);
+                    let scales_mins = w.scales_mins.as_ptr().add(row).cast::<i32>();
+                    // d and m of 16 groups from `at` on (zeros past the row's last group).
+                    let dm = |at: usize| {
+                        let mask = first_lanes((groups - at).min(LANES));
+                        let pairs = _mm512_maskz_loadu_epi32(mask, scales_mins.add(at));
+                        let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(pairs));
+                        let m =
+                            _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(pairs)));
+                        (d, m)
+                    };
+                    // Group g unpacked, asking early (every other group) for the codes and the
+                    // scales that come after, as the AVX2 path does.
+                    let unpack = |g: usize| {
+                        if g.is_multiple_of(2) {
+                            let ahead = codes.wrapping_add(g * GROUP_BYTES + PREFETCH_CODES);
+                            _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                            let ahead = scales_mins.wrapping_add(g + PREFETCH_CODES / GROUP_BYTES);
+                            _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                        }
+                        let bytes = _mm_loadu_si128(codes.add(g * GROUP_BYTES).cast());
+                        let words = _mm256_cvtepu8_epi16(bytes); // q_j | q_{j+16} << 4, j < 16
+                        let low = _mm256_and_si256(words, nibble);
+                        let high = _mm256_srli_epi16::<4>(words);
+                        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(low), high)
+                    };
+                    let n = (m - rows).min(ROWS_AT_ONCE);
+                    let mut offsets = [_mm512_setzero_ps(); ROWS_AT_ONCE];
+                    for at in (0..padded).step_by(LANES) {
+                        let (d, mins) = dm(at);
+                        for (j, offset) in offsets.iter_mut().enumerate().take(n) {
+                            let (e, s) = es(rows + j, at);
+                            _mm512_storeu_ps(
+                                de.as_mut_ptr().add(j * padded + at),
+                                _mm512_mul_ps(d, e),
+                            );
+                            *offset = _mm512_fmadd_ps(mins, s, *offset);
+                        }
+                    }
+                    let against = |unpacked: __m512i, j: usize, g: usize, sum: __m512| {
+                        let p = x.codes.as_ptr().add((rows + j) * k + g * GROUP);
+                        let dot = _mm512_madd_epi16(unpacked, _mm512_loadu_si512(p.cast()));
+                        let scale = _mm512_set1_ps(*de.get_unchecked(j * padded + g));
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, sum)
+                    };
+                    let sums = (&unpack, &against, offsets);
+                    let out =
+                        |j: usize, sum: f32| *out.get_unchecked_mut((rows + j) * count + r) = sum;
+                    match n {
+                        1 => sum_groups_512::<1>(groups, sums, out),
+                        2 => sum_groups_512::<2>(groups, sums, out),
+                        3 => sum_groups_512::<3>(groups, sums, out),
+                        4 => sum_groups_512::<4>(groups, sums, out),
+                        5 => sum_groups_512::<5>(groups, sums, out),
+                        6 => sum_groups_512::<6>(groups, sums, out),
+                        7 => sum_groups_512::<7>(groups, sums, out),
+                        _ => sum_groups_512::<ROWS_AT_ONCE>(groups, sums, out),
+                    }
+                }
+            }
+        }
+    }
+
+    /// One weight row's groups against N rows of activations (N known at compile time, so each
+    /// row's accumulators stay in registers), each row's sum starting at its Σ m·s lanes: `unpack(g)` and `against(unpacked, j, g, sum)` as in [`rows_avx512`]; `out(j, y)`
+    /// takes row j's result.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn sum_groups_512<const N: usize>(
+        groups: usize,
+        (unpack, against, offsets): (
+            &impl Fn(usize) -> std::arch::x86_64::__m512i,
+            &impl Fn(
+                std::arch::x86_64::__m512i,
+                usize,
+                usize,
+                std::arch::x86_64::__m512,
+            ) -> std::arch::x86_64::__m512,
+            [std::arch::x86_64::__m512; ROWS_AT_ONCE],
+        ),
+        mut out: impl FnMut(usize, f32),
+    ) {
+        use std::arch::x86_64::*;
+        // SAFETY (of the intrinsics): the caller, `rows_avx512`, has AVX-512 F and BW enabled and
+        // this function is inlined into it.
+        unsafe {
+            // Two accumulators per row (even and odd groups) keep two multiply-adds in flight.
+            let mut even: [__m512; N] = std::array::from_fn(|j| offsets[j]);
+            let mut odd = [_mm512_setzero_ps(); N];
+            let mut g = 0;
+            while g < groups {
+                let unpacked = unpack(g);
+                for (j, sum) in even.iter_mut().enumerate() {
+                    *sum = against(unpacked, j, g, *sum);
+                }
+                if g + 1 < groups {
+                    let unpacked = unpack(g + 1);
+                    for (j, sum) in odd.iter_mut().enumerate() {
+                        *sum = against(unpacked, j, g + 1, *sum);
+                    }
+                }
+                g += 2;
+            }
+            for j in 0..N {
+                out(j, _mm512_reduce_add_ps(_mm512_add_ps(even[j], odd[j])));
+            }
+        }
+    }
+
     /// A group of one weight row unpacked: its low and high nibbles as 16-bit lanes, and [d, m].
     #[cfg(target_arch = "x86_64")]
     type Unpacked = (
@@ -527,18 +690,22 @@ mod tests {
 
     #[test]
     fn every_kernel_equals_the_dequantised_product() {
-        // Three groups (odd: the vector path pairs groups), 7 output rows, 1 and 5 rows of x;
-        // every instruction set this CPU runs, on rows 2..7 of the matrix. 16-bit activations
-        // against f32: 1e-4 of the outputs' scale; the paths among themselves: 1e-5.
-        let groups = Int4Groups::quantise(&(values(&[7, 96], 0.5) * 0.1)).unwrap();
-        let q4 = Q4Matrix::new(&groups).unwrap();
-        let dense = groups.dequantise();
-        for m in [1usize, 5] {
-            let x = values(&[m as i64, 96], 2.0 + m as f64);
+        // Three groups (odd: the vector paths pair groups) and 19 (more than the 16 of an
+        // AVX-512 vector), 7 output rows, 1, 5 and 11 rows of x (more than one pass of 8); every
+        // instruction set this CPU runs, on rows 2..7 of the matrix. 16-bit activations against
+        // f32: 1e-4 of the outputs' scale; the paths among themselves: 1e-5.
+        for (cols, m) in [(96, 1usize), (96, 5), (608, 1), (608, 11)] {
+            let groups = Int4Groups::quantise(&(values(&[7, cols], 0.5) * 0.1)).unwrap();
+            let q4 = Q4Matrix::new(&groups).unwrap();
+            let dense = groups.dequantise();
+            let x = values(&[m as i64, cols], 2.0 + m as f64);
             let expected: Vec<f32> =
                 Vec::try_from(x.linear::<&Tensor>(&dense, None).reshape([-1])).unwrap();
             let scale = expected.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let input = Activations::new(&Vec::<f32>::try_from(x.reshape([-1])).unwrap(), 96);
+            let input = Activations::new(
+                &Vec::<f32>::try_from(x.reshape([-1])).unwrap(),
+                cols as usize,
+            );
             let wanted: Vec<f32> = (0..m)
                 .flat_map(|i| expected[i * 7 + 2..i * 7 + 7].to_vec())
                 .collect();
