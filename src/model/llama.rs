@@ -504,8 +504,8 @@ impl Llama {
         })
     }
 
-    /// How the weight matrices are multiplied on this machine, e.g. `layers: Q4_1 (avx2 kernel) up
-    /// to 8 rows, dense BFloat16 beyond; LM head: Q8_0 (avx512f kernel)`.
+    /// How the weight matrices are multiplied on this machine, e.g. `layers: Q4_1 (avx512f kernel)
+    /// for decode steps and up to 8 rows, dense BFloat16 beyond; LM head: Q8_0 (avx512f kernel)`.
     pub fn matmul_paths(&self) -> String {
         let layers = self
             .layers
@@ -522,8 +522,8 @@ impl Llama {
         x.device() == Device::Cpu && self.decodes_on_host() && (t == 1 || b * t <= INT4_MAX_ROWS)
     }
 
-    /// Whether a decode step runs on host memory: on the CPU with every matrix int4, each multiplied
-    /// by our kernel for every row of the step.
+    /// Whether a decode step runs on host memory: on the CPU with every matrix int4, each
+    /// multiplied by our kernel for every row of the step.
     pub fn decodes_on_host(&self) -> bool {
         self.options.device == Device::Cpu
             && self.layers.iter().all(|b| b.host_matrices().is_some())

@@ -343,9 +343,74 @@ mod kernel {
             .sum()
     }
 
+    /// The sizes a vector kernel's pass works with, (K, groups G, rows of activations M, weight
+    /// rows C) for weight rows `first..first + C` against `x` into `out` `[M, C]`, asserted to lie
+    /// within `w`, `x` and `out` (what makes the kernels' unchecked loads sound).
+    #[cfg(target_arch = "x86_64")]
+    fn checked_shape(
+        w: &Q4Matrix,
+        first: usize,
+        x: &Activations,
+        out: &[f32],
+    ) -> (usize, usize, usize, usize) {
+        let (k, groups) = (w.cols, w.cols / GROUP);
+        let m = x.rows();
+        let count = out.len() / m;
+        assert!(out.len() == m * count && x.codes.len() == m * k);
+        assert!(x.scales_sums.len() == m * groups);
+        assert!(w.codes.len() >= (first + count) * groups * GROUP_BYTES);
+        assert!(w.scales_mins.len() >= (first + count) * groups);
+        (k, groups, m, count)
+    }
+
     /// Rows of activations whose sums one weight row's pass keeps in registers and L1.
     #[cfg(target_arch = "x86_64")]
     const ROWS_AT_ONCE: usize = 8;
+
+    /// `f::<N>(args)` for the `n` rows left (N = n up to [`ROWS_AT_ONCE`], known at compile time so
+    /// that each row's accumulators stay in registers).
+    #[cfg(target_arch = "x86_64")]
+    macro_rules! with_rows {
+        ($n:expr, $f:ident($($arg:expr),*)) => {
+            match $n {
+                1 => $f::<1>($($arg),*),
+                2 => $f::<2>($($arg),*),
+                3 => $f::<3>($($arg),*),
+                4 => $f::<4>($($arg),*),
+                5 => $f::<5>($($arg),*),
+                6 => $f::<6>($($arg),*),
+                7 => $f::<7>($($arg),*),
+                _ => $f::<ROWS_AT_ONCE>($($arg),*),
+            }
+        };
+    }
+
+    /// Group g of a weight row (`codes` and `scales_mins` at the row's start) as 16 16-bit lanes,
+    /// `q_j | q_{j+16} << 4` (j < 16), asking early (every other group, as a line holds three)
+    /// for the codes and scales that come after: the rows follow one another in memory. Inlined
+    /// into each kernel, whose target features it takes.
+    ///
+    /// # Safety
+    /// Group g lies within the matrix, and the caller has AVX2 enabled.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn group_words(
+        codes: *const u8,
+        scales_mins: *const [u16; 2],
+        g: usize,
+    ) -> std::arch::x86_64::__m256i {
+        use std::arch::x86_64::*;
+        // SAFETY (of the loads and intrinsics): as the caller promises; prefetches never fault.
+        unsafe {
+            if g.is_multiple_of(2) {
+                let ahead = codes.wrapping_add(g * GROUP_BYTES + PREFETCH_CODES);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                let ahead = scales_mins.wrapping_add(g + PREFETCH_CODES / GROUP_BYTES);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+            }
+            _mm256_cvtepu8_epi16(_mm_loadu_si128(codes.add(g * GROUP_BYTES).cast()))
+        }
+    }
 
     /// AVX2: each weight row's groups unpacked once (codes to 16-bit nibbles, d and m to f32)
     /// for up to [`ROWS_AT_ONCE`] rows of activations at a time, each row summed exactly as alone:
@@ -354,35 +419,20 @@ mod kernel {
     #[target_feature(enable = "avx2,fma,f16c")]
     fn rows_avx2(w: &Q4Matrix, first: usize, x: &Activations, out: &mut [f32]) {
         use std::arch::x86_64::*;
-        let (k, groups) = (w.cols, w.cols / GROUP);
-        let m = x.rows();
-        let count = out.len() / m;
-        assert!(out.len() == m * count && x.codes.len() == m * k);
-        assert!(x.scales_sums.len() == m * groups);
-        assert!(w.codes.len() >= (first + count) * groups * GROUP_BYTES);
-        assert!(w.scales_mins.len() >= (first + count) * groups);
+        let (k, groups, m, count) = checked_shape(w, first, x, out);
         // SAFETY: for weight row r < count, group g < groups and activation row i < m, the loads
         // read w.codes[((first + r)·groups + g)·16 ..][..16], w.scales_mins[(first + r)·groups
         // + g], x.codes[i·k + 32g ..][..32] and x.scales_sums[i·groups + g], and the stores write
-        // out[i·count + r]: within the lengths asserted above. AVX2, FMA and F16C are enabled on
-        // this function.
+        // out[i·count + r]: within the lengths `checked_shape` asserts. AVX2, FMA and F16C are
+        // enabled on this function.
         unsafe {
             let nibble = _mm256_set1_epi16(15);
             for r in 0..count {
                 let row = (first + r) * groups;
                 let codes = w.codes.as_ptr().add(row * GROUP_BYTES);
                 let scales_mins = w.scales_mins.as_ptr().add(row);
-                // Group g unpacked, asking early (every other group, as a line holds three)
-                // for what comes after: the rows follow one another in memory.
                 let unpack = |g: usize| -> Unpacked {
-                    if g.is_multiple_of(2) {
-                        let ahead = codes.wrapping_add(g * GROUP_BYTES + PREFETCH_CODES);
-                        _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
-                        let ahead = scales_mins.wrapping_add(g + PREFETCH_CODES / GROUP_BYTES);
-                        _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
-                    }
-                    let bytes = _mm_loadu_si128(codes.add(g * GROUP_BYTES).cast());
-                    let words = _mm256_cvtepu8_epi16(bytes); // q_j | q_{j+16} << 4, j < 16
+                    let words = group_words(codes, scales_mins, g);
                     let dm = scales_mins.add(g).cast::<i32>().read_unaligned();
                     (
                         _mm256_and_si256(words, nibble),
@@ -404,16 +454,7 @@ mod kernel {
                     let sums = (&unpack, &against, rows);
                     let out =
                         |j: usize, sum: f32| *out.get_unchecked_mut((rows + j) * count + r) = sum;
-                    match m - rows {
-                        1 => sum_groups::<1>(groups, sums, out),
-                        2 => sum_groups::<2>(groups, sums, out),
-                        3 => sum_groups::<3>(groups, sums, out),
-                        4 => sum_groups::<4>(groups, sums, out),
-                        5 => sum_groups::<5>(groups, sums, out),
-                        6 => sum_groups::<6>(groups, sums, out),
-                        7 => sum_groups::<7>(groups, sums, out),
-                        _ => sum_groups::<ROWS_AT_ONCE>(groups, sums, out),
-                    }
+                    with_rows!(m - rows, sum_groups(groups, sums, out))
                 }
             }
         }
@@ -484,13 +525,7 @@ mod kernel {
     #[target_feature(enable = "avx512f,avx512bw")]
     fn rows_avx512(w: &Q4Matrix, first: usize, x: &Activations, out: &mut [f32]) {
         use std::arch::x86_64::*;
-        let (k, groups) = (w.cols, w.cols / GROUP);
-        let m = x.rows();
-        let count = out.len() / m;
-        assert!(out.len() == m * count && x.codes.len() == m * k);
-        assert!(x.scales_sums.len() == m * groups);
-        assert!(w.codes.len() >= (first + count) * groups * GROUP_BYTES);
-        assert!(w.scales_mins.len() >= (first + count) * groups);
+        let (k, groups, m, count) = checked_shape(w, first, x, out);
         // d·e of every group for each of up to ROWS_AT_ONCE rows, in whole vectors of 16 groups.
         let padded = groups.div_ceil(LANES) * LANES;
         let mut de = vec![0f32; ROWS_AT_ONCE * padded];
@@ -498,8 +533,9 @@ mod kernel {
         // read w.codes[((first + r)·groups + g)·16 ..][..16], w.scales_mins[(first + r)·groups
         // ..][..groups] and x.scales_sums[i·groups ..][..groups] (both masked past the row's
         // last group), x.codes[i·k + 32g ..][..32] and de[j·padded + g] (j < ROWS_AT_ONCE); the
-        // stores write de[j·padded ..][..padded] and out[i·count + r]: within the lengths asserted
-        // or allocated above. AVX-512 F and BW are enabled on this function.
+        // stores write de[j·padded ..][..padded] and out[i·count + r]: within the lengths
+        // `checked_shape` asserts or allocated above. AVX-512 F and BW are enabled on this
+        // function.
         unsafe {
             let nibble = _mm256_set1_epi16(15);
             let (even_lanes, odd_lanes) = (
@@ -526,27 +562,18 @@ mod kernel {
                 for r in 0..count {
                     let row = (first + r) * groups;
                     let codes = w.codes.as_ptr().add(row * GROUP_BYTES);
-                    let scales_mins = w.scales_mins.as_ptr().add(row).cast::<i32>();
+                    let scales_mins = w.scales_mins.as_ptr().add(row);
                     // d and m of 16 groups from `at` on (zeros past the row's last group).
                     let dm = |at: usize| {
                         let mask = first_lanes((groups - at).min(LANES));
-                        let pairs = _mm512_maskz_loadu_epi32(mask, scales_mins.add(at));
+                        let pairs = _mm512_maskz_loadu_epi32(mask, scales_mins.add(at).cast());
                         let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(pairs));
                         let m =
                             _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(pairs)));
                         (d, m)
                     };
-                    // Group g unpacked, asking early (every other group) for the codes and the
-                    // scales that come after, as the AVX2 path does.
                     let unpack = |g: usize| {
-                        if g.is_multiple_of(2) {
-                            let ahead = codes.wrapping_add(g * GROUP_BYTES + PREFETCH_CODES);
-                            _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
-                            let ahead = scales_mins.wrapping_add(g + PREFETCH_CODES / GROUP_BYTES);
-                            _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
-                        }
-                        let bytes = _mm_loadu_si128(codes.add(g * GROUP_BYTES).cast());
-                        let words = _mm256_cvtepu8_epi16(bytes); // q_j | q_{j+16} << 4, j < 16
+                        let words = group_words(codes, scales_mins, g);
                         let low = _mm256_and_si256(words, nibble);
                         let high = _mm256_srli_epi16::<4>(words);
                         _mm512_inserti64x4::<1>(_mm512_castsi256_si512(low), high)
@@ -573,24 +600,16 @@ mod kernel {
                     let sums = (&unpack, &against, offsets);
                     let out =
                         |j: usize, sum: f32| *out.get_unchecked_mut((rows + j) * count + r) = sum;
-                    match n {
-                        1 => sum_groups_512::<1>(groups, sums, out),
-                        2 => sum_groups_512::<2>(groups, sums, out),
-                        3 => sum_groups_512::<3>(groups, sums, out),
-                        4 => sum_groups_512::<4>(groups, sums, out),
-                        5 => sum_groups_512::<5>(groups, sums, out),
-                        6 => sum_groups_512::<6>(groups, sums, out),
-                        7 => sum_groups_512::<7>(groups, sums, out),
-                        _ => sum_groups_512::<ROWS_AT_ONCE>(groups, sums, out),
-                    }
+                    with_rows!(n, sum_groups_512(groups, sums, out))
                 }
             }
         }
     }
 
     /// One weight row's groups against N rows of activations (N known at compile time, so each
-    /// row's accumulators stay in registers), each row's sum starting at its Σ m·s lanes: `unpack(g)` and `against(unpacked, j, g, sum)` as in [`rows_avx512`]; `out(j, y)`
-    /// takes row j's result.
+    /// row's accumulators stay in registers), each row's sum starting at its Σ m·s lanes:
+    /// `unpack(g)` and `against(unpacked, j, g, sum)` as in [`rows_avx512`]; `out(j, y)` takes row
+    /// j's result.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn sum_groups_512<const N: usize>(
