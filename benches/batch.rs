@@ -81,7 +81,8 @@ fn main() -> Result<()> {
                     &model,
                     batch.rows.iter_mut().map(SessionMemory::caches),
                     &batch.next,
-                )?;
+                )?
+                .logits;
                 batch.times.push(start.elapsed().as_secs_f64());
                 batch.next = Vec::<i64>::try_from(logits.argmax(-1, false))?
                     .into_iter()

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use common::{chat, reply_text, require_model, Response, Server, TempDir};
 use serde_json::{json, Value};
 
-const PROMPTS: [&str; 8] = [
+/// More prompts than 8, so that a batch has more rows than one pass of the kernels takes at once.
+const PROMPTS: [&str; 12] = [
     "What is the capital of France?",
     "Name three colours.",
     "Write one sentence about the sea.",
@@ -19,6 +20,10 @@ const PROMPTS: [&str; 8] = [
     "Why is the sky blue?",
     "List two fruits.",
     "What do bees make?",
+    "Name a large animal.",
+    "What colour is grass?",
+    "Count to five.",
+    "Where do fish live?",
 ];
 
 fn ask(server: &Server, text: &str, max_tokens: u32) -> Value {
@@ -46,13 +51,14 @@ fn batched_greedy_output_equals_unbatched() {
     let server = Server::start(
         &[
             ("INFINI_DATA_DIR", dir.0.display().to_string()),
-            ("INFINI_MAX_RUNNING", "8".into()),
+            ("INFINI_MAX_RUNNING", "16".into()),
         ],
         &dir.0,
     );
     let alone: Vec<Value> = PROMPTS.iter().map(|p| ask(&server, p, 24)).collect();
     let batch_steps_before = server.metric("infini_batch_size_count");
     let single_before = server.metric("infini_batch_size_bucket{le=\"1\"}");
+    let within_eight_before = server.metric("infini_batch_size_bucket{le=\"8\"}");
 
     let together: Vec<Value> = thread::scope(|scope| {
         let handles: Vec<_> = PROMPTS
@@ -81,6 +87,21 @@ fn batched_greedy_output_equals_unbatched() {
     );
     let multi_rows = server.metric("infini_batch_size_sum");
     assert!(multi_rows > steps, "rows {multi_rows} over {steps} steps");
+    // Some steps had more rows than the kernels take at once (8).
+    let within_eight = server.metric("infini_batch_size_bucket{le=\"8\"}") - within_eight_before;
+    assert!(
+        within_eight < steps,
+        "no step of more than 8 rows in {steps}"
+    );
+    // Every step, of one row or several, read its rows' memories in one attention call per layer
+    // (SmolLM2-135M has 30): none above the first bucket.
+    let all_steps = server.metric("infini_attention_calls_per_step_count");
+    let within_one_per_layer = server.metric("infini_attention_calls_per_step_bucket{le=\"30\"}");
+    assert!(all_steps >= steps, "{all_steps} steps counted");
+    assert_eq!(
+        within_one_per_layer, all_steps,
+        "steps with more than one attention call per layer"
+    );
 }
 
 /// One request's fate under overload.

@@ -237,6 +237,11 @@ impl Metrics {
                 "Sequences decoded together per engine step.",
                 &engine.decode_rows,
             ),
+            (
+                "attention_calls_per_step",
+                "Attention calls of one decode step over all layers: one per layer when every row reads its memory on the host together, one per layer and row for rows read through tensors.",
+                &engine.decode_attention_calls,
+            ),
         ] {
             let (buckets, sum, count) = histogram.snapshot();
             let mut lines: Vec<(String, f64)> = buckets

@@ -1,22 +1,26 @@
 //! Several sequences' memories read as the rows of one batch. The model's matrices (q/k/v, output,
 //! MLP, LM head) run once on `[B, T, C]`, which is where batching saves time: each weight is read
-//! once per step instead of once per sequence. Attention is the one part that differs per row:
-//! each row takes in its own new keys and reads its own memory (sinks, STM, archive, LTM at its own
-//! positions, `infinity-former.md` §9.7), so [`Rows`] hands every row to its own cache. A decode
-//! step on host memory hands each row its own host step, so no row's read goes through tensors
-//! where its cache can read on the host.
+//! once per step instead of once per sequence. Attention differs per row: each row takes in its
+//! own new keys and reads its own memory (sinks, STM, archive, LTM at its own positions,
+//! `infinity-former.md` §9.7), so [`Rows`] hands every row to its own cache. A decode step on host
+//! memory then runs every row's read in one call per layer ([`host_attention::read`]): each cache
+//! takes in its row and says what its queries read, and the reads of all rows share one parallel
+//! region, so a step of B sequences costs one attention call per layer, not B.
 
 use tch::{Kind, Tensor};
 
 use super::generate::token_row;
 
-use crate::model::cache::HostStep;
-use crate::model::{LayerCache, Llama, LogitsAt, ModelError};
+use crate::model::cache::{unread, HostStep};
+use crate::model::{host_attention, LayerCache, Llama, LogitsAt, ModelError};
 use crate::rope::RopeTable;
 
 /// One layer's caches of B sequences, row b of the batch reading `rows[b]`.
 pub struct Rows<'a, C> {
     rows: Vec<&'a mut C>,
+    /// Attention calls this layer has made: one per joint host read, one per row read through
+    /// tensors.
+    calls: usize,
 }
 
 impl<C> Rows<'_, C> {
@@ -30,6 +34,43 @@ impl<C> Rows<'_, C> {
                 self.rows.len()
             )))
         }
+    }
+}
+
+impl<C: LayerCache> Rows<'_, C> {
+    /// Every row's cache takes in its row of the step on the host ([`LayerCache::take_in_rows`]),
+    /// or, where it declines, reads through tensors ([`LayerCache::attend`]) at once; then the
+    /// host reads of all rows run in one call, and each of those caches finishes its step
+    /// ([`LayerCache::after_read`]). Returns every row's read as f32 rows `[B, H·D]`.
+    fn read_together(&mut self, step: &HostStep, rope: &RopeTable) -> Result<Vec<f32>, ModelError> {
+        let mut contexts: Vec<Option<Vec<f32>>> = Vec::with_capacity(self.rows.len());
+        let mut reads = vec![];
+        for (b, cache) in self.rows.iter_mut().enumerate() {
+            let row = step.row(b);
+            match cache.take_in_rows(&row, rope) {
+                Some(read) => {
+                    reads.push(read?);
+                    contexts.push(None);
+                }
+                None => {
+                    contexts.push(Some(read_through_tensors(*cache, &row, rope)?));
+                    self.calls += 1;
+                }
+            }
+        }
+        if !reads.is_empty() {
+            let mut read = host_attention::read(&reads)
+                .ok_or_else(|| unread(step))?
+                .into_iter();
+            self.calls += 1;
+            for (context, cache) in contexts.iter_mut().zip(self.rows.iter_mut()) {
+                if context.is_none() {
+                    cache.after_read(rope)?;
+                    *context = read.next();
+                }
+            }
+        }
+        Ok(contexts.into_iter().flatten().flatten().collect())
     }
 }
 
@@ -47,6 +88,7 @@ impl<C: LayerCache> LayerCache for Rows<'_, C> {
         rope: &RopeTable,
     ) -> Result<Tensor, ModelError> {
         self.check_batch(queries.size()[0])?;
+        self.calls += self.rows.len();
         if let [only] = self.rows.as_mut_slice() {
             return only.attend(queries, keys, values, rope);
         }
@@ -67,30 +109,16 @@ impl<C: LayerCache> LayerCache for Rows<'_, C> {
         Ok(Tensor::cat(&contexts, 0)) // [B, H, T, D]
     }
 
-    /// Each row's cache takes its row of the step on the host ([`LayerCache::attend_rows`]), or,
-    /// where it declines, through tensors ([`LayerCache::attend`]); so a step always has every
-    /// row's read as f32 rows `[B, H·D]`.
+    /// Every row's read of the step on host memory, together ([`Rows::read_together`]).
     fn attend_rows(
         &mut self,
         step: &HostStep,
         rope: &RopeTable,
     ) -> Option<Result<Vec<f32>, ModelError>> {
-        if let Err(e) = self.check_batch(step.shape[0]) {
-            return Some(Err(e));
-        }
-        let mut out = Vec::with_capacity(step.qkv.len());
-        for (b, cache) in self.rows.iter_mut().enumerate() {
-            let row = step.row(b);
-            let read = match cache.attend_rows(&row, rope) {
-                Some(read) => read,
-                None => read_through_tensors(*cache, &row, rope),
-            };
-            match read {
-                Ok(read) => out.extend(read),
-                Err(e) => return Some(Err(e)),
-            }
-        }
-        Some(Ok(out))
+        Some(
+            self.check_batch(step.shape[0])
+                .and_then(|()| self.read_together(step, rope)),
+        )
     }
 }
 
@@ -107,15 +135,26 @@ fn read_through_tensors<C: LayerCache>(
     )?)
 }
 
+/// A decode step of B sequences: each row's next-token logits, and how many attention calls the
+/// step made over all layers.
+pub struct DecodedStep {
+    /// `[B, V]` f32.
+    pub logits: Tensor,
+    /// One per layer where every row read on host memory together; one per layer and row where
+    /// rows read through tensors.
+    pub attention_calls: usize,
+}
+
 /// Feeds `tokens[b]` to the sequence whose per-layer caches are `memories[b]`, and returns each
-/// row's next-token logits `[B, V]` (f32), all rows in one forward pass: each weight is read once
-/// per step. Where the model decodes on host memory ([`Llama::decodes_on_host`]), every matrix and
-/// every row's attention stays in our kernels instead of libtorch's per-operation dispatch.
+/// row's next-token logits, all rows in one forward pass: each weight is read once per step.
+/// Where the model decodes on host memory ([`Llama::decodes_on_host`]), every matrix and every
+/// row's attention stays in our kernels instead of libtorch's per-operation dispatch, and the
+/// rows' reads of a layer run in one call.
 pub fn decode_rows<'a, C: LayerCache + 'a>(
     model: &Llama,
     memories: impl IntoIterator<Item = &'a mut [C]>,
     tokens: &[u32],
-) -> Result<Tensor, ModelError> {
+) -> Result<DecodedStep, ModelError> {
     let mut memories: Vec<&'a mut [C]> = memories.into_iter().collect();
     if memories.len() != tokens.len() {
         return Err(ModelError::BadInput(format!(
@@ -128,6 +167,7 @@ pub fn decode_rows<'a, C: LayerCache + 'a>(
     let mut per_layer: Vec<Rows<'_, C>> = (0..layers)
         .map(|_| Rows {
             rows: Vec::with_capacity(tokens.len()),
+            calls: 0,
         })
         .collect();
     for caches in memories.iter_mut() {
@@ -142,7 +182,11 @@ pub fn decode_rows<'a, C: LayerCache + 'a>(
         }
     }
     let column = token_row(tokens).view([-1, 1]); // [B, 1]
-    model.forward(&column, &mut per_layer, LogitsAt::Last)
+    let logits = model.forward(&column, &mut per_layer, LogitsAt::Last)?;
+    Ok(DecodedStep {
+        logits,
+        attention_calls: per_layer.iter().map(|layer| layer.calls).sum(),
+    })
 }
 
 #[cfg(test)]
@@ -168,12 +212,15 @@ mod tests {
             caches
         };
         let mut batched: Vec<Vec<KvCache>> = prompts.iter().map(|p| fresh(p)).collect();
-        let together =
-            decode_rows(&model, batched.iter_mut().map(Vec::as_mut_slice), &next).unwrap();
+        let together = decode_rows(&model, batched.iter_mut().map(Vec::as_mut_slice), &next)
+            .unwrap()
+            .logits;
         assert_eq!(together.size(), [3, 64]);
         for (b, prompt) in prompts.iter().enumerate() {
             let mut alone = fresh(prompt);
-            let logits = decode_rows(&model, [alone.as_mut_slice()], &next[b..=b]).unwrap();
+            let logits = decode_rows(&model, [alone.as_mut_slice()], &next[b..=b])
+                .unwrap()
+                .logits;
             let error = (together.get(b as i64) - logits.get(0))
                 .abs()
                 .max()
@@ -222,16 +269,81 @@ mod tests {
         };
         let next: Vec<u32> = (0..rows as u32).map(|row| (row * 5 + 1) % 64).collect();
         let mut batched: Vec<SessionMemory> = (0..rows).map(fresh).collect();
-        let together = decode_rows(&model, batched.iter_mut().map(|m| m.caches()), &next).unwrap();
+        // A row whose archive is int8 and holds blocks reads through tensors.
+        let through_tensors = batched
+            .iter_mut()
+            .filter_map(|memory| {
+                let int8 = memory.caches()[0].config().archive_int8;
+                (int8 && memory.stats().tiers.archive_tokens > 0).then_some(())
+            })
+            .count();
+        let step = decode_rows(&model, batched.iter_mut().map(|m| m.caches()), &next).unwrap();
+        let together = step.logits;
         assert_eq!(together.size(), [rows as i64, 64]);
         for row in 0..rows {
             let mut alone = fresh(row);
-            let logits = decode_rows(&model, [alone.caches()], &next[row..=row]).unwrap();
+            let logits = decode_rows(&model, [alone.caches()], &next[row..=row])
+                .unwrap()
+                .logits;
             let error = (together.get(row as i64) - logits.get(0))
                 .abs()
                 .max()
                 .double_value(&[]);
             assert!(error < 1e-4, "row {row} differs by {error}");
+        }
+        // The rows on the host read together, one call per layer; each row that reads through
+        // tensors makes one call per layer of its own.
+        let layers = model.config().num_layers as usize;
+        assert!(through_tensors > 0, "some rows read through tensors");
+        assert_eq!(step.attention_calls, layers * (1 + through_tensors));
+    }
+
+    /// Sixteen sequences of different lengths decoding on host memory together make one
+    /// attention call per layer, as one sequence does; and each row's logits are bit for bit
+    /// those of the row alone (the reads' parts are merged per head in the same order).
+    #[test]
+    fn host_rows_read_together_in_one_call_per_layer_and_equal_each_row_alone() {
+        let model = tiny(Precision::Int4);
+        let layout = MemoryLayout::new(
+            MemoryConfig {
+                sinks: 2,
+                stm_len: 8,
+                block_len: 4,
+                top_k_blocks: 2,
+                archive_budget: 64,
+                ltm: None,
+                ltm_chunk_len: 16,
+                ..MemoryConfig::default()
+            },
+            128,
+            Device::Cpu,
+        )
+        .unwrap();
+        let fresh = |row: u32| {
+            let mut memory = SessionMemory::new(&model, &layout);
+            let prompt: Vec<u32> = (0..3 + 2 * row).map(|i| (i * 11 + row) % 64).collect();
+            let _ = prefill(&model, memory.caches(), &prompt, 8).unwrap();
+            memory
+        };
+        let rows = 16u32;
+        let next: Vec<u32> = (0..rows).map(|row| (row * 3 + 2) % 64).collect();
+        let mut batched: Vec<SessionMemory> = (0..rows).map(fresh).collect();
+        let step = decode_rows(&model, batched.iter_mut().map(|m| m.caches()), &next).unwrap();
+        let layers = model.config().num_layers as usize;
+        assert_eq!(step.attention_calls, layers);
+        for row in 0..rows {
+            let mut alone = fresh(row);
+            let single =
+                decode_rows(&model, [alone.caches()], &next[row as usize..=row as usize]).unwrap();
+            assert_eq!(single.attention_calls, layers);
+            let error = (step.logits.get(row as i64) - single.logits.get(0))
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(
+                error == 0.0,
+                "row {row} differs from the row alone by {error}"
+            );
         }
     }
 
@@ -241,7 +353,7 @@ mod tests {
         let mut short: Vec<KvCache> = model.new_cache();
         short.pop();
         assert!(matches!(
-            decode_rows(&model, [short.as_mut_slice()], &[1]),
+            decode_rows(&model, [short.as_mut_slice()], &[1]).map(|step| step.logits),
             Err(ModelError::BadInput(_))
         ));
     }

@@ -285,9 +285,12 @@ impl Scheduler {
             &tokens,
         );
         match result {
-            Ok(logits) => {
+            Ok(step) => {
+                stats
+                    .decode_attention_calls
+                    .observe(step.attention_calls as f64);
                 for (b, sequence) in rows.into_iter().enumerate() {
-                    sequence.decoded(&logits.get(b as i64), &context);
+                    sequence.decoded(&step.logits.get(b as i64), &context);
                 }
             }
             Err(e) => {

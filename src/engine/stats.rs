@@ -1,6 +1,6 @@
 //! What the engine counts while it runs: turns in the system and cancellations, the shutdown's
 //! cut, queue depth and batch size as gauges, and histograms of time to first token, inter-token
-//! latency and rows per decode step. Lock-free (atomics), written by the engine's handle and its
+//! latency, rows and attention calls per decode step. Lock-free (atomics), written by the engine's handle and its
 //! thread, read by `GET /metrics`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -57,6 +57,9 @@ const SECONDS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 const ROWS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+/// Attention calls of a step: one per layer (30 for SmolLM2) when every row reads on the host
+/// together, up to one per layer and row.
+const CALLS: &[f64] = &[30.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 3840.0];
 
 /// The engine's batching figures.
 #[derive(Debug)]
@@ -77,6 +80,8 @@ pub struct EngineStats {
     pub inter_token: Histogram,
     /// Sequences decoded together in one forward pass.
     pub decode_rows: Histogram,
+    /// Attention calls of one decode step, over all layers (`batch::DecodedStep`).
+    pub decode_attention_calls: Histogram,
     /// Prompt tokens taken in by prefill passes (all but each prompt's last, which a decode step feeds).
     pub prefill_tokens: AtomicU64,
 }
@@ -92,6 +97,7 @@ impl Default for EngineStats {
             time_to_first_token: Histogram::new(SECONDS),
             inter_token: Histogram::new(SECONDS),
             decode_rows: Histogram::new(ROWS),
+            decode_attention_calls: Histogram::new(CALLS),
             prefill_tokens: AtomicU64::new(0),
         }
     }

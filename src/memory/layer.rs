@@ -356,17 +356,17 @@ impl LayerCache for LayerMemory {
         Ok(context)
     }
 
-    /// [`LayerMemory::attend`] for one new token per row on host memory: the token joins its
-    /// tier, each key/value head's queries (summed) rank the archive's blocks on the host, and
-    /// sinks, STM and the chosen blocks are read where they lie in one softmax of ours
-    /// ([`host_attention::decode_rows`]); then the STM's overflow leaves for the archive.
-    /// Declined, with nothing changed, where the joint read needs tensors: the signal's points
-    /// (their ln w_k bias), an int8 archive, a GPU, or nothing held yet.
-    fn attend_rows(
+    /// [`LayerMemory::attend`] for one new token per row on host memory, its first half: the
+    /// token joins its tier and each key/value head's queries (summed) rank the archive's blocks
+    /// on the host; the read returned covers sinks, STM and the chosen blocks where they lie, in
+    /// one softmax of ours ([`host_attention::read`]). Declined, with nothing changed, where the
+    /// joint read needs tensors: the signal's points (their ln w_k bias), an int8 archive, a GPU,
+    /// or nothing held yet.
+    fn take_in_rows(
         &mut self,
         step: &HostStep,
         rope: &RopeTable,
-    ) -> Option<Result<Vec<f32>, ModelError>> {
+    ) -> Option<Result<host_attention::Read, ModelError>> {
         let (keys, values) = (self.keys.view()?, self.values.view()?);
         let points = self.points().is_some();
         let exact = self.archive.blocks() == 0 || self.archive.is_exact();
@@ -398,14 +398,21 @@ impl LayerCache for LayerMemory {
         let chosen = self
             .archive
             .choose_on_host(&query_sums, [b, h_kv], self.config.top_k_blocks);
-        let shape = [b, h_kv, group as i64, d];
-        let context = self.with_pasts(chosen.as_deref(), |pasts| {
-            host_attention::decode_rows(&rows.queries, shape, pasts)
-        });
-        Some(match context {
-            Some(context) => self.evict_overflow(rope).map(|()| context),
-            None => Err(unread(step)),
-        })
+        let pasts = self.pasts(chosen);
+        Some(
+            pasts
+                .ok_or_else(|| unread(step))
+                .map(|pasts| host_attention::Read {
+                    queries: rows.queries,
+                    shape: [b, h_kv, group as i64, d],
+                    pasts,
+                }),
+        )
+    }
+
+    /// The second half of a host step: the STM's overflow leaves for the archive.
+    fn after_read(&mut self, rope: &RopeTable) -> Result<(), ModelError> {
+        self.evict_overflow(rope)
     }
 }
 
@@ -557,27 +564,17 @@ impl LayerMemory {
             Some(chosen) => Some(Vec::<i64>::try_from(chosen.reshape([-1])).ok()?),
             None => None,
         };
-        self.with_pasts(chosen.as_deref(), |pasts| host_attention::decode(q, pasts))
+        host_attention::decode(q, self.pasts(chosen)?)
     }
 
-    /// `read` given what a decode step reads where it lies: the sinks and the STM whole, and the
-    /// `chosen` archive blocks (`[B, H_kv, k]`, row-major). `None` when nothing is held or the
-    /// archive is not exact.
-    fn with_pasts<R>(
-        &self,
-        chosen: Option<&[i64]>,
-        read: impl FnOnce(&[Past]) -> Option<R>,
-    ) -> Option<R> {
+    /// What a decode step reads where it lies: the sinks and the STM whole, and the `chosen`
+    /// archive blocks (`[B, H_kv, k]`, row-major). `None` when nothing is held or the archive is
+    /// not exact.
+    fn pasts(&self, chosen: Option<Vec<i64>>) -> Option<Vec<Past>> {
         let (keys, values) = (self.keys.view()?, self.values.view()?);
-        let archive = match chosen {
-            Some(chosen) => Some((self.archive.exact_rows()?, chosen)),
-            None => None,
-        };
-        let mut pasts = vec![Past::Whole {
-            keys: &keys,
-            values: &values,
-        }];
-        if let Some(((keys, values), chosen)) = &archive {
+        let mut pasts = vec![Past::Whole { keys, values }];
+        if let Some(chosen) = chosen {
+            let (keys, values) = self.archive.exact_rows()?;
             pasts.push(Past::Blocks {
                 keys,
                 values,
@@ -585,7 +582,7 @@ impl LayerMemory {
                 block_len: self.archive.block_len(),
             });
         }
-        read(&pasts)
+        Some(pasts)
     }
 
     /// Adds the mass `[B, H_kv, rows, R]` that session row 0's queries put on the points.

@@ -36,16 +36,43 @@ pub trait LayerCache {
         rope: &RopeTable,
     ) -> Result<Tensor, ModelError>;
 
+    /// The first half of [`LayerCache::attend_rows`]: takes in a decode step's new token per row,
+    /// given as the fused projection's f32 rows, and returns what their queries read, for
+    /// [`host_attention::read`] to run, with other caches' reads where a batch has several.
+    /// `None`, having changed nothing, where this cache has no such step for what it holds (the
+    /// caller then goes through `attend`).
+    fn take_in_rows(
+        &mut self,
+        _step: &HostStep,
+        _rope: &RopeTable,
+    ) -> Option<Result<host_attention::Read, ModelError>> {
+        None
+    }
+
+    /// The second half of [`LayerCache::attend_rows`], once the read of
+    /// [`LayerCache::take_in_rows`] has run: what the cache does after its queries have read
+    /// (the session memory's STM overflow leaves for the archive here).
+    fn after_read(&mut self, _rope: &RopeTable) -> Result<(), ModelError> {
+        Ok(())
+    }
+
     /// [`LayerCache::attend`] for a decode step on host memory: one new token per row, given as
     /// the fused projection's f32 rows, and the queries' reads returned as `[B, H·D]` f32 rows.
     /// `None`, having changed nothing, where this cache has no such step for what it holds (the
     /// caller then goes through `attend`).
     fn attend_rows(
         &mut self,
-        _step: &HostStep,
-        _rope: &RopeTable,
+        step: &HostStep,
+        rope: &RopeTable,
     ) -> Option<Result<Vec<f32>, ModelError>> {
-        None
+        let read = match self.take_in_rows(step, rope)? {
+            Ok(read) => read,
+            Err(e) => return Some(Err(e)),
+        };
+        let context = host_attention::read(std::slice::from_ref(&read))
+            .and_then(|reads| reads.into_iter().next())
+            .ok_or_else(|| unread(step));
+        Some(context.and_then(|context| self.after_read(rope).map(|()| context)))
     }
 }
 
@@ -153,8 +180,11 @@ pub fn grouped_attention(queries: &Tensor, keys: &Tensor, values: &Tensor) -> Te
         // Decode: fold each group of query heads into the time axis, so one key/value head serves
         // it without copies and without a mask (a single new token sees everything).
         let q = queries.reshape([b, h_kv, group, d]); // [B, H_kv, G, D]
-        let past = host_attention::Past::Whole { keys, values };
-        if let Some(out) = host_attention::decode(&q, &[past]) {
+        let past = host_attention::Past::Whole {
+            keys: keys.shallow_clone(),
+            values: values.shallow_clone(),
+        };
+        if let Some(out) = host_attention::decode(&q, vec![past]) {
             return out.reshape([b, h, 1, d]);
         }
         let out = Tensor::scaled_dot_product_attention(
@@ -359,13 +389,13 @@ impl LayerCache for KvCache {
         ))
     }
 
-    /// Rotates on the host, appends, and reads every held token with [`host_attention`], where
-    /// the buffers already hold tokens on the CPU with room for one more.
-    fn attend_rows(
+    /// Rotates on the host and appends, where the buffers already hold tokens on the CPU with
+    /// room for one more; the queries read every held token.
+    fn take_in_rows(
         &mut self,
         step: &HostStep,
         rope: &RopeTable,
-    ) -> Option<Result<Vec<f32>, ModelError>> {
+    ) -> Option<Result<host_attention::Read, ModelError>> {
         let (keys, values) = (self.keys.as_ref()?, self.values.as_ref()?);
         let start = self.len;
         let fits = step.fits(keys) && start < keys.size()[2].min(rope.len());
@@ -381,13 +411,14 @@ impl LayerCache for KvCache {
         self.len = start + 1;
         let [b, h, h_kv, d] = step.shape;
         let past = host_attention::Past::Whole {
-            keys: &keys.narrow(2, 0, self.len),
-            values: &values.narrow(2, 0, self.len),
+            keys: keys.narrow(2, 0, self.len),
+            values: values.narrow(2, 0, self.len),
         };
-        Some(
-            host_attention::decode_rows(&rows.queries, [b, h_kv, h / h_kv, d], &[past])
-                .ok_or_else(|| unread(step)),
-        )
+        Some(Ok(host_attention::Read {
+            queries: rows.queries,
+            shape: [b, h_kv, h / h_kv, d],
+            pasts: vec![past],
+        }))
     }
 }
 

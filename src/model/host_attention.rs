@@ -8,6 +8,10 @@
 //! libtorch's threads ([`super::parallel`]). Each part keeps its own maximum m, sum of
 //! exponentials l and weighted values o; the parts are merged exactly (the flash-decoding
 //! identity): `out = Σ_p e^{m_p − M} o_p / Σ_p e^{m_p − M} l_p` with `M = max_p m_p`.
+//!
+//! A batched decode step reads every sequence's memory in one call ([`read`]): each cache takes in
+//! its row and says what its queries read ([`Read`]: its sinks and STM whole, its chosen archive
+//! blocks by index), and the parts of all of them share one parallel region per layer.
 
 use std::sync::Mutex;
 
@@ -114,34 +118,78 @@ struct Partial {
 }
 
 /// What a decode step's queries read: held keys and values `[B, H_kv, L, D]` (a view whose rows of
-/// D are contiguous, as the caches' buffers are), whole or by blocks.
-pub enum Past<'a> {
+/// D are contiguous, as the caches' buffers are), whole or by blocks. The tensors are handles on
+/// the caches' buffers (shallow clones), so a read can be prepared by one cache and run with other
+/// caches' reads ([`read`]).
+pub enum Past {
     /// Every row.
-    Whole {
-        keys: &'a Tensor,
-        values: &'a Tensor,
-    },
+    Whole { keys: Tensor, values: Tensor },
     /// For batch row b and head h, the blocks `chosen[b, h, ..]` of `block_len` rows each (the
     /// archive's top-k, read where they lie instead of gathered into a copy).
     Blocks {
-        keys: &'a Tensor,
-        values: &'a Tensor,
+        keys: Tensor,
+        values: Tensor,
         /// `[B, H_kv, k]`, row-major.
-        chosen: &'a [i64],
+        chosen: Vec<i64>,
         block_len: i64,
     },
 }
 
+impl Past {
+    fn keys_and_values(&self) -> [&Tensor; 2] {
+        match self {
+            Past::Whole { keys, values } | Past::Blocks { keys, values, .. } => [keys, values],
+        }
+    }
+}
+
+/// One decode step's read on host memory: `queries` `[B, H_kv, G, D]` as f32 rows (rotated, not
+/// yet scaled by 1/√D) against everything in `pasts`, all visible, in one softmax.
+pub struct Read {
+    pub queries: Vec<f32>,
+    /// B, H_kv, G, D.
+    pub shape: [i64; 4],
+    pub pasts: Vec<Past>,
+}
+
+impl Read {
+    /// The kind of the held rows, where every past is on the CPU in that one kind with this
+    /// read's B, H_kv and D, and the shapes are ones the kernel takes (D a multiple of 8, at most
+    /// [`MAX_QUERIES`] queries per head).
+    fn held_kind(&self) -> Option<Kind> {
+        let [b, h_kv, g, d] = self.shape;
+        let kind = self.pasts.first()?.keys_and_values()[0].kind();
+        let mut agree = self.queries.len() as i64 == b * h_kv * g * d
+            && d % 8 == 0
+            && g <= MAX_QUERIES
+            && matches!(kind, Kind::Float | Kind::BFloat16);
+        for t in self.pasts.iter().flat_map(Past::keys_and_values) {
+            let size = t.size();
+            agree &= t.device() == Device::Cpu
+                && t.kind() == kind
+                && size.len() == 4
+                && size[..2] == [b, h_kv]
+                && size[3] == d;
+        }
+        agree.then_some(kind)
+    }
+}
+
 /// `queries` `[B, H_kv, G, D]` against everything in `pasts`, all visible, in one softmax:
-/// `[B, H_kv, G, D]` in the queries' kind. `None` where this does not apply (see
-/// [`decode_rows`]; also queries not on the CPU), for the caller's fallback.
-pub fn decode(queries: &Tensor, pasts: &[Past]) -> Option<Tensor> {
+/// `[B, H_kv, G, D]` in the queries' kind. `None` where this does not apply (see [`read`]; also
+/// queries not on the CPU), for the caller's fallback.
+pub fn decode(queries: &Tensor, pasts: Vec<Past>) -> Option<Tensor> {
     let (b, h_kv, g, d) = queries.size4().ok()?;
     if queries.device() != Device::Cpu {
         return None;
     }
     let q = Vec::<f32>::try_from(queries.to_kind(Kind::Float).contiguous().reshape([-1])).ok()?;
-    let out = decode_rows(&q, [b, h_kv, g, d], pasts)?;
+    let [out] = <[Vec<f32>; 1]>::try_from(read(&[Read {
+        queries: q,
+        shape: [b, h_kv, g, d],
+        pasts,
+    }])?)
+    .ok()?;
     Some(
         Tensor::from_slice(&out)
             .reshape([b, h_kv, g, d])
@@ -149,38 +197,45 @@ pub fn decode(queries: &Tensor, pasts: &[Past]) -> Option<Tensor> {
     )
 }
 
-/// [`decode`] with the queries as f32 rows of `shape` `[B, H_kv, G, D]` on the host, and the
-/// result likewise. `None` where this does not apply: held rows not on the CPU, of a kind other
-/// than f32 or bf16, not contiguous, or with shapes that disagree; a block out of range; D not a
+/// Every read in one parallel region: the runs of all reads' heads are split over the threads
+/// together and each head's parts merged exactly, so a read gives the same bits as when it is run
+/// alone, and a step of B sequences costs one region per layer instead of B. Each read's result is
+/// `[B, H_kv, G, D]` f32 rows. `None` where this does not apply: held rows not on the CPU, of a
+/// kind other than f32 or bf16 or of different kinds across the reads, not contiguous, or with
+/// shapes that disagree (within a read, or G and D across reads); a block out of range; D not a
 /// multiple of 8; more than [`MAX_QUERIES`] queries; nothing to read.
-pub fn decode_rows(queries: &[f32], shape: [i64; 4], pasts: &[Past]) -> Option<Vec<f32>> {
-    let [b, h_kv, g, d] = shape;
-    let tensors = pasts.iter().flat_map(|past| match past {
-        Past::Whole { keys, values } | Past::Blocks { keys, values, .. } => [*keys, *values],
-    });
-    let kind = match pasts.first()? {
-        Past::Whole { keys, .. } | Past::Blocks { keys, .. } => keys.kind(),
-    };
-    let mut agree = queries.len() as i64 == b * h_kv * g * d;
-    for t in tensors {
-        let size = t.size();
-        agree &= t.device() == Device::Cpu
-            && t.kind() == kind
-            && size.len() == 4
-            && size[..2] == [b, h_kv]
-            && size[3] == d;
-    }
-    if !agree || d % 8 != 0 || g > MAX_QUERIES {
-        return None;
+pub fn read(reads: &[Read]) -> Option<Vec<Vec<f32>>> {
+    let [_, _, g, d] = reads.first()?.shape;
+    let kind = reads.first()?.held_kind()?;
+    let mut heads = 0;
+    for read in reads {
+        let [b, h_kv, g_read, d_read] = read.shape;
+        if read.held_kind()? != kind || [g_read, d_read] != [g, d] {
+            return None;
+        }
+        heads += (b * h_kv) as usize;
     }
     let scale = 1.0 / (d as f32).sqrt();
-    let q: Vec<f32> = queries.iter().map(|q| q * scale).collect();
-    let heads = (b * h_kv) as usize;
-    match kind {
-        Kind::Float => attend(&q, &runs::<f32>(pasts, heads)?, (heads, g as usize)),
-        Kind::BFloat16 => attend(&q, &runs::<Bf16>(pasts, heads)?, (heads, g as usize)),
-        _ => None,
-    }
+    let q: Vec<f32> = reads
+        .iter()
+        .flat_map(|read| read.queries.iter().map(|q| q * scale))
+        .collect();
+    let shape = (heads, g as usize);
+    let out = match kind {
+        Kind::Float => attend(&q, &runs::<f32>(reads)?, shape)?,
+        _ => attend(&q, &runs::<Bf16>(reads)?, shape)?,
+    };
+    let mut rest = out.as_slice();
+    Some(
+        reads
+            .iter()
+            .map(|read| {
+                let (mine, after) = rest.split_at(read.queries.len());
+                rest = after;
+                mine.to_vec()
+            })
+            .collect(),
+    )
 }
 
 /// A run of rows that one key/value head reads: keys and values `[len, D]`.
@@ -214,43 +269,50 @@ fn rows<'a, E: Element>(t: &'a Tensor, head: usize, start: i64, len: i64) -> Opt
     })
 }
 
-/// Every run that `pasts` make, in parts of at most [`PART_LEN`] rows.
-fn runs<'a, E: Element>(pasts: &[Past<'a>], heads: usize) -> Option<Vec<Run<'a, E>>> {
+/// Every run that the reads' pasts make, in parts of at most [`PART_LEN`] rows; the heads of the
+/// reads are numbered one after another.
+fn runs<'a, E: Element>(reads: &'a [Read]) -> Option<Vec<Run<'a, E>>> {
     let mut runs = vec![];
-    let mut push = |keys: &'a Tensor, values: &'a Tensor, head: usize, start: i64, len: i64| {
-        for at in (start..start + len).step_by(PART_LEN) {
-            let n = (start + len - at).min(PART_LEN as i64);
-            runs.push(Run {
-                head,
-                keys: rows(keys, head, at, n)?,
-                values: rows(values, head, at, n)?,
-            });
-        }
-        Some(())
-    };
-    for past in pasts {
-        match past {
-            Past::Whole { keys, values } => {
-                let l = keys.size()[2];
-                (0..heads).try_for_each(|head| push(keys, values, head, 0, l))?;
+    let mut first_head = 0;
+    for read in reads {
+        let [b, h_kv, ..] = read.shape;
+        let heads = (b * h_kv) as usize;
+        let mut push = |keys: &'a Tensor, values: &'a Tensor, head: usize, start: i64, len: i64| {
+            for at in (start..start + len).step_by(PART_LEN) {
+                let n = (start + len - at).min(PART_LEN as i64);
+                runs.push(Run {
+                    head: first_head + head,
+                    keys: rows(keys, head, at, n)?,
+                    values: rows(values, head, at, n)?,
+                });
             }
-            Past::Blocks {
-                keys,
-                values,
-                chosen,
-                block_len,
-            } => {
-                if chosen.is_empty() || !chosen.len().is_multiple_of(heads) {
-                    return None;
+            Some(())
+        };
+        for past in &read.pasts {
+            match past {
+                Past::Whole { keys, values } => {
+                    let l = keys.size()[2];
+                    (0..heads).try_for_each(|head| push(keys, values, head, 0, l))?;
                 }
-                let k = chosen.len() / heads;
-                for (head, blocks) in chosen.chunks_exact(k).enumerate() {
-                    for (first, count) in spans(blocks) {
-                        push(keys, values, head, first * block_len, count * block_len)?;
+                Past::Blocks {
+                    keys,
+                    values,
+                    chosen,
+                    block_len,
+                } => {
+                    if chosen.is_empty() || !chosen.len().is_multiple_of(heads) {
+                        return None;
+                    }
+                    let k = chosen.len() / heads;
+                    for (head, blocks) in chosen.chunks_exact(k).enumerate() {
+                        for (first, count) in spans(blocks) {
+                            push(keys, values, head, first * block_len, count * block_len)?;
+                        }
                     }
                 }
             }
         }
+        first_head += heads;
     }
     (!runs.is_empty()).then_some(runs)
 }
@@ -626,10 +688,10 @@ mod tests {
                 .narrow(2, 0, 600);
             let q = q.to_kind(kind);
             let whole = Past::Whole {
-                keys: &k,
-                values: &v,
+                keys: k.shallow_clone(),
+                values: v.shallow_clone(),
             };
-            let got = decode(&q, &[whole]).expect("applies on the CPU");
+            let got = decode(&q, vec![whole]).expect("applies on the CPU");
             let error = (got.to_kind(Kind::Float) - reference(&q, &k, &v))
                 .abs()
                 .max()
@@ -651,15 +713,15 @@ mod tests {
         let chosen = [3i64, 0, 1, 2]; // [B = 1, H_kv = 2, k = 2]
         let got = decode(
             &q,
-            &[
+            vec![
                 Past::Whole {
-                    keys: &window_keys,
-                    values: &window_values,
+                    keys: window_keys.shallow_clone(),
+                    values: window_values.shallow_clone(),
                 },
                 Past::Blocks {
-                    keys: &archive_keys,
-                    values: &archive_values,
-                    chosen: &chosen,
+                    keys: archive_keys.shallow_clone(),
+                    values: archive_values.shallow_clone(),
+                    chosen: chosen.to_vec(),
                     block_len: 8,
                 },
             ],
@@ -697,12 +759,12 @@ mod tests {
         // A block beyond the archive is declined, not read.
         let beyond = [4i64, 0, 1, 2];
         let past = Past::Blocks {
-            keys: &archive_keys,
-            values: &archive_values,
-            chosen: &beyond,
+            keys: archive_keys.shallow_clone(),
+            values: archive_values.shallow_clone(),
+            chosen: beyond.to_vec(),
             block_len: 8,
         };
-        assert!(decode(&q, &[past]).is_none());
+        assert!(decode(&q, vec![past]).is_none());
     }
 
     /// Every instruction set's kernel on one part whose length is not a whole number of tiles
@@ -800,11 +862,14 @@ mod tests {
     fn declines_what_it_does_not_cover() {
         let q = values(&[1, 1, 2, 8], 0.1);
         let half = values(&[1, 1, 5, 8], 0.2).to_kind(Kind::Half);
-        let whole = |t| Past::Whole { keys: t, values: t };
-        assert!(decode(&q, &[whole(&half)]).is_none());
+        let whole = |t: &Tensor| Past::Whole {
+            keys: t.shallow_clone(),
+            values: t.shallow_clone(),
+        };
+        assert!(decode(&q, vec![whole(&half)]).is_none());
         // Rows of a head not contiguous: a transposed view.
         let strided = values(&[1, 1, 8, 5], 0.2).transpose(2, 3);
-        assert!(decode(&q, &[whole(&strided)]).is_none());
-        assert!(decode(&q, &[]).is_none());
+        assert!(decode(&q, vec![whole(&strided)]).is_none());
+        assert!(decode(&q, vec![]).is_none());
     }
 }

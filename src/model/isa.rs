@@ -75,3 +75,28 @@ pub(super) fn sum_lanes(v: std::arch::x86_64::__m256) -> f32 {
     let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
     _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)))
 }
+
+/// Rows of activations whose sums one weight row's pass keeps in registers and L1 (the int4 and
+/// Q8 kernels take a batch's rows this many at a time).
+#[cfg(target_arch = "x86_64")]
+pub(super) const ROWS_AT_ONCE: usize = 8;
+
+/// `f::<N>(args)` for the `n` rows left (N = n up to [`ROWS_AT_ONCE`], known at compile time so
+/// that each row's accumulators stay in registers).
+#[cfg(target_arch = "x86_64")]
+macro_rules! with_rows {
+    ($n:expr, $f:ident($($arg:expr),*)) => {
+        match $n {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            6 => $f::<6>($($arg),*),
+            7 => $f::<7>($($arg),*),
+            _ => $f::<{ $crate::model::isa::ROWS_AT_ONCE }>($($arg),*),
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+pub(super) use with_rows;

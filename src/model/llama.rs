@@ -100,8 +100,9 @@ struct RmsNorm {
 /// Most rows (tokens × sequences) that [`RmsNorm::forward_rows`] normalises in one pass of our own.
 /// libtorch's `rms_norm` is a composite of about six kernels and the cast a seventh, ~20 µs for one
 /// row of 576 on the 2-core Xeon VM; the pass, with the copies in and out, takes ~5 µs. A decode
-/// step runs 61 of them.
-const HOST_NORM_ROWS: i64 = 8;
+/// step runs 61 of them. As many rows as the LM head's kernel takes (a decode step's batch), so
+/// that the final norm, like every other part of the step, treats a row the same in any batch.
+const HOST_NORM_ROWS: i64 = super::q8::Q8_MAX_ROWS as i64;
 
 impl RmsNorm {
     /// `out`: the kind the next matrix product takes.
@@ -809,7 +810,8 @@ pub(crate) mod tests {
                 .max()
                 .double_value(&[]);
             assert!(error <= tolerance, "{out:?}: relative error {error}");
-            let many = wave(576, 2.0).reshape([3, 3, 64]); // 9 rows: libtorch
+            let rows = HOST_NORM_ROWS + 1; // one row more than the host pass takes: libtorch
+            let many = wave(rows * 64, 2.0).reshape([rows, 1, 64]);
             let error = (norm.forward(&many).to_kind(Kind::Float)
                 - many
                     .rms_norm([64], Some(&norm.weight), norm.eps)

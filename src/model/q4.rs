@@ -259,6 +259,8 @@ mod kernel {
 
     #[cfg(target_arch = "x86_64")]
     use super::super::isa::sum_lanes;
+    #[cfg(target_arch = "x86_64")]
+    use super::super::isa::{with_rows, ROWS_AT_ONCE};
     use super::super::isa::{Isa, Level};
     use super::{Activations, Q4Matrix, GROUP, GROUP_BYTES};
 
@@ -361,28 +363,6 @@ mod kernel {
         assert!(w.codes.len() >= (first + count) * groups * GROUP_BYTES);
         assert!(w.scales_mins.len() >= (first + count) * groups);
         (k, groups, m, count)
-    }
-
-    /// Rows of activations whose sums one weight row's pass keeps in registers and L1.
-    #[cfg(target_arch = "x86_64")]
-    const ROWS_AT_ONCE: usize = 8;
-
-    /// `f::<N>(args)` for the `n` rows left (N = n up to [`ROWS_AT_ONCE`], known at compile time so
-    /// that each row's accumulators stay in registers).
-    #[cfg(target_arch = "x86_64")]
-    macro_rules! with_rows {
-        ($n:expr, $f:ident($($arg:expr),*)) => {
-            match $n {
-                1 => $f::<1>($($arg),*),
-                2 => $f::<2>($($arg),*),
-                3 => $f::<3>($($arg),*),
-                4 => $f::<4>($($arg),*),
-                5 => $f::<5>($($arg),*),
-                6 => $f::<6>($($arg),*),
-                7 => $f::<7>($($arg),*),
-                _ => $f::<ROWS_AT_ONCE>($($arg),*),
-            }
-        };
     }
 
     /// Group g of a weight row (`codes` and `scales_mins` at the row's start) as 16 16-bit lanes,

@@ -6,9 +6,10 @@
 //! on two threads of the 2-core Xeon VM (12 ms on one) out of a ~25 ms step. Here the head is 1 byte a
 //! weight (30 MB with the scales), read by a kernel of our own that widens each code to f32 and
 //! accumulates in f32 against f32 activations: 4.5–5.5 ms on one thread, and no loss, since it
-//! multiplies by exactly the weights the GGUF holds (bf16 rounds them). Products of many rows
-//! (logits at every position, for perplexity) go through libtorch on dequantised f32 tiles instead,
-//! where a GEMM's blocking pays.
+//! multiplies by exactly the weights the GGUF holds (bf16 rounds them). A batched decode step of B
+//! rows reads the head once, not B times: each weight row is widened once for 8 rows at a time (up
+//! to [`Q8_MAX_ROWS`] rows). Products of more rows (logits at every position, for perplexity) go
+//! through libtorch on dequantised f32 tiles instead, where a GEMM's blocking pays.
 //!
 //! The output features are split over libtorch's own OpenMP threads (`super::parallel`): a thread
 //! pool of ours had lost more to those workers, which spin after each parallel region, than it
@@ -23,8 +24,11 @@ use super::ModelError;
 
 /// Input features that share one scale (GGUF's Q8_0 block).
 pub const Q8_GROUP: usize = 32;
-/// Most rows of activations that the vector kernel takes; more go through libtorch tiles.
-pub const Q8_MAX_ROWS: usize = 8;
+/// Most rows of activations that the vector kernel takes: a decode step's batch (16 rows by
+/// default, 64 at most in `make bench-batch`), its rows taken 8 at a time with each weight group
+/// widened once for them. More (logits at every position, for perplexity) go through libtorch
+/// tiles, where a GEMM's blocking pays.
+pub const Q8_MAX_ROWS: usize = 64;
 /// Output features dequantised at a time for a product of many rows: 4,096 × 576 f32 is 9 MB.
 const TILE: usize = 4096;
 /// Output features per part of a product of few rows handed to a thread (12 parts for SmolLM2).
@@ -122,14 +126,16 @@ impl Q8Matrix {
 }
 
 /// `y[r] = Σ_g d[r, g] · Σ_{j<32} q[r, 32g + j] · x[32g + j]` in f32, with the widest vectors the
-/// CPU has (chosen at run time): each group's 32 codes are widened to f32 and multiplied with fused
-/// multiply-adds. With AVX2 a group is widened once for all the rows of a decode step's batch;
-/// with AVX-512, one row at a time, two accumulators (even and odd groups) keeping the adder busy.
+/// CPU has (chosen at run time): each group's 32 codes are widened to f32 once for up to 8 rows of
+/// a decode step's batch and multiplied with fused multiply-adds; each row is summed in the same
+/// order whatever its batch.
 mod kernel {
     #[cfg(target_arch = "x86_64")]
     use super::super::isa::sum_lanes;
+    #[cfg(target_arch = "x86_64")]
+    use super::super::isa::{with_rows, ROWS_AT_ONCE};
     use super::super::isa::{Isa, Level};
-    use super::{Q8_GROUP, Q8_MAX_ROWS};
+    use super::Q8_GROUP;
 
     /// How far ahead of the group being read its codes are requested from memory, in bytes.
     #[cfg(target_arch = "x86_64")]
@@ -153,85 +159,161 @@ mod kernel {
         }
     }
 
+    /// AVX-512: each weight row's groups widened to f32 once for up to [`ROWS_AT_ONCE`] rows of
+    /// activations at a time (the weight row then stays in L1 for the next rows), each row summed
+    /// exactly as alone (two accumulators, even and odd groups, keep the adder busy): so a row's
+    /// result does not depend on its batch. `out` is `[m, count]`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    fn rows_avx512(codes: &[i8], scales: &[f32], x: &[f32], y: &mut [f32]) {
+    fn product_avx512(codes: &[i8], scales: &[f32], (x, k): (&[f32], usize), out: &mut [f32]) {
+        let (groups, m) = (k / Q8_GROUP, x.len() / k);
+        let count = out.len() / m;
+        assert!(x.len() == m * k && out.len() == m * count);
+        assert!(codes.len() >= count * k && scales.len() >= count * groups);
+        for r in 0..count {
+            for rows in (0..m).step_by(ROWS_AT_ONCE) {
+                let at = Rows {
+                    r,
+                    rows,
+                    groups,
+                    k,
+                    count,
+                };
+                // SAFETY: `at` lies within the lengths asserted above (r < count, rows + n ≤ m),
+                // and AVX-512F is enabled on this function.
+                unsafe { with_rows!(m - rows, sum_rows_512(codes, scales, x, at, out)) }
+            }
+        }
+    }
+
+    /// Where a pass of [`product_avx512`] works: weight row r against activation rows
+    /// `rows..rows + N`, for K = `k` inputs in `groups` groups and `count` weight rows in `out`.
+    #[cfg(target_arch = "x86_64")]
+    #[derive(Clone, Copy)]
+    struct Rows {
+        r: usize,
+        rows: usize,
+        groups: usize,
+        k: usize,
+        count: usize,
+    }
+
+    /// Weight row r against N rows of activations (N known at compile time, so that each row's
+    /// accumulators stay in registers).
+    ///
+    /// # Safety
+    /// `codes` holds weight row r's `groups` groups and `scales` their scales, `x` rows
+    /// `rows..rows + N` of `k`, `out` `[.., count]` those rows; the caller has AVX-512F enabled.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn sum_rows_512<const N: usize>(
+        codes: &[i8],
+        scales: &[f32],
+        x: &[f32],
+        Rows {
+            r,
+            rows,
+            groups,
+            k,
+            count,
+        }: Rows,
+        out: &mut [f32],
+    ) {
         use std::arch::x86_64::*;
-        let groups = x.len() / Q8_GROUP;
-        assert!(codes.len() >= y.len() * x.len() && scales.len() >= y.len() * groups);
-        // SAFETY: every load below reads codes[(r·groups + g)·32 ..][..32], x[g·32 ..][..32] and
-        // scales[r·groups + g] for r < y.len(), g < groups: within the lengths asserted above.
+        // SAFETY: every load reads codes[(r·groups + g)·32 ..][..32], scales[r·groups + g] and
+        // x[(rows + j)·k + g·32 ..][..32] for g < groups, j < N, and the store writes
+        // out[(rows + j)·count + r]: within the lengths the caller promises.
         unsafe {
-            let group = |r: usize, g: usize| {
+            // Group g of the weight row widened to f32 (two vectors of 16) with its scale.
+            let widen = |g: usize| {
                 let q = codes.as_ptr().add((r * groups + g) * Q8_GROUP);
                 _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(PREFETCH).cast());
-                let xs = x.as_ptr().add(g * Q8_GROUP);
                 let low = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.cast())));
                 let high =
                     _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.add(16).cast())));
+                (
+                    low,
+                    high,
+                    _mm512_set1_ps(*scales.get_unchecked(r * groups + g)),
+                )
+            };
+            // Row j's sum after group g (widened): sum + d · (low · x_low + high · x_high).
+            let add = |(low, high, d): (__m512, __m512, __m512), j: usize, g: usize, sum| {
+                let xs = x.as_ptr().add((rows + j) * k + g * Q8_GROUP);
                 let dot = _mm512_fmadd_ps(
                     high,
                     _mm512_loadu_ps(xs.add(16)),
                     _mm512_mul_ps(low, _mm512_loadu_ps(xs)),
                 );
-                (dot, _mm512_set1_ps(*scales.get_unchecked(r * groups + g)))
+                _mm512_fmadd_ps(dot, d, sum)
             };
-            for (r, out) in y.iter_mut().enumerate() {
-                let (mut even, mut odd) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-                let mut g = 0;
-                while g + 1 < groups {
-                    let (dot, d) = group(r, g);
-                    even = _mm512_fmadd_ps(dot, d, even);
-                    let (dot, d) = group(r, g + 1);
-                    odd = _mm512_fmadd_ps(dot, d, odd);
-                    g += 2;
+            let (mut even, mut odd) = ([_mm512_setzero_ps(); N], [_mm512_setzero_ps(); N]);
+            let mut g = 0;
+            while g + 1 < groups {
+                let group = widen(g);
+                for (j, sum) in even.iter_mut().enumerate() {
+                    *sum = add(group, j, g, *sum);
                 }
-                if g < groups {
-                    let (dot, d) = group(r, g);
-                    even = _mm512_fmadd_ps(dot, d, even);
+                let group = widen(g + 1);
+                for (j, sum) in odd.iter_mut().enumerate() {
+                    *sum = add(group, j, g + 1, *sum);
                 }
-                *out = _mm512_reduce_add_ps(_mm512_add_ps(even, odd));
+                g += 2;
+            }
+            if g < groups {
+                let group = widen(g);
+                for (j, sum) in even.iter_mut().enumerate() {
+                    *sum = add(group, j, g, *sum);
+                }
+            }
+            for j in 0..N {
+                *out.get_unchecked_mut((rows + j) * count + r) =
+                    _mm512_reduce_add_ps(_mm512_add_ps(even[j], odd[j]));
             }
         }
     }
 
-    /// AVX2: each weight row's groups widened to f32 once and multiplied with each of the m
-    /// activation rows of `x` (`[m, k]`, a decode step's batch), so that widening, most of the
-    /// work for one row, is not repeated per row; `out` is `[m, count]`.
+    /// AVX2: each weight row's groups widened to f32 once and multiplied with up to
+    /// [`ROWS_AT_ONCE`] activation rows of `x` (`[m, k]`, a decode step's batch) at a time, so
+    /// that widening, most of the work for one row, is not repeated per row; `out` is
+    /// `[m, count]`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     fn product_avx2(codes: &[i8], scales: &[f32], (x, k): (&[f32], usize), out: &mut [f32]) {
         use std::arch::x86_64::*;
         let (groups, m) = (k / Q8_GROUP, x.len() / k);
         let count = out.len() / m;
-        assert!(m <= Q8_MAX_ROWS && x.len() == m * k && out.len() == m * count);
+        assert!(x.len() == m * k && out.len() == m * count);
         assert!(codes.len() >= count * k && scales.len() >= count * groups);
         // SAFETY: every load below reads codes[(r·groups + g)·32 ..][..32], scales[r·groups + g]
         // and x[i·k + g·32 ..][..32] for r < count, g < groups, i < m, and writes out[i·count + r]:
         // within the lengths asserted above.
         unsafe {
             for r in 0..count {
-                let mut totals = [_mm256_setzero_ps(); Q8_MAX_ROWS];
-                for g in 0..groups {
-                    let q = codes.as_ptr().add((r * groups + g) * Q8_GROUP);
-                    _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(PREFETCH).cast());
-                    let weights: [__m256; 4] = std::array::from_fn(|part| {
-                        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                            q.add(8 * part).cast(),
-                        )))
-                    });
-                    let d = _mm256_set1_ps(*scales.get_unchecked(r * groups + g));
-                    for (i, total) in totals.iter_mut().enumerate().take(m) {
-                        let xs = x.as_ptr().add(i * k + g * Q8_GROUP);
-                        let mut dot = _mm256_mul_ps(weights[0], _mm256_loadu_ps(xs));
-                        for (part, w) in weights.iter().enumerate().skip(1) {
-                            dot = _mm256_fmadd_ps(*w, _mm256_loadu_ps(xs.add(8 * part)), dot);
+                for rows in (0..m).step_by(ROWS_AT_ONCE) {
+                    let n = (m - rows).min(ROWS_AT_ONCE);
+                    let mut totals = [_mm256_setzero_ps(); ROWS_AT_ONCE];
+                    for g in 0..groups {
+                        let q = codes.as_ptr().add((r * groups + g) * Q8_GROUP);
+                        _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(PREFETCH).cast());
+                        let weights: [__m256; 4] = std::array::from_fn(|part| {
+                            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                                q.add(8 * part).cast(),
+                            )))
+                        });
+                        let d = _mm256_set1_ps(*scales.get_unchecked(r * groups + g));
+                        for (j, total) in totals.iter_mut().enumerate().take(n) {
+                            let xs = x.as_ptr().add((rows + j) * k + g * Q8_GROUP);
+                            let mut dot = _mm256_mul_ps(weights[0], _mm256_loadu_ps(xs));
+                            for (part, w) in weights.iter().enumerate().skip(1) {
+                                dot = _mm256_fmadd_ps(*w, _mm256_loadu_ps(xs.add(8 * part)), dot);
+                            }
+                            *total = _mm256_fmadd_ps(dot, d, *total);
                         }
-                        *total = _mm256_fmadd_ps(dot, d, *total);
                     }
-                }
-                for (i, total) in totals.iter().enumerate().take(m) {
-                    *out.get_unchecked_mut(i * count + r) = sum_lanes(*total);
+                    for (j, total) in totals.iter().enumerate().take(n) {
+                        *out.get_unchecked_mut((rows + j) * count + r) = sum_lanes(*total);
+                    }
                 }
             }
         }
@@ -259,12 +341,7 @@ mod kernel {
             }
             // SAFETY: an `Isa` of this level exists only on a CPU with AVX-512F.
             #[cfg(target_arch = "x86_64")]
-            Level::Avx512 => {
-                let count = out.len() / (x.len() / k);
-                for (x, y) in x.chunks_exact(k).zip(out.chunks_exact_mut(count)) {
-                    unsafe { rows_avx512(codes, scales, x, y) };
-                }
-            }
+            Level::Avx512 => unsafe { product_avx512(codes, scales, (x, k), out) },
         }
     }
 }
@@ -327,6 +404,26 @@ mod tests {
         }
     }
 
+    /// A decode step's rows go through the kernel 8 at a time; each row's logits are bit for bit
+    /// the same whatever the batch (alone, or row 13 of 19), on every path this CPU runs.
+    #[test]
+    fn a_rows_product_does_not_depend_on_its_batch() {
+        let (n, k, m) = (37usize, 96usize, 19usize);
+        let q8 = Q8Matrix::quantise(&values(&[n as i64, k as i64], 0.4)).unwrap();
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 11 % 17) as f32 - 8.0) / 7.0)
+            .collect();
+        for isa in Isa::available() {
+            let mut together = vec![0f32; m * n];
+            kernel::product(isa, &q8.codes, &q8.scales, (&x, k), &mut together);
+            for (row, want) in x.chunks_exact(k).zip(together.chunks_exact(n)) {
+                let mut alone = vec![0f32; n];
+                kernel::product(isa, &q8.codes, &q8.scales, (row, k), &mut alone);
+                assert_eq!(alone, want, "{}", isa.name());
+            }
+        }
+    }
+
     #[test]
     fn products_equal_the_dense_product_for_few_and_many_rows() {
         // f32 accumulation in another order than libtorch's: 1e-5 of the outputs' scale.
@@ -340,7 +437,15 @@ mod tests {
             bool::try_from(error.le_tensor(&half_step).all()).unwrap(),
             "rounding error above half a step"
         );
-        for shape in [vec![1i64, 64], vec![2, 3, 64], vec![3, 5, 64], vec![8, 64]] {
+        let shapes = [
+            vec![1i64, 64],
+            vec![2, 3, 64],
+            vec![3, 5, 64],
+            vec![8, 64],
+            vec![19, 64],
+            vec![70, 64],
+        ];
+        for shape in shapes {
             let x = values(&shape, 2.0);
             let expected = x.linear::<&Tensor>(&dense, None);
             let got = q8.forward(&x);
