@@ -234,6 +234,23 @@ mod tests {
         }
     }
 
+    /// A memory whose archive fills within a few dozen tokens (int8 where asked), without the
+    /// signal.
+    fn small_layout(archive_int8: bool) -> MemoryLayout {
+        let config = MemoryConfig {
+            sinks: 2,
+            stm_len: 8,
+            block_len: 4,
+            top_k_blocks: 2,
+            archive_budget: 64,
+            ltm: None,
+            ltm_chunk_len: 16,
+            archive_int8,
+            ..MemoryConfig::default()
+        };
+        MemoryLayout::new(config, 128, Device::Cpu).unwrap()
+    }
+
     /// On host memory a step of more rows than one pass of the kernel takes (8) runs as one batch
     /// in which every row reads on the host or, where its memory declines (an int8 archive),
     /// through tensors: each row must still compute what it computes alone.
@@ -245,20 +262,7 @@ mod tests {
             "the int4 tiny model decodes on the host"
         );
         let rows = crate::model::linear::INT4_MAX_ROWS as usize + 3;
-        let layout = |row: usize| {
-            let config = MemoryConfig {
-                sinks: 2,
-                stm_len: 8,
-                block_len: 4,
-                top_k_blocks: 2,
-                archive_budget: 64,
-                ltm: None,
-                ltm_chunk_len: 16,
-                archive_int8: row.is_multiple_of(3),
-                ..MemoryConfig::default()
-            };
-            MemoryLayout::new(config, 128, Device::Cpu).unwrap()
-        };
+        let layout = |row: usize| small_layout(row.is_multiple_of(3));
         let fresh = |row: usize| {
             let mut memory = SessionMemory::new(&model, &layout(row));
             let prompt: Vec<u32> = (0..12 + 3 * row as u32)
@@ -304,21 +308,7 @@ mod tests {
     #[test]
     fn host_rows_read_together_in_one_call_per_layer_and_equal_each_row_alone() {
         let model = tiny(Precision::Int4);
-        let layout = MemoryLayout::new(
-            MemoryConfig {
-                sinks: 2,
-                stm_len: 8,
-                block_len: 4,
-                top_k_blocks: 2,
-                archive_budget: 64,
-                ltm: None,
-                ltm_chunk_len: 16,
-                ..MemoryConfig::default()
-            },
-            128,
-            Device::Cpu,
-        )
-        .unwrap();
+        let layout = small_layout(false);
         let fresh = |row: u32| {
             let mut memory = SessionMemory::new(&model, &layout);
             let prompt: Vec<u32> = (0..3 + 2 * row).map(|i| (i * 11 + row) % 64).collect();
