@@ -2,7 +2,12 @@
 # Builds llama.cpp's own `llama-server` (the load benchmark's peer, issue #6) from the llama.cpp
 # sources vendored in the PyPI sdist llama-cpp-python==0.3.36, into the git-ignored .cache/ folder.
 # Neither its code nor its binary is committed. Idempotent: prints the binary's path when built.
-#   LLAMA_CMAKE_FLAGS  extra CMake flags (e.g. -DGGML_AMX_INT8=OFF)
+#   LLAMA_CMAKE_FLAGS  extra CMake flags. On a VM whose CPU reports AMX but faults on its tiles
+#                      (llama-server dies in ggml_backend_amx_mul_mat at `ldtilecfg`; seen on a 2-vCPU
+#                      Xeon on 2026-12-02), build without -march=native's AMX:
+#                      "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+#                       -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON
+#                       -DGGML_AVX512_VBMI=ON" (remove .cache/llama-server/build first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
