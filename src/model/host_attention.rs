@@ -259,7 +259,10 @@ fn rows<'a, E: Element>(t: &'a Tensor, head: usize, start: i64, len: i64) -> Opt
     // SAFETY: `t` is a valid CPU tensor of `E`'s kind (the caller matched its kind), whose element
     // (batch, h, i, j) lies at batch·s₀ + h·s₁ + i·D + j for i < L, j < D (the strides checked
     // above): the `len·D` elements from row `start` (start + len ≤ L) are within its storage.
-    // The borrow of `t` keeps the storage alive, and nothing writes to it while a step reads.
+    // The borrow of `t` keeps the storage alive, and nothing writes to it while a step reads: the
+    // rows read are ones each cache took in before the read, a cache writes only buffers of its
+    // own (a buffer that forks share is copied before either writes, `Window::share`), and the
+    // caches of a batch move blocks to their archives (`LayerCache::after_read`) only after it.
     let data = unsafe {
         std::slice::from_raw_parts((t.data_ptr() as *const E).add(offset), (len * d) as usize)
     };
