@@ -1,7 +1,7 @@
 //! What the engine counts while it runs: turns in the system and cancellations, the shutdown's
 //! cut, queue depth and batch size as gauges, and histograms of time to first token, inter-token
-//! latency, rows and attention calls per decode step. Lock-free (atomics), written by the engine's handle and its
-//! thread, read by `GET /metrics`.
+//! latency, and rows and attention calls per decode step. Lock-free (atomics), written by the
+//! engine's handle and its thread, read by `GET /metrics`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
