@@ -15,7 +15,8 @@
 //! (decode threads, default: libtorch's, the core count; prefill uses every core),
 //! `INFINI_BENCH_DECODE` (tokens decoded per point per round, default 24), `INFINI_BENCH_ROUNDS`
 //! (default 4), `INFINI_BENCH_HISTORY` (points, default `100,1000,7800,8000,32000,100000`),
-//! `INFINI_BENCH_PEER=0` to skip the peer.
+//! `INFINI_BENCH_PEER=0` to skip the peer, `INFINI_BENCH_KEEP=<dir>` to keep each point's prefilled
+//! memory there (serialised, named by history and layout) and read it back in later runs.
 
 mod common;
 
@@ -93,6 +94,13 @@ struct Point {
     plain_times: Vec<f64>,
 }
 
+/// FNV-1a of `text`: names a kept point by the memory layout it was prefilled with.
+fn fingerprint(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 fn main() -> Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let all_cores = tch::get_num_threads();
@@ -149,13 +157,33 @@ fn main() -> Result<()> {
     let mut growing = SessionMemory::new(&model, &layout);
     let mut seen = 0;
     let mut pasts = Vec::new();
+    let kept = std::env::var_os("INFINI_BENCH_KEEP").map(PathBuf::from);
     for &history in &points {
         let target = history.saturating_sub(1);
+        // A point kept by an earlier run (same model, layout and text) is read back instead of
+        // prefilled again: 100k tokens take minutes.
+        let kept_file = kept.as_ref().map(|dir| {
+            dir.join(format!(
+                "memory-{history}-{:016x}.bin",
+                fingerprint(&format!("{config:?}"))
+            ))
+        });
+        match kept_file.as_ref().filter(|f| f.exists()) {
+            Some(file) if target > seen => {
+                growing = SessionMemory::from_bytes(&std::fs::read(file)?, &model, &layout)?;
+                seen = target;
+            }
+            _ => {}
+        }
         if target > seen {
             let _ = prefill(&model, growing.caches(), &text[seen..target], 512)?;
             seen = target;
         }
         let bytes = growing.to_bytes();
+        if let Some(file) = kept_file.filter(|f| !f.exists()) {
+            std::fs::create_dir_all(file.parent().expect("a file in a directory"))?;
+            std::fs::write(&file, &bytes)?;
+        }
         let memory = SessionMemory::from_bytes(&bytes, &model, &layout)?;
         let uncounted = SessionMemory::from_bytes(&bytes, &model, &uncounted_layout)?;
         eprintln!("memory: prefilled {history} tokens of history");

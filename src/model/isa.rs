@@ -4,7 +4,7 @@
 
 /// What a kernel may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Level {
+pub(crate) enum Level {
     /// Any CPU.
     Scalar,
     /// AVX2 with fused multiply-add and f16 conversions (F16C), as every AVX2 CPU has them.
@@ -61,7 +61,7 @@ impl Isa {
     }
 
     /// The level a kernel dispatches on; the CPU is known to run it.
-    pub(super) fn level(self) -> Level {
+    pub(crate) fn level(self) -> Level {
         self.0
     }
 }
@@ -69,7 +69,7 @@ impl Isa {
 /// The sum of the eight lanes of `v` (the last step of our AVX2 kernels' dot products).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-pub(super) fn sum_lanes(v: std::arch::x86_64::__m256) -> f32 {
+pub(crate) fn sum_lanes(v: std::arch::x86_64::__m256) -> f32 {
     use std::arch::x86_64::*;
     let halves = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));

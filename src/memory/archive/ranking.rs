@@ -2,13 +2,25 @@
 //! (Σ q)·r_j, r_j its representative key, and the segment reads the k best.
 //!
 //! This is the one part of a decode step that grows with the archive: every representative is
-//! read once per step and layer. The read is bound by memory bandwidth, so on the CPU, when the
-//! representatives are bf16 (the activations of the `int4` and `bf16` precisions, so they are
-//! stored without rounding), a loop reads them as they are, widening each to f32 in a register,
-//! instead of keeping an f32 copy twice the size; the top k are then picked in place. Elsewhere
-//! (a GPU, or f32 representatives) libtorch computes the same f32 scores with one matrix product.
+//! read once per step and layer. So on the CPU, when the representatives are bf16 (the activations
+//! of the `int4` and `bf16` precisions, so they are stored without rounding), a kernel of ours
+//! reads them as they are with the widest vectors the CPU has, widening each to f32 in a register
+//! (`kernel`), instead of keeping an f32 copy twice the size; the top k are then kept in one pass
+//! over the scores (`top_k`). Elsewhere (a GPU, or f32 representatives) libtorch computes the same
+//! f32 scores with one matrix product.
 
+use std::sync::Mutex;
+
+use crate::model::isa::Isa;
+use crate::model::parallel::for_each_part;
 use tch::{Device, Kind, Tensor};
+
+/// Blocks one part of the scoring reads: 256 representatives of 64 bf16 are 32 KiB, an L1 cache.
+const SCORE_PART: usize = 256;
+
+/// Scores from which the ranking is split over libtorch's threads (a 22k-token archive of 3
+/// key/value heads); below, a parallel region costs about what it saves.
+const PARALLEL_SCORES: usize = 1024;
 
 /// Indices `[B, H_kv, S, k]` (int64, best first) of the `k` blocks whose representatives
 /// `[B, H_kv, blocks, D]` score highest against each of the S queries `[B, H_kv, S, D]` (f32, each
@@ -43,25 +55,48 @@ pub fn best_blocks_on_host(representatives: &Tensor, query: &[f32], k: i64) -> V
     }
     let strides = representatives.stride();
     let base = representatives.data_ptr() as *const u16;
-    let mut chosen = Vec::with_capacity((b * h * segments * k) as usize);
-    let mut scores = Vec::with_capacity(blocks as usize);
-    let mut queries = query.chunks_exact(d as usize);
-    for row in 0..b {
-        for head in 0..h {
-            let offset = (row * strides[0] + head * strides[1]) as usize;
-            // SAFETY: `representatives` is a live bf16 tensor (2-byte elements) whose head
-            // (row, head) holds `blocks · d` contiguous elements from `offset` (strides checked
-            // above), and nothing writes to it while this slice lives.
-            let held =
-                unsafe { std::slice::from_raw_parts(base.add(offset), (blocks * d) as usize) };
-            for q in queries.by_ref().take(segments as usize) {
-                scores.clear();
-                scores.extend(held.chunks_exact(d as usize).map(|r| dot_bf16(r, q)));
-                chosen.extend(top_k(&scores, k as usize).into_iter().map(|j| j as i64));
-            }
-        }
+    let (d, blocks) = (d as usize, blocks as usize);
+    if blocks == 0 {
+        return Vec::new();
     }
-    chosen
+    // Each (row, head)'s representatives, `[blocks, D]` bf16 bit patterns.
+    let heads: Vec<&[u16]> = (0..b)
+        .flat_map(|row| (0..h).map(move |head| (row, head)))
+        .map(|(row, head)| row * strides[0] + head * strides[1])
+        // SAFETY: `representatives` is a live bf16 tensor (2-byte elements) whose head
+        // (row, head) holds `blocks · d` contiguous elements from its offset (strides checked
+        // above), and nothing writes to it while these slices live.
+        .map(|offset| unsafe { std::slice::from_raw_parts(base.add(offset as usize), blocks * d) })
+        .collect();
+    // Every query's scores, `[B·H_kv·S, blocks]`, computed in parts of up to SCORE_PART blocks.
+    let mut scores = vec![0f32; query.len() / d * blocks];
+    let parts: Vec<(usize, usize, Mutex<&mut [f32]>)> = scores
+        .chunks_mut(blocks)
+        .enumerate()
+        .flat_map(|(i, row)| {
+            row.chunks_mut(SCORE_PART)
+                .enumerate()
+                .map(move |(c, out)| (i, c * SCORE_PART, Mutex::new(out)))
+        })
+        .collect();
+    let isa = Isa::best();
+    let score_part = |part: usize| {
+        let (i, first, out) = &parts[part];
+        let mut out = out.lock().expect("each part is taken by one thread");
+        let held = &heads[*i / segments as usize][first * d..(first + out.len()) * d];
+        kernel::scores(isa, held, &query[i * d..(i + 1) * d], &mut out);
+    };
+    if query.len() / d * blocks >= PARALLEL_SCORES {
+        for_each_part(parts.len(), &score_part);
+    } else {
+        (0..parts.len()).for_each(score_part);
+    }
+    drop(parts);
+    scores
+        .chunks_exact(blocks)
+        .flat_map(|scores| top_k(scores, k as usize))
+        .map(|j| j as i64)
+        .collect()
 }
 
 /// Whether the loop of [`best_blocks_on_host`] reads `representatives` where they lie: bf16 in CPU
@@ -75,50 +110,178 @@ fn reads_in_place(representatives: &Tensor) -> bool {
         && strides[2] == size[3]
 }
 
-/// A bf16 bit pattern as the f32 it is the high half of (exact).
-fn widen(bits: u16) -> f32 {
-    f32::from_bits(u32::from(bits) << 16)
+/// Indices of the `k` largest `scores`, largest first (NaN ranks lowest, ties by index): one pass
+/// that keeps the best k so far in order, so most scores cost one comparison with the k-th.
+fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
+    let key = |i: usize| {
+        let s = scores[i];
+        if s.is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            s
+        }
+    };
+    let mut best: Vec<usize> = Vec::with_capacity(k + 1);
+    for i in 0..scores.len() {
+        if best.len() == k {
+            // A later index ranks below an equal score, so only a strictly larger one enters.
+            match best.last() {
+                Some(&worst) if key(i).total_cmp(&key(worst)).is_gt() => best.pop(),
+                _ => continue,
+            };
+        }
+        let at = best.partition_point(|&j| key(j).total_cmp(&key(i)).is_ge());
+        best.insert(at, i);
+    }
+    best
 }
 
-/// r·q with r given as bf16 bit patterns ([`widen`]), summed in f32 over eight lanes so that the
-/// compiler can keep them in vector registers.
-fn dot_bf16(r: &[u16], q: &[f32]) -> f32 {
-    const LANES: usize = 8;
-    let mut sums = [0f32; LANES];
-    let (r_main, r_rest) = r.split_at(r.len() / LANES * LANES);
-    for (r, q) in r_main.chunks_exact(LANES).zip(q.chunks_exact(LANES)) {
-        for lane in 0..LANES {
-            sums[lane] += widen(r[lane]) * q[lane];
+/// The scores r_j·q of bf16 representatives against one f32 query, with the widest vectors the
+/// CPU has. Every instruction set sums in one order, so a session ranks its blocks alike on any
+/// CPU: 16 lanes, lane l taking dimensions l, l + 16, … by fused multiply-adds, then lanes l and
+/// l + 8, l and l + 4, l and l + 2, and 0 and 1 added.
+mod kernel {
+    use crate::model::isa::{Isa, Level};
+
+    const LANES: usize = 16;
+
+    /// `scores[j]` = r_j·q for the `[blocks, D]` bf16 bit patterns `held`, D = `q.len()`.
+    pub(super) fn scores(isa: Isa, held: &[u16], q: &[f32], scores: &mut [f32]) {
+        let d = q.len();
+        assert!(
+            held.len() == scores.len() * d,
+            "one score per representative"
+        );
+        match isa.level() {
+            // SAFETY: an `Isa` of this level exists only on a CPU with AVX-512F; the lengths are
+            // asserted above and D is a whole number of 16-lane vectors.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 if d.is_multiple_of(LANES) => unsafe { scores_avx512(held, q, scores) },
+            // SAFETY: as above, on a CPU with AVX2 and FMA.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 if d.is_multiple_of(LANES) => unsafe { scores_avx2(held, q, scores) },
+            _ => scores_scalar(held, q, scores),
         }
     }
-    let rest: f32 = r_rest
-        .iter()
-        .zip(&q[r_main.len()..])
-        .map(|(&r, &q)| widen(r) * q)
-        .sum();
-    sums.iter().sum::<f32>() + rest
-}
 
-/// Indices of the `k` largest `scores`, largest first (NaN ranks lowest, ties by index).
-fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
-    let order = |a: &usize, b: &usize| {
-        let key = |i: &usize| {
-            let s = scores[*i];
-            if s.is_nan() {
-                f32::NEG_INFINITY
-            } else {
-                s
-            }
-        };
-        key(b).total_cmp(&key(a)).then(a.cmp(b))
-    };
-    let mut indices: Vec<usize> = (0..scores.len()).collect();
-    if k < indices.len() {
-        indices.select_nth_unstable_by(k, order);
-        indices.truncate(k);
+    /// A bf16 bit pattern as the f32 it is the high half of (exact).
+    fn widen(bits: u16) -> f32 {
+        f32::from_bits(u32::from(bits) << 16)
     }
-    indices.sort_unstable_by(order);
-    indices
+
+    fn scores_scalar(held: &[u16], q: &[f32], scores: &mut [f32]) {
+        for (r, score) in held.chunks_exact(q.len()).zip(scores) {
+            let mut lanes = [0f32; LANES];
+            for (i, (&r, &q)) in r.iter().zip(q).enumerate() {
+                lanes[i % LANES] = widen(r).mul_add(q, lanes[i % LANES]);
+            }
+            let mut width = LANES / 2;
+            while width > 0 {
+                for l in 0..width {
+                    lanes[l] += lanes[l + width];
+                }
+                width /= 2;
+            }
+            *score = lanes[0];
+        }
+    }
+
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `held` is `scores.len()` rows of `q.len()`, a multiple of 16.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn scores_avx2(held: &[u16], q: &[f32], scores: &mut [f32]) {
+        use crate::model::isa::sum_lanes;
+        use std::arch::x86_64::*;
+        let d = q.len();
+        let widen8 = |bits: __m128i| {
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(bits)))
+        };
+        for (r, score) in held.chunks_exact(d).zip(scores) {
+            let (mut low, mut high) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            for c in (0..d).step_by(LANES) {
+                // SAFETY: c + 16 ≤ d, the length of both `r` and `q`.
+                unsafe {
+                    let bits = _mm256_loadu_si256(r.as_ptr().add(c) as *const __m256i);
+                    let qs = q.as_ptr().add(c);
+                    low = _mm256_fmadd_ps(
+                        widen8(_mm256_castsi256_si128(bits)),
+                        _mm256_loadu_ps(qs),
+                        low,
+                    );
+                    high = _mm256_fmadd_ps(
+                        widen8(_mm256_extracti128_si256::<1>(bits)),
+                        _mm256_loadu_ps(qs.add(8)),
+                        high,
+                    );
+                }
+            }
+            *score = sum_lanes(_mm256_add_ps(low, high));
+        }
+    }
+
+    /// # Safety
+    /// The CPU has AVX-512F; `held` is `scores.len()` rows of `q.len()`, a multiple of 16.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn scores_avx512(held: &[u16], q: &[f32], scores: &mut [f32]) {
+        use crate::model::isa::sum_lanes;
+        use std::arch::x86_64::*;
+        let d = q.len();
+        for (r, score) in held.chunks_exact(d).zip(scores) {
+            let mut sums = _mm512_setzero_ps();
+            for c in (0..d).step_by(LANES) {
+                // SAFETY: c + 16 ≤ d, the length of both `r` and `q`.
+                unsafe {
+                    let bits = _mm256_loadu_si256(r.as_ptr().add(c) as *const __m256i);
+                    let r =
+                        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)));
+                    sums = _mm512_fmadd_ps(r, _mm512_loadu_ps(q.as_ptr().add(c)), sums);
+                }
+            }
+            let low = _mm512_castps512_ps256(sums);
+            let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(sums)));
+            *score = sum_lanes(_mm256_add_ps(low, high));
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// Every instruction set gives bit for bit the scores of the scalar order, for a D that
+        /// is a whole number of vectors and one that is not.
+        #[test]
+        fn every_isa_scores_alike() {
+            let mut state = 7u32;
+            let mut next = || {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (state >> 8) as f32 / (1 << 24) as f32 - 0.5
+            };
+            for d in [64, 40] {
+                let blocks = 37;
+                let held: Vec<u16> = (0..blocks * d)
+                    .map(|_| (next().to_bits() >> 16) as u16)
+                    .collect();
+                let q: Vec<f32> = (0..d).map(|_| next()).collect();
+                let mut expected = vec![0f32; blocks];
+                scores_scalar(&held, &q, &mut expected);
+                for isa in Isa::available() {
+                    let mut got = vec![f32::NAN; blocks];
+                    scores(isa, &held, &q, &mut got);
+                    let same = got
+                        .iter()
+                        .zip(&expected)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{} at D = {d}: {got:?} against {expected:?}",
+                        isa.name()
+                    );
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -131,17 +294,20 @@ mod tests {
     #[test]
     fn the_bf16_loop_ranks_as_the_f32_product_does() {
         tch::manual_seed(3);
-        let buffer =
-            Tensor::randn([2, 3, 300, 64], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
-        let representatives = buffer.narrow(2, 0, 257); // a window's held part
-        let query = Tensor::randn([2, 3, 4, 64], (Kind::Float, Device::Cpu)); // 4 segments
-        let ours = best_blocks(&representatives, &query, 8);
-        let reference = query
-            .matmul(&representatives.to_kind(Kind::Float).transpose(-1, -2))
-            .topk(8, -1, true, true)
-            .1;
-        assert_eq!(ours.size(), vec![2, 3, 4, 8]);
-        assert!(ours.equal(&reference), "{ours} against {reference}");
+        // 257 blocks for 24 queries: scored in parts over the threads; 20 for 6: in one run.
+        for (blocks, segments) in [(257, 4), (20, 1)] {
+            let buffer =
+                Tensor::randn([2, 3, 300, 64], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+            let representatives = buffer.narrow(2, 0, blocks); // a window's held part
+            let query = Tensor::randn([2, 3, segments, 64], (Kind::Float, Device::Cpu));
+            let ours = best_blocks(&representatives, &query, 8);
+            let reference = query
+                .matmul(&representatives.to_kind(Kind::Float).transpose(-1, -2))
+                .topk(8, -1, true, true)
+                .1;
+            assert_eq!(ours.size(), vec![2, 3, segments, 8]);
+            assert!(ours.equal(&reference), "{ours} against {reference}");
+        }
     }
 
     #[test]
@@ -150,5 +316,19 @@ mod tests {
         assert_eq!(top_k(&scores, 3), vec![2, 4, 5]);
         assert_eq!(top_k(&scores, 6), vec![2, 4, 5, 0, 3, 1]);
         assert_eq!(top_k(&scores, 0), Vec::<usize>::new());
+        assert_eq!(top_k(&scores, 9), vec![2, 4, 5, 0, 3, 1]);
+    }
+
+    /// The one-pass top k is the head of a full sort (best first, ties by index), with many ties.
+    #[test]
+    fn top_k_is_the_head_of_a_full_sort() {
+        let scores: Vec<f32> = (0..500u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as f32)
+            .collect();
+        let mut sorted: Vec<usize> = (0..scores.len()).collect();
+        sorted.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+        for k in [1, 8, 64, 500] {
+            assert_eq!(top_k(&scores, k), sorted[..k], "k = {k}");
+        }
     }
 }
