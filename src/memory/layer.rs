@@ -367,10 +367,10 @@ impl LayerCache for LayerMemory {
         step: &HostStep,
         rope: &RopeTable,
     ) -> Option<Result<host_attention::Read, ModelError>> {
-        let (keys, values) = (self.keys.view()?, self.values.view()?);
+        let (keys, values) = (self.keys.buffer()?, self.values.buffer()?);
         let points = self.points().is_some();
         let exact = self.archive.blocks() == 0 || self.archive.is_exact();
-        if !step.fits(&keys) || !step.fits(&values) || points || !exact {
+        if !step.fits(keys) || !step.fits(values) || points || !exact {
             return None;
         }
         let start = self.keys.len() + i64::from(self.evicted);

@@ -115,6 +115,12 @@ impl Window {
         }
     }
 
+    /// The whole buffer `[B, H, capacity, D]`, spare room included: for checks of its kind,
+    /// device and shape but the length, which cost no view ([`Window::view`]) on a decode step.
+    pub fn buffer(&self) -> Option<&Tensor> {
+        self.buffer.as_ref()
+    }
+
     /// The held tokens `[B, H, len, D]` (a view; empty before the first append).
     pub fn view(&self) -> Option<Tensor> {
         self.buffer.as_ref().map(|b| b.narrow(2, 0, self.len))
