@@ -20,6 +20,7 @@
 
 mod common;
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -94,13 +95,6 @@ struct Point {
     plain_times: Vec<f64>,
 }
 
-/// FNV-1a of `text`: names a kept point by the memory layout it was prefilled with.
-fn fingerprint(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 fn main() -> Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let all_cores = tch::get_num_threads();
@@ -163,17 +157,16 @@ fn main() -> Result<()> {
         // A point kept by an earlier run (same model, layout and text) is read back instead of
         // prefilled again: 100k tokens take minutes.
         let kept_file = kept.as_ref().map(|dir| {
+            let mut layout_hash = DefaultHasher::new();
+            format!("{config:?}").hash(&mut layout_hash);
             dir.join(format!(
                 "memory-{history}-{:016x}.bin",
-                fingerprint(&format!("{config:?}"))
+                layout_hash.finish()
             ))
         });
-        match kept_file.as_ref().filter(|f| f.exists()) {
-            Some(file) if target > seen => {
-                growing = SessionMemory::from_bytes(&std::fs::read(file)?, &model, &layout)?;
-                seen = target;
-            }
-            _ => {}
+        if let Some(file) = kept_file.as_ref().filter(|f| f.exists() && target > seen) {
+            growing = SessionMemory::from_bytes(&std::fs::read(file)?, &model, &layout)?;
+            seen = target;
         }
         if target > seen {
             let _ = prefill(&model, growing.caches(), &text[seen..target], 512)?;

@@ -69,7 +69,8 @@ pub fn best_blocks_on_host(representatives: &Tensor, query: &[f32], k: i64) -> V
         .map(|offset| unsafe { std::slice::from_raw_parts(base.add(offset as usize), blocks * d) })
         .collect();
     // Every query's scores, `[B·H_kv·S, blocks]`, computed in parts of up to SCORE_PART blocks.
-    let mut scores = vec![0f32; query.len() / d * blocks];
+    let count = query.len() / d * blocks;
+    let mut scores = vec![0f32; count];
     let parts: Vec<(usize, usize, Mutex<&mut [f32]>)> = scores
         .chunks_mut(blocks)
         .enumerate()
@@ -86,7 +87,7 @@ pub fn best_blocks_on_host(representatives: &Tensor, query: &[f32], k: i64) -> V
         let held = &heads[*i / segments as usize][first * d..(first + out.len()) * d];
         kernel::scores(isa, held, &query[i * d..(i + 1) * d], &mut out);
     };
-    if query.len() / d * blocks >= PARALLEL_SCORES {
+    if count >= PARALLEL_SCORES {
         for_each_part(parts.len(), &score_part);
     } else {
         (0..parts.len()).for_each(score_part);
