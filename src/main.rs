@@ -6,7 +6,7 @@ use infini::api::openapi::ApiDoc;
 use infini::cli::{run_chat, run_generate, ChatArgs, GenerateArgs};
 use infini::config::ServeConfig;
 use infini::demo::{run_memory_demo, MemoryDemo};
-use infini::evaluation::{run_memory_eval, MemoryEvalArgs};
+use infini::evaluation::{run_memory_eval, run_retention_eval, MemoryEvalArgs, RetentionEvalArgs};
 use infini::train::cli::{run_eval_sorting, run_train, EvalSortingArgs, TrainTask};
 
 /// infini: chat with unbounded memory at constant cost per token (the ∞-former).
@@ -45,6 +45,9 @@ enum EvalTask {
     Sorting(EvalSortingArgs),
     /// Perplexity and pass-key retrieval of the session memory, tier by tier (docs/EVALUATION.md).
     Memory(Box<MemoryEvalArgs>),
+    /// What a bounded archive keeps, by retention policy: a fact used k times, then more text
+    /// than the archive's budget (docs/RETENTION.md).
+    Retention(Box<RetentionEvalArgs>),
 }
 
 fn main() -> Result<()> {
@@ -60,5 +63,6 @@ fn main() -> Result<()> {
         Command::Train(task) => run_train(&task),
         Command::Eval(EvalTask::Sorting(args)) => run_eval_sorting(&args),
         Command::Eval(EvalTask::Memory(args)) => run_memory_eval(&args),
+        Command::Eval(EvalTask::Retention(args)) => run_retention_eval(&args),
     }
 }

@@ -330,5 +330,13 @@ fn pre_tokenizer_for(pre: &str) -> Option<PreTokenizerWrapper> {
     }
 }
 
+/// The default model's tokenizer, for unit tests (they need the model: `make test` fetches it).
+#[cfg(test)]
+pub(crate) fn smollm_for_tests() -> Tokenizer {
+    let file = crate::gguf::GgufFile::open(crate::model::DEFAULT_MODEL)
+        .unwrap_or_else(|e| panic!("{e} (run ./scripts/setup.sh to fetch the default model)"));
+    Tokenizer::from_gguf(&file).expect("the default model's tokenizer reads")
+}
+
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,7 @@
 mod common;
 
 use common::PgSchema;
-use infini::session::{parts, MemoryParts};
+use infini::session::{parts, HeldBlocks, MemoryParts};
 use infini::store::sql::SqlStore;
 use infini::store::{
     Committed, ForkOf, SessionHead, SessionRecord, SessionStore, StoreError, TurnCommit,
@@ -32,29 +32,51 @@ fn record(id: &str, owner: &str) -> SessionRecord {
     }
 }
 
-/// A core whose header names blocks `first..first + held` (the store reads no further), tagged.
-fn core(first: u64, held: u64, tag: &str) -> Vec<u8> {
+/// A core of format `version` whose header names the blocks `held` (the store reads no further),
+/// tagged: version 1 names one run by its first block and length, version 2 lists runs.
+fn core_of(version: u32, held: &HeldBlocks, tag: &str) -> Vec<u8> {
     let mut bytes = b"INFMEM\0\0".to_vec();
-    bytes.extend(infini::session::FORMAT_VERSION.to_le_bytes());
+    bytes.extend(version.to_le_bytes());
     for text in ["llama-test", "{}"] {
         bytes.extend((text.len() as u64).to_le_bytes());
         bytes.extend(text.as_bytes());
     }
     bytes.extend(1u32.to_le_bytes());
-    bytes.extend(first.to_le_bytes());
-    bytes.extend(held.to_le_bytes());
+    if version == 1 {
+        let first = held.iter().next().unwrap_or(0);
+        bytes.extend(first.to_le_bytes());
+        bytes.extend(held.len().to_le_bytes());
+    } else {
+        bytes.extend((held.runs().len() as u64).to_le_bytes());
+        for run in held.runs() {
+            run.iter().for_each(|n| bytes.extend(n.to_le_bytes()));
+        }
+    }
     bytes.extend(tag.as_bytes());
     bytes
+}
+
+/// A core of this build's format naming blocks `first..first + held`, tagged.
+fn core(first: u64, held: u64, tag: &str) -> Vec<u8> {
+    core_of(
+        infini::session::FORMAT_VERSION,
+        &range(first..first + held),
+        tag,
+    )
+}
+
+fn range(blocks: std::ops::Range<u64>) -> HeldBlocks {
+    HeldBlocks::of_range(blocks)
 }
 
 fn block(n: u64) -> (u64, Vec<u8>) {
     (n, format!("block {n}").into_bytes())
 }
 
-fn parts_of(core: Vec<u8>, blocks: std::ops::Range<u64>) -> MemoryParts {
+fn parts_of(core: Vec<u8>, blocks: &HeldBlocks) -> MemoryParts {
     MemoryParts {
         core,
-        blocks: blocks.map(|n| block(n).1).collect(),
+        blocks: blocks.iter().map(|n| block(n).1).collect(),
     }
 }
 
@@ -80,7 +102,7 @@ async fn version_guard(store: &SqlStore) {
         read_version,
         transcript: &transcript,
         core,
-        blocks: 0..0,
+        blocks: HeldBlocks::default(),
         new_blocks: &[],
         stats: &stats,
         tokens_seen: 7,
@@ -123,23 +145,14 @@ async fn version_guard(store: &SqlStore) {
 
 async fn incremental_blocks(store: &SqlStore) {
     store.insert(&record("b1", "alice")).await.unwrap();
-    let (transcript, stats) = (Transcript::new(), json!({}));
-    let turn = |read_version, core, blocks, new_blocks| TurnCommit {
-        id: "b1",
-        read_version,
-        transcript: &transcript,
-        core,
-        blocks,
-        new_blocks,
-        stats: &stats,
-        tokens_seen: 0,
-        updated_at: 3,
+    let turn = |read_version, core, blocks, new_blocks| {
+        turn_of("b1", read_version, core, blocks, new_blocks)
     };
     // The first turn fills blocks 0..3.
     let core1 = core(0, 3, "one");
     let new1: Vec<_> = (0..3).map(block).collect();
     let committed = store
-        .commit_turn(turn(0, &core1, 0..3, &new1))
+        .commit_turn(turn(0, &core1, range(0..3), &new1))
         .await
         .unwrap();
     assert_eq!(
@@ -153,7 +166,7 @@ async fn incremental_blocks(store: &SqlStore) {
     assert_eq!(store.stored_blocks("b1").await.unwrap(), [0, 1, 2]);
     assert_eq!(
         store.memory("b1").await.unwrap().unwrap(),
-        parts_of(core1.clone(), 0..3)
+        parts_of(core1.clone(), &range(0..3))
     );
 
     // A turn over a stale version writes no block row and deletes none.
@@ -161,7 +174,7 @@ async fn incremental_blocks(store: &SqlStore) {
     let new2: Vec<_> = (3..5).map(block).collect();
     assert_eq!(
         store
-            .commit_turn(turn(0, &core2, 2..5, &new2))
+            .commit_turn(turn(0, &core2, range(2..5), &new2))
             .await
             .unwrap(),
         None
@@ -171,7 +184,7 @@ async fn incremental_blocks(store: &SqlStore) {
 
     // The next turn writes only blocks 3 and 4 and deletes the popped 0 and 1.
     let committed = store
-        .commit_turn(turn(1, &core2, 2..5, &new2))
+        .commit_turn(turn(1, &core2, range(2..5), &new2))
         .await
         .unwrap();
     assert_eq!(
@@ -184,7 +197,7 @@ async fn incremental_blocks(store: &SqlStore) {
     );
     assert_eq!(store.stored_blocks("b1").await.unwrap(), [2, 3, 4]);
     let stored = store.memory("b1").await.unwrap().unwrap();
-    assert_eq!(stored, parts_of(core2.clone(), 2..5));
+    assert_eq!(stored, parts_of(core2.clone(), &range(2..5)));
     assert_eq!(
         stored.join(),
         parts::join(&core2, [&b"block 2"[..], b"block 3", b"block 4"])
@@ -193,9 +206,9 @@ async fn incremental_blocks(store: &SqlStore) {
     // A turn that would leave a gap (block 5 missing) is refused whole.
     let core3 = core(2, 5, "three");
     let gap = [block(6)];
-    let refused = store.commit_turn(turn(2, &core3, 2..7, &gap)).await;
+    let refused = store.commit_turn(turn(2, &core3, range(2..7), &gap)).await;
     assert!(
-        matches!(refused, Err(StoreError::Blocks { ref found, .. }) if *found == (2..7)),
+        matches!(refused, Err(StoreError::Blocks { ref found, .. }) if *found == HeldBlocks::of_numbers(&[2, 3, 4, 6])),
         "{refused:?}"
     );
     assert_eq!(store.head("b1").await.unwrap().unwrap().version, 2);
@@ -225,16 +238,80 @@ async fn incremental_blocks(store: &SqlStore) {
 
     // Import: a record with blocks writes them under the numbers its core names.
     let mut imported = record("i1", "alice");
-    imported.memory = parts_of(core(7, 2, "imported"), 7..9);
+    imported.memory = parts_of(core(7, 2, "imported"), &range(7..9));
     store.insert(&imported).await.unwrap();
     assert_eq!(store.stored_blocks("i1").await.unwrap(), [7, 8]);
     assert_eq!(store.memory("i1").await.unwrap().unwrap(), imported.memory);
+    // A core of format 1 (written before sticky retention) names its blocks as one run.
+    let mut older = record("i2", "alice");
+    older.memory = parts_of(core_of(1, &range(3..5), "format 1"), &range(3..5));
+    store.insert(&older).await.unwrap();
+    assert_eq!(store.stored_blocks("i2").await.unwrap(), [3, 4]);
+    assert_eq!(store.memory("i2").await.unwrap().unwrap(), older.memory);
+
+    // Sticky retention lets blocks go out of order: the turn deletes exactly those, wherever
+    // they lie, and writes the new ones.
+    store.insert(&record("g1", "alice")).await.unwrap();
+    let first = range(0..4);
+    let new: Vec<_> = first.iter().map(block).collect();
+    store
+        .commit_turn(turn_of(
+            "g1",
+            0,
+            &core_of(2, &first, "g"),
+            first.clone(),
+            &new,
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let held = HeldBlocks::of_numbers(&[0, 2, 4, 5]);
+    let committed = store
+        .commit_turn(turn_of(
+            "g1",
+            1,
+            &core_of(2, &held, "g"),
+            held.clone(),
+            &[block(4), block(5)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        committed.map(|c| (c.blocks_written, c.blocks_deleted)),
+        Some((2, 2))
+    );
+    assert_eq!(store.stored_blocks("g1").await.unwrap(), [0, 2, 4, 5]);
+    let stored = store.memory("g1").await.unwrap().unwrap();
+    assert_eq!(stored, parts_of(core_of(2, &held, "g"), &held));
+}
+
+/// A turn of session `id` over `read_version` that leaves its memory holding `blocks`.
+fn turn_of<'a>(
+    id: &'a str,
+    read_version: i64,
+    core: &'a [u8],
+    blocks: HeldBlocks,
+    new_blocks: &'a [(u64, Vec<u8>)],
+) -> TurnCommit<'a> {
+    static EMPTY: std::sync::OnceLock<(Transcript, serde_json::Value)> = std::sync::OnceLock::new();
+    let (transcript, stats) = EMPTY.get_or_init(|| (Transcript::new(), json!({})));
+    TurnCommit {
+        id,
+        read_version,
+        transcript,
+        core,
+        blocks,
+        new_blocks,
+        stats,
+        tokens_seen: 0,
+        updated_at: 4,
+    }
 }
 
 /// A row as written before migration 0002 (the whole memory file, no block rows) is split on
 /// connect.
 async fn whole_memories_are_split(store: &SqlStore, url: &str) {
-    let whole = parts_of(core(4, 2, "old"), 4..6);
+    let whole = parts_of(core(4, 2, "old"), &range(4..6));
     store.insert(&record("old", "alice")).await.unwrap();
     let pool = sqlx::AnyPool::connect(url).await.unwrap();
     sqlx::query("UPDATE sessions SET memory = $1, memory_format = 0 WHERE id = 'old'")

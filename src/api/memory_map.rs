@@ -1,9 +1,10 @@
 //! `GET /v1/sessions/{id}/memory`: what a session's memory holds, drawn on its token timeline.
 //! The tiers keep tokens in session order (`infinity-former.md` §9.7): the sinks are the first
-//! tokens, the STM the last, the archive's blocks the ones before the STM, and what left the
-//! archive's budget went to the continuous signal (or was dropped, with the signal off). So the
-//! memory's statistics and the last turn's [`TurnReading`] place every token, and the transcript
-//! gives each span its text.
+//! tokens, the STM the last, archive block n the n-th block of 64 tokens after the sinks, and what
+//! left the archive (the oldest blocks, or with sticky retention those read least, wherever they
+//! lie) went to the continuous signal (or was dropped, with the signal off). So the memory's
+//! statistics and the last turn's [`TurnReading`] place every token, and the transcript gives each
+//! span its text.
 
 use axum::extract::State;
 use axum::Json;
@@ -74,6 +75,10 @@ pub struct MemorySpan {
     /// How often the last turn selected this block, summed over layers, KV heads and query
     /// segments (null when not a block).
     pub selected: Option<u64>,
+    /// With sticky retention, the block's stickiness: the attention mass it received while
+    /// selected, summed over layers, heads and queries, fading by half per 65,536 tokens; the
+    /// least sticky blocks leave first (null when not a block or not kept).
+    pub stickiness: Option<f32>,
 }
 
 /// What the last turn read.
@@ -123,8 +128,9 @@ pub async fn memory_map(
             start,
             end,
             text: text(start, end),
-            block: block.map(|(number, _)| number),
-            selected: block.map(|(_, selected)| selected),
+            block: block.map(|b| b.number),
+            selected: block.map(|b| b.selected),
+            stickiness: block.and_then(|b| b.stickiness),
         })
         .collect();
     let t = stats.tiers;
@@ -155,13 +161,22 @@ pub async fn memory_map(
     }))
 }
 
-/// A span of the timeline: tier, first token, one past the last, and (block number, selections)
-/// for an archive block.
-type Span = (Tier, u64, u64, Option<(u64, u64)>);
+/// An archive block on the timeline: its number, the last turn's selections, its stickiness.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct BlockSpan {
+    number: u64,
+    selected: u64,
+    stickiness: Option<f32>,
+}
 
-/// The timeline's spans in token order, empty tiers left out: sinks, signal, dropped, each held
-/// archive block (then any archive tokens that are not held blocks: blocks staged for the signal
-/// with the archive off), STM. Together they cover `0..tokens_seen` once.
+/// A span of the timeline: tier, first token, one past the last, and the block it is, if one.
+type Span = (Tier, u64, u64, Option<BlockSpan>);
+
+/// The timeline's spans in token order, empty tiers left out: sinks; then each held archive block
+/// at its place, the tokens before and between them that left the archive given to the signal
+/// first and then to the dropped, in that order (with `fifo` retention: the signal, the dropped,
+/// then the blocks); any archive tokens that are not held blocks (blocks staged for the signal
+/// with the archive off); the STM. Together they cover `0..tokens_seen` once.
 fn timeline(stats: &MemoryStats, reading: Option<&TurnReading>) -> Vec<Span> {
     let t = stats.tiers;
     let mut spans = Vec::new();
@@ -173,21 +188,35 @@ fn timeline(stats: &MemoryStats, reading: Option<&TurnReading>) -> Vec<Span> {
         }
     };
     push(Tier::Sinks, t.sink_tokens as u64, None);
-    push(Tier::Signal, t.ltm_tokens, None);
-    push(Tier::Dropped, t.dropped_tokens, None);
+    // What left the archive, in timeline order: the signal's tokens, then the dropped.
+    let mut left = [
+        (Tier::Signal, t.ltm_tokens),
+        (Tier::Dropped, t.dropped_tokens),
+    ];
+    let mut give_left = |push: &mut dyn FnMut(Tier, u64, Option<BlockSpan>), mut tokens: u64| {
+        for (tier, remaining) in left.iter_mut() {
+            let n = tokens.min(*remaining);
+            push(*tier, n, None);
+            (*remaining, tokens) = (*remaining - n, tokens - n);
+        }
+    };
     let mut archive = t.archive_tokens as u64;
     if let Some(r) = reading.filter(|r| r.block_len > 0) {
         let blocks = r.blocks.min(archive / r.block_len);
-        for i in 0..blocks {
-            let selected = r.selected.get(i as usize).copied().unwrap_or(0);
-            push(
-                Tier::Archive,
-                r.block_len,
-                Some((r.first_block + i, selected)),
-            );
+        let mut next = 0;
+        for (i, number) in r.held().iter().take(blocks as usize).enumerate() {
+            give_left(&mut push, number.saturating_sub(next) * r.block_len);
+            let block = BlockSpan {
+                number,
+                selected: r.selected.get(i).copied().unwrap_or(0),
+                stickiness: r.stickiness.get(i).copied(),
+            };
+            push(Tier::Archive, r.block_len, Some(block));
+            next = number + 1;
         }
         archive -= blocks * r.block_len;
     }
+    give_left(&mut push, u64::MAX);
     push(Tier::Archive, archive, None);
     push(Tier::Stm, t.stm_tokens as u64, None);
     spans
@@ -241,11 +270,61 @@ mod tests {
             tiers,
             [Sinks, Signal, Archive, Archive, Archive, Archive, Stm]
         );
-        let blocks: Vec<_> = spans.iter().map(|s| s.3).collect();
+        let blocks: Vec<_> = spans
+            .iter()
+            .map(|s| s.3.map(|b| (b.number, b.selected)))
+            .collect();
         assert_eq!(
             blocks[2..6],
             [Some((8, 5)), Some((9, 0)), Some((10, 0)), None]
         );
+    }
+
+    /// Blocks that left out of order (sticky retention) leave gaps at their places, filled by
+    /// the signal's tokens, then the dropped ones.
+    #[test]
+    fn blocks_held_out_of_order_sit_at_their_places() {
+        let stats = MemoryStats {
+            tokens_seen: 4 + 64 * 8 + 50,
+            tiers: TierStats {
+                sink_tokens: 4,
+                ltm_tokens: 64 * 4,
+                dropped_tokens: 64,
+                archive_tokens: 64 * 3,
+                stm_tokens: 50,
+                ..TierStats::default()
+            },
+            total_bytes: 0,
+        };
+        let reading = TurnReading {
+            block_len: 64,
+            first_block: 1,
+            blocks: 3,
+            held_runs: crate::session::HeldBlocks::of_numbers(&[1, 6, 7]),
+            selected: vec![2, 0, 1],
+            stickiness: vec![0.5, 0.0, 0.25],
+            ..TurnReading::default()
+        };
+        let spans = timeline(&stats, Some(&reading));
+        let summary: Vec<_> = spans
+            .iter()
+            .map(|&(tier, start, end, block)| (tier, start, end, block.map(|b| b.number)))
+            .collect();
+        use Tier::*;
+        assert_eq!(
+            summary,
+            [
+                (Sinks, 0, 4, None),
+                (Signal, 4, 68, None),
+                (Archive, 68, 132, Some(1)),
+                (Signal, 132, 324, None),
+                (Dropped, 324, 388, None),
+                (Archive, 388, 452, Some(6)),
+                (Archive, 452, 516, Some(7)),
+                (Stm, 516, 566, None),
+            ]
+        );
+        assert_eq!(spans[5].3.unwrap().stickiness, Some(0.0));
     }
 
     #[test]

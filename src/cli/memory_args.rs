@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::ltm::LtmConfig;
-use crate::memory::MemoryConfig;
+use crate::memory::{MemoryConfig, Retention};
 
 /// How a conversation's memory is laid out.
 #[derive(Args, Debug, Clone)]
@@ -24,9 +24,18 @@ pub struct MemoryArgs {
     /// Archive blocks each query segment reads (0: archive off).
     #[arg(long, env = "INFINI_TOP_K_BLOCKS", default_value_t = MemoryConfig::default().top_k_blocks)]
     pub top_k_blocks: usize,
-    /// Most tokens the exact archive keeps; older blocks go to the continuous signal (0: off).
+    /// Most tokens the exact archive keeps; the blocks that leave go to the continuous signal
+    /// (0: off).
     #[arg(long, env = "INFINI_ARCHIVE_BUDGET", default_value_t = MemoryConfig::default().archive_budget)]
     pub archive_budget: usize,
+    /// Which blocks leave an archive over its budget: the oldest (fifo) or those the conversation
+    /// read least (sticky: attention mass received, fading with a half-life of 65,536 tokens).
+    #[arg(long, env = "INFINI_ARCHIVE_RETENTION", value_enum, default_value_t = Retention::Fifo)]
+    pub archive_retention: Retention,
+    /// Most bytes a session's archive holds, over every layer (as well as --archive-budget tokens:
+    /// the smaller wins; none by default).
+    #[arg(long, env = "INFINI_ARCHIVE_BUDGET_BYTES")]
+    pub archive_budget_bytes: Option<u64>,
     /// Keep the archive's keys and values as int8 (per token and head; half the bytes of bf16).
     #[arg(long, env = "INFINI_ARCHIVE_INT8")]
     pub archive_int8: bool,
@@ -53,6 +62,8 @@ impl MemoryArgs {
             stm_len: self.stm_len,
             top_k_blocks: self.top_k_blocks,
             archive_budget: self.archive_budget,
+            archive_retention: self.archive_retention,
+            archive_budget_bytes: self.archive_budget_bytes,
             ltm: (!self.no_ltm).then(LtmConfig::default),
             archive_int8: self.archive_int8,
             spill_dir: self.spill_dir.clone(),

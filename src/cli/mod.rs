@@ -93,13 +93,7 @@ impl Session {
         }
         let (model, tokenizer) = args.load.load()?;
         let layout = (!args.memory.kv_cache)
-            .then(|| {
-                MemoryLayout::new(
-                    args.memory.config(),
-                    model.config().max_position_embeddings as usize,
-                    args.load.device,
-                )
-            })
+            .then(|| MemoryLayout::for_model(args.memory.config(), &model))
             .transpose()?;
         Ok(Self {
             model,

@@ -109,6 +109,18 @@ impl<C: LayerCache> LayerCache for Rows<'_, C> {
         Ok(Tensor::cat(&contexts, 0)) // [B, H, T, D]
     }
 
+    /// Each row's sequence decides across its layers ([`LayerCache::after_forward`]).
+    fn after_forward(layers: &mut [&mut Self]) -> Result<(), ModelError> {
+        let batch = layers.first().map_or(0, |layer| layer.rows.len());
+        let mut per_row: Vec<Vec<&mut C>> = (0..batch).map(|_| vec![]).collect();
+        for layer in layers.iter_mut() {
+            for (row, cache) in per_row.iter_mut().zip(layer.rows.iter_mut()) {
+                row.push(&mut **cache);
+            }
+        }
+        per_row.iter_mut().try_for_each(|row| C::after_forward(row))
+    }
+
     /// Every row's read of the step on host memory, together ([`Rows::read_together`]).
     fn attend_rows(
         &mut self,

@@ -91,11 +91,7 @@ pub struct Scheduler {
 impl Scheduler {
     pub fn load(options: &EngineOptions) -> anyhow::Result<Self> {
         let (model, tokenizer) = options.load.load()?;
-        let layout = MemoryLayout::new(
-            options.memory.clone(),
-            model.config().max_position_embeddings as usize,
-            options.load.device,
-        )?;
+        let layout = MemoryLayout::for_model(options.memory.clone(), &model)?;
         let stop_tokens = tokenizer.special_tokens().eos.into_iter().collect();
         Ok(Self {
             model,

@@ -3,7 +3,6 @@
 //! chosen, shown and ended by the same [`Decoding`] rules as a single generation's (`decode.rs`),
 //! and a session's memory is left holding the prompt and the whole reply.
 
-use std::ops::Range;
 use std::time::Instant;
 
 use tch::{Kind, Tensor};
@@ -15,7 +14,7 @@ use super::generate::token_row;
 use super::sampler::Sampler;
 use super::stats::EngineStats;
 use crate::model::{Llama, LogitsAt, ModelError};
-use crate::session::{KeptMemory, SessionFormatError, SessionMemory};
+use crate::session::{HeldBlocks, KeptMemory, SessionFormatError, SessionMemory};
 use crate::tokenizer::Tokenizer;
 
 /// Where a sequence stands between two steps.
@@ -61,7 +60,7 @@ pub struct Sequence {
     admitted: Instant,
     last_token_at: Option<Instant>,
     /// The archive blocks the memory held when the turn began (a store has them already).
-    blocks_before: Range<u64>,
+    blocks_before: HeldBlocks,
 }
 
 impl Sequence {
@@ -264,7 +263,7 @@ impl Sequence {
         let keep = self.turn.keep_memory && !self.abandoned();
         let mut outcome = self.outcome;
         if outcome.error.is_none() && keep {
-            outcome.memory = Some(KeptMemory::of(self.memory, self.blocks_before));
+            outcome.memory = Some(KeptMemory::of(self.memory, &self.blocks_before));
         }
         let left = outcome.cancelled;
         let _ = self.finished.send(outcome);

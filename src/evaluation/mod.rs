@@ -6,7 +6,11 @@
 
 pub mod passkey;
 pub mod perplexity;
+pub mod recurring;
 mod report;
+pub mod retention;
+
+pub use retention::{run_retention_eval, RetentionEvalArgs};
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -249,31 +253,47 @@ fn write_report(args: &MemoryEvalArgs, results: &[ReadingResult]) -> Result<()> 
     Ok(())
 }
 
+/// `text` (read from `path`) as tokens, when it has more than `needed`.
+fn long_text_tokens(
+    tokenizer: &Tokenizer,
+    text: &str,
+    path: &std::path::Path,
+    needed: usize,
+) -> Result<Vec<u32>> {
+    let tokens = tokenizer.encode(text)?;
+    if tokens.len() <= needed {
+        bail!(
+            "{} has {} tokens; the evaluation needs more than {needed}",
+            path.display(),
+            tokens.len()
+        );
+    }
+    Ok(tokens)
+}
+
+/// With `resume`, the results of an earlier run (the JSON beside the report `out`; none when it
+/// does not exist yet); otherwise none.
+fn earlier_results<T: serde::de::DeserializeOwned>(
+    out: &std::path::Path,
+    resume: bool,
+) -> Result<Vec<T>> {
+    let json = out.with_extension("json");
+    match std::fs::read_to_string(&json) {
+        Ok(text) if resume => serde_json::from_str(&text)
+            .with_context(|| format!("{} is not an earlier run's results", json.display())),
+        _ => Ok(Vec::new()),
+    }
+}
+
 /// Runs every reading and writes the report.
 pub fn run_memory_eval(args: &MemoryEvalArgs) -> Result<()> {
     let _inference = tch::no_grad_guard();
     let text = std::fs::read_to_string(&args.text)
         .with_context(|| format!("reading the evaluation text {}", args.text.display()))?;
     let (model, tokenizer) = args.model.load()?;
-    let tokens = tokenizer.encode(&text)?;
-    if tokens.len() <= 16_384 {
-        bail!(
-            "{} has {} tokens; the evaluation needs more than 16,384",
-            args.text.display(),
-            tokens.len()
-        );
-    }
+    let tokens = long_text_tokens(&tokenizer, &text, &args.text, 16_384)?;
     let context = model.config().max_position_embeddings as usize;
-    let mut results: Vec<ReadingResult> = if args.resume {
-        let json = args.out.with_extension("json");
-        match std::fs::read_to_string(&json) {
-            Ok(text) => serde_json::from_str(&text)
-                .with_context(|| format!("{} is not an earlier run's results", json.display()))?,
-            Err(_) => Vec::new(),
-        }
-    } else {
-        Vec::new()
-    };
+    let mut results: Vec<ReadingResult> = earlier_results(&args.out, args.resume)?;
     for reading in readings(args, context) {
         let index = results.iter().position(|r| r.name == reading.name);
         let previous = index.map(|i| results[i].clone());

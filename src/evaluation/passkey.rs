@@ -6,10 +6,10 @@ use crate::engine::generate::{generate, GenerateOptions, Greedy};
 use crate::model::{LayerCache, Llama, ModelError};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
-const INTRO: &str = "There is an important piece of information hidden inside a lot of irrelevant text. Find it and memorize it. I will quiz you about it.\n";
-const FILLER: &str =
+pub(super) const INTRO: &str = "There is an important piece of information hidden inside a lot of irrelevant text. Find it and memorize it. I will quiz you about it.\n";
+pub(super) const FILLER: &str =
     "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ";
-const QUESTION: &str = "\nWhat is the pass key? The pass key is";
+pub(super) const QUESTION: &str = "\nWhat is the pass key? The pass key is";
 
 /// One trial: the prompt's tokens and the key it hides.
 #[derive(Debug, Clone)]
@@ -44,6 +44,9 @@ pub fn trial(
     })
 }
 
+/// Tokens the model answers with.
+pub(super) const ANSWER_TOKENS: usize = 8;
+
 /// Whether greedy decoding of 8 tokens after the prompt names the key.
 pub fn passes<C: LayerCache>(
     model: &Llama,
@@ -52,18 +55,37 @@ pub fn passes<C: LayerCache>(
     trial: &Trial,
     prefill_chunk: usize,
 ) -> Result<bool, ModelError> {
+    answer_names(
+        model,
+        tokenizer,
+        caches,
+        &trial.tokens,
+        trial.key,
+        prefill_chunk,
+    )
+    .map(|(named, _)| named)
+}
+
+/// Greedy decoding of [`ANSWER_TOKENS`] tokens after `prompt` (taken in after what `caches`
+/// hold): whether the answer names `key`, and the answer's tokens (the last one not yet fed).
+pub(super) fn answer_names<C: LayerCache>(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    caches: &mut [C],
+    prompt: &[u32],
+    key: u32,
+    prefill_chunk: usize,
+) -> Result<(bool, Vec<u32>), ModelError> {
     let options = GenerateOptions {
-        max_tokens: 8,
+        max_tokens: ANSWER_TOKENS,
         stop_tokens: vec![],
         prefill_chunk,
     };
-    let answer = generate(model, caches, &trial.tokens, &mut Greedy, &options, |_| {
-        true
-    })?;
+    let answer = generate(model, caches, prompt, &mut Greedy, &options, |_| true)?;
     let text = tokenizer
         .decode(&answer.tokens, true)
         .map_err(|e| ModelError::BadInput(e.to_string()))?;
-    Ok(text.contains(&trial.key.to_string()))
+    Ok((text.contains(&key.to_string()), answer.tokens))
 }
 
 /// The 5-digit keys and depths of the `n` trials at one length (fixed, so every reading and

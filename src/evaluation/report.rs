@@ -41,7 +41,7 @@ fn device_name(device: Device) -> String {
 }
 
 /// What the run ran on: the GPU, or the CPU with its cores and libtorch's threads.
-fn machine(device: Device) -> String {
+pub(super) fn machine(device: Device) -> String {
     match device {
         Device::Cuda(_) => gpu_name(),
         _ => format!(

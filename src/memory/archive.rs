@@ -4,8 +4,10 @@
 
 mod ranking;
 mod reads;
+mod retention;
 mod rows;
 pub use reads::LayerReads;
+pub use retention::{least_sticky, protected_blocks, Stickiness, STICKY_HALF_LIFE};
 pub use rows::{quantise, StoredRows};
 
 use super::spill::{SpillError, Storage};
@@ -23,11 +25,16 @@ pub struct Archive {
     values: Rows, // [B, H_kv, blocks·block_len, D]
     /// `[B, H_kv, blocks, D]`: the mean key of each block, in the model's dtype.
     representatives: Window,
-    /// Blocks ever pushed: the oldest held block is number `pushed − blocks` of the session, so a
-    /// store can append new blocks and forget popped ones without rewriting the rest.
+    /// Blocks ever pushed: the next block is number `pushed` of the session.
     pushed: u64,
+    /// The session-wide numbers of the held blocks, ascending (consecutive unless blocks left out
+    /// of order, [`Archive::release`]), so a store can append new blocks and forget released ones
+    /// without rewriting the rest.
+    numbers: Vec<u64>,
     /// How often each held block was selected since the last take; `None`: not counted.
     reads: Option<ReadCounts>,
+    /// Each held block's stickiness, for sticky retention; `None`: not kept.
+    stickiness: Option<Stickiness>,
 }
 
 /// One block as it is stored: keys and values `[B, H_kv, block_len, D]` (with their scales when
@@ -56,7 +63,31 @@ impl Archive {
             values: Rows::new(int8, storage, block_len as i64),
             representatives: Window::new(),
             pushed: 0,
+            numbers: Vec::new(),
             reads: None,
+            stickiness: None,
+        }
+    }
+
+    /// The same archive keeping each block's stickiness ([`Archive::add_mass`]), for sticky
+    /// retention.
+    pub fn keeping_stickiness(self) -> Self {
+        Self {
+            stickiness: Some(Stickiness::default()),
+            ..self
+        }
+    }
+
+    /// Each held block's stickiness, oldest first, when kept.
+    pub fn stickiness(&self) -> Option<&[f32]> {
+        self.stickiness.as_ref().map(Stickiness::values)
+    }
+
+    /// Adds the attention mass `masses[i]` that held block `chosen[i]` received (the choices of
+    /// every row, KV head and segment) to its stickiness, when kept.
+    pub fn add_mass(&mut self, chosen: &[i64], masses: &[f32]) {
+        if let Some(stickiness) = &mut self.stickiness {
+            stickiness.add(chosen, masses);
         }
     }
 
@@ -75,9 +106,10 @@ impl Archive {
             .map_or_else(LayerReads::default, ReadCounts::take)
     }
 
-    /// The session-wide number of the oldest held block (blocks are numbered from 0 as pushed).
-    pub fn first_block(&self) -> u64 {
-        self.pushed - self.blocks() as u64
+    /// The session-wide numbers of the held blocks, ascending (blocks are numbered from 0 as
+    /// pushed).
+    pub fn numbers(&self) -> &[u64] {
+        &self.numbers
     }
 
     /// Held block `index` (0 is the oldest held), copied out exactly as stored.
@@ -93,14 +125,26 @@ impl Archive {
         })
     }
 
-    /// Appends blocks as stored (a restore), the oldest numbered `first_block`.
-    pub fn restore(&mut self, first_block: u64, blocks: &[Block]) -> Result<(), SpillError> {
+    /// Appends blocks as stored (a restore), numbered `numbers` (ascending, one per block), with
+    /// their stickiness when it is kept (unread when the stored memory has none: one saved before
+    /// it existed).
+    pub fn restore(
+        &mut self,
+        numbers: &[u64],
+        blocks: &[Block],
+        stickiness: Option<Vec<f32>>,
+    ) -> Result<(), SpillError> {
+        debug_assert_eq!(numbers.len(), blocks.len());
         for block in blocks {
             self.representatives.append(&block.representative);
             self.keys.append_stored(&block.keys)?;
             self.values.append_stored(&block.values)?;
         }
-        self.pushed = first_block + blocks.len() as u64;
+        self.numbers.extend_from_slice(numbers);
+        self.pushed = numbers.last().map_or(0, |n| n + 1);
+        if let Some(kept) = &mut self.stickiness {
+            *kept = Stickiness::from_values(stickiness.unwrap_or_else(|| vec![0.0; blocks.len()]));
+        }
         Ok(())
     }
 
@@ -137,7 +181,9 @@ impl Archive {
             values: self.values.share(),
             representatives: self.representatives.share(),
             pushed: self.pushed,
+            numbers: self.numbers.clone(),
             reads: self.reads.as_ref().map(|_| ReadCounts::default()),
+            stickiness: self.stickiness.clone(),
         }
     }
 
@@ -157,9 +203,13 @@ impl Archive {
         }
         self.representatives
             .append(&keys.mean_dim(2, true, keys.kind()));
+        self.numbers.push(self.pushed);
         self.pushed += 1;
         if let Some(reads) = &mut self.reads {
             reads.pushed();
+        }
+        if let Some(stickiness) = &mut self.stickiness {
+            stickiness.pushed();
         }
         Ok(())
     }
@@ -167,13 +217,30 @@ impl Archive {
     /// Removes the oldest `blocks` blocks, returning their keys and values `[B, H_kv, blocks·block_len, D]`
     /// in the model's dtype.
     pub fn pop_oldest(&mut self, blocks: i64) -> (Tensor, Tensor) {
-        let _ = self.representatives.take_front(blocks);
+        let oldest: Vec<usize> = (0..blocks as usize).collect();
+        self.release(&oldest)
+    }
+
+    /// Removes held blocks `leaving` (indices, ascending, 0 the oldest held; at least one),
+    /// returning their keys and values in that order `[B, H_kv, blocks·block_len, D]` in the
+    /// model's dtype. The blocks after the first of them move up once.
+    pub fn release(&mut self, leaving: &[usize]) -> (Tensor, Tensor) {
+        let blocks: Vec<i64> = leaving.iter().map(|&i| i as i64).collect();
+        let _ = self.representatives.take_blocks(&blocks, 1);
+        let mut index = 0;
+        self.numbers.retain(|_| {
+            index += 1;
+            leaving.binary_search(&(index - 1)).is_err()
+        });
         if let Some(reads) = &mut self.reads {
-            reads.popped(blocks);
+            reads.removed(leaving);
+        }
+        if let Some(stickiness) = &mut self.stickiness {
+            stickiness.remove(leaving);
         }
         (
-            self.keys.take_front(blocks * self.block_len),
-            self.values.take_front(blocks * self.block_len),
+            self.keys.take_blocks(&blocks, self.block_len),
+            self.values.take_blocks(&blocks, self.block_len),
         )
     }
 

@@ -15,7 +15,7 @@ pub enum SessionFormatError {
     Corrupt(String),
     #[error("this is not an infini session memory (bad magic bytes)")]
     NotAMemory,
-    #[error("session memory format version {found} is not supported (this build reads version {supported})")]
+    #[error("session memory format version {found} is not supported (this build reads versions 1 to {supported})")]
     Version { found: u32, supported: u32 },
     #[error("the session was made with model {found}, but this server runs {expected}; import it into a server with that model")]
     OtherModel { found: String, expected: String },

@@ -21,9 +21,20 @@ pub struct MemoryConfig {
     /// Blocks each query segment reads from the archive, chosen by the relevance of each block's
     /// representative key to the segment's queries (§9.7: 8). 0 switches the archive off.
     pub top_k_blocks: usize,
-    /// Most tokens the exact archive holds; older blocks go to the continuous signal (or are
-    /// dropped when it is off). Rounded down to whole LTM chunks.
+    /// Most tokens the exact archive holds; the blocks `archive_retention` lets go go to the
+    /// continuous signal (or are dropped when it is off). Rounded down to whole LTM chunks.
     pub archive_budget: usize,
+    /// Which blocks leave an archive over its budget: the oldest (`fifo`) or the least read
+    /// (`sticky`, [`Retention::Sticky`]). Written to a session's layout only when sticky, so
+    /// layouts saved before it existed still match.
+    #[serde(default, skip_serializing_if = "Retention::is_fifo")]
+    pub archive_retention: Retention,
+    /// Most bytes a session's archive holds (keys, values, scales and representatives over every
+    /// layer), as well as `archive_budget` tokens: the smaller wins. Resolved into
+    /// `archive_budget` for a model ([`crate::memory::MemoryLayout::for_model`]), so it is no
+    /// part of a session's stored layout.
+    #[serde(skip)]
+    pub archive_budget_bytes: Option<u64>,
     /// The ∞-former continuous signal (§1–4, read by the Gibbs reading of §9.2); `None` switches
     /// the tier off. Its chunk length is `ltm_chunk_len`.
     pub ltm: Option<LtmConfig>,
@@ -46,6 +57,28 @@ pub struct MemoryConfig {
     pub count_reads: bool,
 }
 
+/// Which archive blocks leave when the archive is over its budget (issue 19), a chunk at a time:
+/// * `Fifo`: the oldest; the signal's time axis is the conversation's.
+/// * `Sticky`: the blocks the conversation read least, by their stickiness: the attention mass
+///   their keys received when selected, over layers, KV heads, query heads and queries, fading by
+///   half per [`crate::memory::archive::STICKY_HALF_LIFE`] blocks that join the archive (the
+///   archive-level analogue of §4's sticky histogram). The newest blocks are not judged until
+///   they had a chance to be read ([`crate::memory::archive::protected_blocks`]); equally sticky
+///   blocks leave oldest first, so an archive nothing reads loses its blocks as `Fifo` does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Retention {
+    #[default]
+    Fifo,
+    Sticky,
+}
+
+impl Retention {
+    fn is_fifo(&self) -> bool {
+        *self == Retention::Fifo
+    }
+}
+
 fn is_false(value: &bool) -> bool {
     !value
 }
@@ -62,6 +95,8 @@ impl Default for MemoryConfig {
             block_len: 64,
             top_k_blocks: 8,
             archive_budget: 131_072,
+            archive_retention: Retention::Fifo,
+            archive_budget_bytes: None,
             ltm: Some(LtmConfig::default()),
             ltm_chunk_len: 512,
             archive_int8: false,

@@ -19,8 +19,9 @@ mod persist;
 mod segments;
 pub use persist::LayerShape;
 
+use super::archive::{least_sticky, protected_blocks};
 use super::archive::{Archive, LayerReads};
-use super::config::MemoryConfig;
+use super::config::{MemoryConfig, Retention};
 use super::continuous::{ContinuousTier, MemoryPoints};
 use super::spill::{SpillError, Storage};
 use super::window::Window;
@@ -218,7 +219,10 @@ impl LayerMemory {
         let chunk_blocks = (self.config.ltm_chunk_len / self.config.block_len) as i64;
         if self.config.archive_enabled() {
             self.archive.push(keys, values)?;
-            while self.archive.tokens() > self.config.archive_budget as i64 {
+            // Sticky retention decides over every layer once the forward pass is done
+            // (`LayerMemory::retain_sticky`).
+            let fifo = self.config.archive_retention == Retention::Fifo;
+            while fifo && self.archive.tokens() > self.config.archive_budget as i64 {
                 let (keys, values) = self
                     .archive
                     .pop_oldest(chunk_blocks.min(self.archive.blocks()));
@@ -239,6 +243,49 @@ impl LayerMemory {
         Ok(())
     }
 
+    /// Sticky retention over one session's `layers` (all moving in step, [`Retention::Sticky`]):
+    /// when the archive is over its budget, the blocks least sticky summed over the layers leave
+    /// every layer (so every layer keeps the same blocks), a whole LTM chunk at a time as `fifo`
+    /// lets them go, for the signal (or dropped without one). The signal's time axis is then the
+    /// order in which blocks left the archive, each chunk's blocks in the conversation's order:
+    /// with `fifo` the two coincide. Runs after each forward pass ([`LayerCache::after_forward`]),
+    /// so within one pass the archive may exceed its budget by the blocks the pass evicted.
+    fn retain_sticky(layers: &mut [&mut LayerMemory]) {
+        let Some(first) = layers.first() else {
+            return;
+        };
+        let config = &first.config;
+        if config.archive_retention != Retention::Sticky || !config.archive_enabled() {
+            return;
+        }
+        let block_len = config.block_len as i64;
+        let chunk_blocks = config.ltm_chunk_len / config.block_len;
+        let over = first.archive.tokens() - config.archive_budget as i64;
+        if over <= 0 {
+            return;
+        }
+        let chunk_tokens = chunk_blocks as i64 * block_len;
+        let count = ((over + chunk_tokens - 1) / chunk_tokens) as usize * chunk_blocks;
+        let held = first.archive.blocks() as usize;
+        let protected = protected_blocks(config.archive_budget / config.block_len)
+            .min(held.saturating_sub(count));
+        let mut stickiness = vec![0f32; held];
+        for layer in layers.iter() {
+            let layer_stickiness = layer.archive.stickiness().unwrap_or_default();
+            for (sum, s) in stickiness.iter_mut().zip(layer_stickiness) {
+                *sum += s;
+            }
+        }
+        let leaving = least_sticky(&stickiness, count, protected);
+        for layer in layers.iter_mut() {
+            let (keys, values) = layer.archive.release(&leaving);
+            for chunk in 0..leaving.len() as i64 / chunk_blocks as i64 {
+                let (at, n) = (chunk * chunk_tokens, chunk_tokens);
+                layer.absorb_or_drop(&keys.narrow(2, at, n), &values.narrow(2, at, n));
+            }
+        }
+    }
+
     fn absorb_or_drop(&mut self, keys: &Tensor, values: &Tensor) {
         match self.continuous.as_mut() {
             Some(tier) if keys.size()[2] == self.config.ltm_chunk_len as i64 => {
@@ -252,12 +299,14 @@ impl LayerMemory {
 /// An empty archive laid out as `config` says (int8 or exact, in RAM or spilled).
 fn new_archive(config: &MemoryConfig) -> Archive {
     let storage = Storage::new(config.spill_dir.as_deref());
-    let archive = Archive::new(config.block_len, config.archive_int8, &storage);
+    let mut archive = Archive::new(config.block_len, config.archive_int8, &storage);
     if config.count_reads {
-        archive.counting_reads()
-    } else {
-        archive
+        archive = archive.counting_reads();
     }
+    if config.archive_retention == Retention::Sticky {
+        archive = archive.keeping_stickiness();
+    }
+    archive
 }
 
 /// The held run (sinks and STM, the T new tokens last) read by the new tokens' queries
@@ -370,7 +419,9 @@ impl LayerCache for LayerMemory {
         let (keys, values) = (self.keys.buffer()?, self.values.buffer()?);
         let points = self.points().is_some();
         let exact = self.archive.blocks() == 0 || self.archive.is_exact();
-        if !step.fits(keys) || !step.fits(values) || points || !exact {
+        // A sticky archive needs each block's share of the softmax, which the joint read gives.
+        let sticky = self.archive.stickiness().is_some() && self.archive.blocks() > 0;
+        if !step.fits(keys) || !step.fits(values) || points || !exact || sticky {
             return None;
         }
         let start = self.keys.len() + i64::from(self.evicted);
@@ -413,6 +464,12 @@ impl LayerCache for LayerMemory {
     /// The second half of a host step: the STM's overflow leaves for the archive.
     fn after_read(&mut self, rope: &RopeTable) -> Result<(), ModelError> {
         self.evict_overflow(rope)
+    }
+
+    /// Sticky retention over the session's layers ([`LayerMemory::retain_sticky`]).
+    fn after_forward(layers: &mut [&mut Self]) -> Result<(), ModelError> {
+        Self::retain_sticky(layers);
+        Ok(())
     }
 }
 
@@ -478,13 +535,15 @@ impl LayerMemory {
         let chosen = self
             .archive
             .choose(&Tensor::cat(&sums, 2), self.config.top_k_blocks); // [B, H_kv, S, k]
-        if t == 1 && self.points().is_none() {
+        let keeps_stickiness = self.archive.stickiness().is_some();
+        if t == 1 && self.points().is_none() && !keeps_stickiness {
             let single = queries.reshape([b, h_kv, group, d]);
             if let Some(context) = self.read_on_host(&single, chosen.as_ref()) {
                 return context.reshape([b, h_kv, group, 1, d]);
             }
         }
         let (mut contexts, mut lses, mut point_masses) = (vec![], vec![], vec![]);
+        let mut block_masses = vec![];
         let mut segments_done = 0;
         for (cut, rows) in cuts.iter().zip(&gathered) {
             let chosen = chosen
@@ -492,6 +551,18 @@ impl LayerMemory {
                 .map(|c| c.narrow(2, segments_done, cut.count));
             segments_done += cut.count;
             let read = self.read_memory(rows, chosen.as_ref());
+            if let (true, Some(chosen)) = (keeps_stickiness, &chosen) {
+                // Each query's mass on each chosen block, within the memory's softmax:
+                // [B, H_kv, S, G·n, k].
+                let on_blocks = read.probabilities.first().expect("the blocks' group");
+                let k = chosen.size()[3];
+                let size = on_blocks.size();
+                block_masses.push(
+                    on_blocks
+                        .view([size[0], size[1], size[2], size[3], k, -1])
+                        .sum_dim_intlist(-1, false, Kind::Float),
+                );
+            }
             contexts.push(cut.scatter(&read.context, group));
             lses.push(cut.scatter(&read.log_normaliser, group));
             if self.points().is_some() {
@@ -501,6 +572,18 @@ impl LayerMemory {
         }
         let memory = (Tensor::cat(&contexts, 3), Tensor::cat(&lses, 3));
         let ((context, _), memory_weight) = merge_reads(read_held(queries, keys, values), memory);
+        if let Some(chosen) = chosen.as_ref().filter(|_| !block_masses.is_empty()) {
+            // The blocks' share of each query's whole softmax, summed over the segment's queries:
+            // [B, H_kv, S, k], as `chosen`.
+            let masses: Vec<Tensor> = cuts
+                .iter()
+                .zip(&block_masses)
+                .map(|(cut, masses)| {
+                    (masses * cut.gather(&memory_weight)).sum_dim_intlist(3, false, Kind::Float)
+                })
+                .collect();
+            self.add_block_mass(chosen, &Tensor::cat(&masses, 2));
+        }
         if !point_masses.is_empty() && self.records_point_mass() {
             // The points' share of each query's whole softmax: [B, H_kv, G·T, R].
             let masses =
@@ -583,6 +666,17 @@ impl LayerMemory {
             });
         }
         Some(pasts)
+    }
+
+    /// Adds the mass `masses` `[B, H_kv, S, k]` that S segments' queries put on their `chosen`
+    /// blocks (the same shape) to those blocks' stickiness.
+    fn add_block_mass(&mut self, chosen: &Tensor, masses: &Tensor) {
+        let host = |t: &Tensor, kind| t.to_device(tch::Device::Cpu).to_kind(kind).reshape([-1]);
+        let chosen = Vec::<i64>::try_from(host(chosen, Kind::Int64));
+        let masses = Vec::<f32>::try_from(host(masses, Kind::Float));
+        if let (Ok(chosen), Ok(masses)) = (chosen, masses) {
+            self.archive.add_mass(&chosen, &masses);
+        }
     }
 
     /// Adds the mass `[B, H_kv, rows, R]` that session row 0's queries put on the points.

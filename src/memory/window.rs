@@ -234,6 +234,51 @@ impl Window {
         self.take(0, n)
     }
 
+    /// Removes blocks `blocks` (ascending, each `block_len` tokens: block j holds tokens
+    /// j·block_len..) and returns them in that order as a new tensor `[B, H, blocks·block_len, D]`;
+    /// the tokens after the first of them move up once, each by what left before it.
+    pub fn take_blocks(&mut self, blocks: &[i64], block_len: i64) -> Tensor {
+        let &first = blocks.first().expect("at least one block to take");
+        let from = first * block_len;
+        let tokens = |blocks: &mut dyn Iterator<Item = i64>| {
+            let rows: Vec<i64> = blocks
+                .flat_map(|b| b * block_len..(b + 1) * block_len)
+                .collect();
+            Tensor::from_slice(&rows)
+        };
+        let leaving = tokens(&mut blocks.iter().copied());
+        let staying =
+            tokens(&mut (first..self.len / block_len).filter(|b| blocks.binary_search(b).is_err()));
+        let after = self.len - from - leaving.size()[0];
+        assert!(
+            after >= 0 && self.len % block_len == 0,
+            "taking blocks {blocks:?} of {} tokens",
+            self.len
+        );
+        let buffer = self.own_buffer();
+        let index = |rows: &Tensor| rows.to_device(buffer.device());
+        let taken = buffer.index_select(2, &index(&leaving));
+        let rest = buffer.index_select(2, &index(&staying));
+        buffer.narrow(2, from, after).copy_(&rest);
+        self.len -= leaving.size()[0];
+        taken
+    }
+
+    /// The buffer, this window's own (copied first when shared); where no spill file can be made
+    /// for the copy, this window's copy lives in RAM instead.
+    fn own_buffer(&mut self) -> Tensor {
+        let held = self
+            .buffer
+            .as_ref()
+            .expect("a window with tokens has a buffer")
+            .shallow_clone();
+        self.reserve(self.len, &held).unwrap_or_else(|_| {
+            self.storage = Storage::Ram;
+            self.reserve(self.len, &held)
+                .expect("a window in RAM allocates without a file")
+        })
+    }
+
     /// Removes tokens `start..start + n` and returns them as a new tensor `[B, H, n, D]`; the
     /// later tokens move up once.
     pub fn take(&mut self, start: i64, n: i64) -> Tensor {
@@ -243,18 +288,8 @@ impl Window {
             start + n,
             self.len
         );
-        let held = self
-            .buffer
-            .as_ref()
-            .expect("a window with tokens has a buffer")
-            .shallow_clone();
-        // A shared buffer is copied before the later tokens move up in it; where no spill file
-        // can be made for the copy, this window's copy lives in RAM instead.
-        let buffer = self.reserve(self.len, &held).unwrap_or_else(|_| {
-            self.storage = Storage::Ram;
-            self.reserve(self.len, &held)
-                .expect("a window in RAM allocates without a file")
-        });
+        // A shared buffer is copied before the later tokens move up in it.
+        let buffer = self.own_buffer();
         let taken = buffer.narrow(2, start, n).copy();
         let after = self.len - start - n;
         let rest = buffer.narrow(2, start + n, after).copy();
@@ -351,5 +386,23 @@ mod tests {
         let held = w.view().unwrap();
         assert!(held.narrow(2, 0, 10).equal(&rows(20, 10)));
         assert!(held.narrow(2, 10, 50).equal(&rows(35, 50)));
+    }
+
+    #[test]
+    fn blocks_taken_out_of_order_leave_the_rest_in_order() {
+        let mut w = Window::new().in_blocks(4);
+        w.append(&rows(0, 24)); // blocks 0..6 of 4 tokens
+        let shared = w.share();
+        let taken = w.take_blocks(&[1, 3, 4], 4);
+        assert!(taken.equal(&Tensor::cat(&[rows(4, 4), rows(12, 8)], 2)));
+        let held = w.view().unwrap();
+        assert_eq!(held.size()[2], 12);
+        for (at, block) in [0i64, 2, 5].into_iter().enumerate() {
+            assert!(held.narrow(2, at as i64 * 4, 4).equal(&rows(block * 4, 4)));
+        }
+        assert!(
+            shared.view().unwrap().equal(&rows(0, 24)),
+            "a sharer keeps its blocks"
+        );
     }
 }

@@ -56,6 +56,16 @@ pub trait LayerCache {
         Ok(())
     }
 
+    /// Once a forward pass has run every layer: what a cache decides across one sequence's
+    /// `layers` (its caches in layer order), such as which archive blocks a session memory keeps
+    /// (the session memory's sticky retention).
+    fn after_forward(_layers: &mut [&mut Self]) -> Result<(), ModelError>
+    where
+        Self: Sized,
+    {
+        Ok(())
+    }
+
     /// [`LayerCache::attend`] for a decode step on host memory: one new token per row, given as
     /// the fused projection's f32 rows, and the queries' reads returned as `[B, H·D]` f32 rows.
     /// `None`, having changed nothing, where this cache has no such step for what it holds (the

@@ -593,6 +593,7 @@ impl Llama {
                 x = block.forward(&x, cache, &self.rope)?;
             }
         }
+        C::after_forward(&mut caches.iter_mut().collect::<Vec<_>>())?;
         let x = match at {
             LogitsAt::All => x,
             LogitsAt::Last => x.select(1, size[1] - 1), // [B, C]

@@ -1,9 +1,7 @@
 //! What a session turn hands back to be stored: the memory after the turn, its core bytes and the
 //! archive blocks the turn added (a store has the older ones already), and its statistics.
 
-use std::ops::Range;
-
-use super::{MemoryStats, SessionMemory, TurnReading};
+use super::{HeldBlocks, MemoryStats, SessionMemory, TurnReading};
 
 /// A session's memory after a turn, ready to store: its core and the archive blocks the turn
 /// added (the store has those the memory held before the turn).
@@ -12,7 +10,7 @@ pub struct KeptMemory {
     pub memory: SessionMemory,
     pub core: Vec<u8>,
     /// The blocks held after the turn.
-    pub blocks: Range<u64>,
+    pub blocks: HeldBlocks,
     /// The blocks held now that were not held when the turn began, numbered.
     pub new_blocks: Vec<(u64, Vec<u8>)>,
     pub stats: MemoryStats,
@@ -22,10 +20,12 @@ pub struct KeptMemory {
 
 impl KeptMemory {
     /// What to store of `memory`, which held the blocks `before` when the turn began.
-    pub fn of(mut memory: SessionMemory, before: Range<u64>) -> Self {
+    pub fn of(mut memory: SessionMemory, before: &HeldBlocks) -> Self {
         let reading = memory.take_reading();
         let blocks = memory.archive_blocks();
-        let new_blocks = (before.end.max(blocks.start)..blocks.end)
+        let new_blocks = blocks
+            .iter()
+            .filter(|&n| !before.contains(n))
             .map(|n| (n, memory.block_bytes(n).expect("the block is held")))
             .collect();
         Self {

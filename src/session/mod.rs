@@ -4,15 +4,16 @@
 //! The bytes of a session (format version [`FORMAT_VERSION`]):
 //! ```text
 //! core:   magic "INFMEM\0\0" · version u32 · model fingerprint · memory layout (JSON) · layers u32
-//!         · oldest archive block u64 · held blocks u64 · every layer's core (sinks, STM, staged
-//!         blocks, continuous signal and points, counters)
+//!         · held archive blocks as runs (count u64, then each run's first block u64 and length
+//!         u64; version 1: one run, its first block and length) · every layer's core (sinks, STM,
+//!         staged blocks, continuous signal and points, counters; since version 2 each held
+//!         block's stickiness)
 //! block:  every layer's keys, values and representative key of one archive block
 //! file:   magic, then the core and each held block, each as a length-prefixed byte string
 //! ```
 //! The archive's blocks are numbered for the whole session and never change once written, so a
 //! store can save the core and only the blocks it does not have yet ([`SessionMemory::archive_blocks`]).
-
-use std::ops::Range;
+//! Version 1 (before sticky retention) still reads.
 
 use serde::Serialize;
 
@@ -21,18 +22,20 @@ use crate::memory::{LayerMemory, LayerShape, MemoryLayout, TierStats};
 use crate::model::Llama;
 
 pub use crate::memory::SessionFormatError;
+pub use held::HeldBlocks;
 pub use kept::KeptMemory;
 pub use parts::{CoreHeader, MemoryParts};
 pub use past::Past;
 pub use reading::TurnReading;
 
+mod held;
 mod kept;
 pub mod parts;
 mod past;
 mod reading;
 
 /// The version of the byte layout this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const MAGIC: &[u8; 8] = b"INFMEM\0\0";
 
 /// The identity a session memory carries: the model it was made with (see [`Llama::fingerprint`]).
@@ -128,33 +131,39 @@ impl SessionMemory {
     pub fn take_reading(&mut self) -> TurnReading {
         let block_len = self.layers.first().map_or(0, |l| l.config().block_len);
         let held = self.archive_blocks();
+        let mut stickiness: Vec<f32> = vec![];
+        for layer in &self.layers {
+            let layer_stickiness = layer.archive_stickiness().unwrap_or_default();
+            stickiness.resize(layer_stickiness.len(), 0.0);
+            for (sum, s) in stickiness.iter_mut().zip(layer_stickiness) {
+                *sum += s;
+            }
+        }
         let layers = self
             .layers
             .iter_mut()
             .map(LayerMemory::take_reads)
             .collect();
-        TurnReading::of_layers(layers, block_len, held)
+        TurnReading::of_layers(layers, block_len, held, stickiness)
     }
 
     /// The session-wide numbers of the archive blocks held now (the same in every layer).
-    pub fn archive_blocks(&self) -> Range<u64> {
-        let (first, held) = self.layers.first().map_or((0, 0), |l| l.archive_span());
-        first..first + held as u64
+    pub fn archive_blocks(&self) -> HeldBlocks {
+        self.layers.first().map_or_else(HeldBlocks::default, |l| {
+            HeldBlocks::of_numbers(l.archive_numbers())
+        })
     }
 
     /// Everything but the archive's blocks.
     pub fn core_bytes(&self) -> Vec<u8> {
         let mut w = Writer::new();
-        w.u64(u64::from_le_bytes(*MAGIC));
-        w.u32(FORMAT_VERSION);
-        w.str(&self.fingerprint);
-        w.str(&layout_config_text(
-            self.layers.first().map(LayerMemory::config),
-        ));
-        w.u32(self.layers.len() as u32);
-        let blocks = self.archive_blocks();
-        w.u64(blocks.start);
-        w.u64(blocks.end - blocks.start);
+        CoreHeader::write(
+            &mut w,
+            &self.fingerprint,
+            &layout_config_text(self.layers.first().map(LayerMemory::config)),
+            self.layers.len() as u32,
+            &self.archive_blocks(),
+        );
         for layer in &self.layers {
             layer.write_core(&mut w);
         }
@@ -164,13 +173,10 @@ impl SessionMemory {
     /// Archive block number `block` (one of [`SessionMemory::archive_blocks`]) of every layer;
     /// `None` when it is not held.
     pub fn block_bytes(&self, block: u64) -> Option<Vec<u8>> {
-        let held = self.archive_blocks();
-        if !held.contains(&block) {
-            return None;
-        }
+        let index = self.archive_blocks().position(block)?;
         let mut w = Writer::new();
         for layer in &self.layers {
-            layer.write_block(&mut w, (block - held.start) as i64);
+            layer.write_block(&mut w, index as i64);
         }
         Some(w.into_bytes())
     }
@@ -179,6 +185,7 @@ impl SessionMemory {
     pub fn to_bytes(&self) -> Vec<u8> {
         let blocks: Vec<Vec<u8>> = self
             .archive_blocks()
+            .iter()
             .map(|block| self.block_bytes(block).expect("the block is held"))
             .collect();
         parts::join(&self.core_bytes(), blocks.iter().map(Vec::as_slice))
@@ -213,7 +220,7 @@ impl SessionMemory {
                 cfg.num_layers
             )));
         }
-        let (first_block, held) = (header.blocks.start, header.blocks.end - header.blocks.start);
+        let held = header.blocks.len();
         if held != blocks.len() as u64 {
             return Err(SessionFormatError::Corrupt(format!(
                 "the core names {held} archive blocks, {} were given",
@@ -240,16 +247,17 @@ impl SessionMemory {
             }
             expect_done(&br)?;
         }
+        let numbers: Vec<u64> = header.blocks.iter().collect();
         let memory = per_layer
             .iter()
             .map(|blocks| {
                 LayerMemory::read_core(
                     &mut r,
+                    header.version,
                     config,
                     layout.shared_operators(),
                     &shape,
-                    first_block,
-                    blocks,
+                    (&numbers, blocks),
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -2,21 +2,21 @@
 //! and joined into the one-file form of [`super::SessionMemory::to_bytes`]. A store keeps the parts
 //! (the core in the session's row, one row per block) and needs only these byte-level functions.
 
-use std::ops::Range;
-
-use super::{FORMAT_VERSION, MAGIC};
+use super::{HeldBlocks, FORMAT_VERSION, MAGIC};
 use crate::memory::codec::{Reader, Writer};
 use crate::memory::SessionFormatError;
 
 /// What a core says before its layers: identity, layout and the blocks it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CoreHeader {
+    /// The format the core was written in (1 to [`FORMAT_VERSION`]).
+    pub version: u32,
     pub fingerprint: String,
     /// The memory layout as JSON.
     pub layout: String,
     pub layers: u32,
     /// The session-wide numbers of the archive blocks the memory holds.
-    pub blocks: Range<u64>,
+    pub blocks: HeldBlocks,
 }
 
 impl CoreHeader {
@@ -24,7 +24,7 @@ impl CoreHeader {
     pub fn read(r: &mut Reader<'_>) -> Result<Self, SessionFormatError> {
         read_magic(r)?;
         let version = r.u32()?;
-        if version != FORMAT_VERSION {
+        if !(1..=FORMAT_VERSION).contains(&version) {
             return Err(SessionFormatError::Version {
                 found: version,
                 supported: FORMAT_VERSION,
@@ -33,16 +33,54 @@ impl CoreHeader {
         let fingerprint = r.str()?.to_string();
         let layout = r.str()?.to_string();
         let layers = r.u32()?;
-        let (first, held) = (r.u64()?, r.u64()?);
-        let end = first
-            .checked_add(held)
-            .ok_or_else(|| SessionFormatError::Corrupt(format!("{held} blocks from {first}")))?;
+        let blocks = if version == 1 {
+            // One run: the oldest held block and how many.
+            let (first, held) = (r.u64()?, r.u64()?);
+            let end = first.checked_add(held).ok_or_else(|| {
+                SessionFormatError::Corrupt(format!("{held} blocks from {first}"))
+            })?;
+            HeldBlocks::of_range(first..end)
+        } else {
+            // Runs of held blocks: how many, then each run's first block and length. Read one
+            // at a time: a corrupt count ends with the bytes, not with an allocation.
+            let count = r.u64()?;
+            let mut runs = Vec::new();
+            for _ in 0..count {
+                runs.push([r.u64()?, r.u64()?]);
+            }
+            HeldBlocks::of_runs(runs).ok_or_else(|| {
+                SessionFormatError::Corrupt(
+                    "the held archive blocks are not ascending runs apart from each other".into(),
+                )
+            })?
+        };
         Ok(Self {
+            version,
             fingerprint,
             layout,
             layers,
-            blocks: first..end,
+            blocks,
         })
+    }
+
+    /// Writes the header as [`CoreHeader::read`] reads it, in this build's format.
+    pub fn write(
+        w: &mut Writer,
+        fingerprint: &str,
+        layout: &str,
+        layers: u32,
+        blocks: &HeldBlocks,
+    ) {
+        w.u64(u64::from_le_bytes(*MAGIC));
+        w.u32(FORMAT_VERSION);
+        w.str(fingerprint);
+        w.str(layout);
+        w.u32(layers);
+        w.u64(blocks.runs().len() as u64);
+        for &[start, count] in blocks.runs() {
+            w.u64(start);
+            w.u64(count);
+        }
     }
 
     /// The header of `core`.
@@ -85,10 +123,10 @@ impl MemoryParts {
         }
         let (core, blocks) = split(bytes)?;
         let named = CoreHeader::of(core)?.blocks;
-        if named.end - named.start != blocks.len() as u64 {
+        if named.len() != blocks.len() as u64 {
             return Err(SessionFormatError::Corrupt(format!(
                 "the core names {} archive blocks, {} follow it",
-                named.end - named.start,
+                named.len(),
                 blocks.len()
             )));
         }
@@ -104,9 +142,9 @@ impl MemoryParts {
     }
 
     /// The numbers of the held blocks, as the core names them (empty for a fresh memory).
-    pub fn block_numbers(&self) -> Result<Range<u64>, SessionFormatError> {
+    pub fn block_numbers(&self) -> Result<HeldBlocks, SessionFormatError> {
         if self.core.is_empty() {
-            return Ok(0..0);
+            return Ok(HeldBlocks::default());
         }
         CoreHeader::of(&self.core).map(|header| header.blocks)
     }

@@ -2,7 +2,7 @@ use super::*;
 use crate::engine::generate::prefill;
 use crate::ltm::LtmConfig;
 use crate::memory::spill::ScratchDir;
-use crate::memory::MemoryConfig;
+use crate::memory::{MemoryConfig, Retention};
 use crate::model::llama::tests::{tiny, tiny_with_context};
 use crate::model::Precision;
 use tch::{Device, Tensor};
@@ -28,6 +28,8 @@ fn layout_with(archive_int8: bool, spill_dir: Option<&std::path::Path>) -> Memor
         block_len: 4,
         top_k_blocks: 2,
         archive_budget: 16,
+        archive_retention: Retention::Fifo,
+        archive_budget_bytes: None,
         ltm: Some(ltm),
         ltm_chunk_len: 8,
         archive_int8,
@@ -100,10 +102,7 @@ fn a_turns_reading_counts_every_pick_once() {
         reading.selected.iter().sum::<u64>() + reading.selected_then_left,
         reading.picks
     );
-    assert_eq!(
-        reading.blocks,
-        memory.archive_blocks().end - reading.first_block
-    );
+    assert_eq!(reading.held(), memory.archive_blocks());
     assert_eq!(reading.block_len, 4);
     let mass = reading.signal_mass.expect("the signal holds points");
     assert!(mass > 0.0 && mass < 1.0, "{mass}");
@@ -191,28 +190,30 @@ fn archive_blocks_can_be_written_incrementally() {
     let mut memory = filled(&model, &layout, 40);
     let mut stored: std::collections::BTreeMap<u64, Vec<u8>> = memory
         .archive_blocks()
+        .iter()
         .map(|b| (b, memory.block_bytes(b).unwrap()))
         .collect();
     let before = memory.archive_blocks();
     let _ = prefill(&model, memory.caches(), &tokens(9, 3), 4).unwrap();
     let after = memory.archive_blocks();
-    assert!(after.end > before.end, "{before:?} → {after:?}");
-    for block in before.end..after.end {
+    let end = |held: &HeldBlocks| held.iter().last().unwrap() + 1;
+    assert!(end(&after) > end(&before), "{before:?} → {after:?}");
+    for block in end(&before)..end(&after) {
         stored.insert(block, memory.block_bytes(block).unwrap());
     }
-    for block in after.clone() {
+    for block in after.iter() {
         assert_eq!(
             stored[&block],
             memory.block_bytes(block).unwrap(),
             "block {block} changed"
         );
     }
-    stored.retain(|b, _| after.contains(b));
+    stored.retain(|&b, _| after.contains(b));
     let blocks: Vec<&[u8]> = stored.values().map(Vec::as_slice).collect();
     let rebuilt =
         SessionMemory::from_parts(&memory.core_bytes(), &blocks, &model, &layout).unwrap();
     assert_eq!(rebuilt.to_bytes(), memory.to_bytes());
-    assert!(memory.block_bytes(after.end).is_none());
+    assert!(memory.block_bytes(end(&after)).is_none());
 
     // The one-file form splits, without the model, into exactly the core and the held blocks.
     let whole = memory.to_bytes();
@@ -358,4 +359,90 @@ fn a_fork_shares_the_past_until_either_writes_then_each_continues_exactly() {
         assert_eq!(child.to_bytes(), as_child.to_bytes());
         assert_eq!(parent.to_bytes(), as_parent.to_bytes());
     }
+}
+
+/// [`layout`] with sticky retention (issue 19) and an archive of 32 tokens: blocks of 4, chunks of
+/// 8 leaving for the signal, so the newest 6 blocks are protected and the 2–4 before them judged.
+fn sticky_layout() -> MemoryLayout {
+    let config = MemoryConfig {
+        archive_retention: Retention::Sticky,
+        archive_budget: 32,
+        ..layout().config().clone()
+    };
+    MemoryLayout::new(config, 128, Device::Cpu).unwrap()
+}
+
+/// Sticky retention over a session: after every forward pass the archive is within its budget,
+/// every layer holds the same blocks, and blocks leave out of order once reads differ; the
+/// stickiness round-trips exactly through the bytes, the store's parts and a fork, and each copy
+/// then continues exactly as the original.
+#[test]
+fn a_sticky_archive_lets_blocks_go_out_of_order_and_round_trips_exactly() {
+    let (model, layout) = (tiny(Precision::F32), sticky_layout());
+    let mut memory = SessionMemory::new(&model, &layout);
+    let mut out_of_order = false;
+    for part in tokens(300, 2).chunks(7) {
+        let _ = prefill(&model, memory.caches(), part, 3).unwrap();
+        let held = memory.archive_blocks();
+        assert!(held.len() * 4 <= 32, "{held:?} is over the budget");
+        for layer in memory.caches().iter() {
+            assert_eq!(HeldBlocks::of_numbers(layer.archive_numbers()), held);
+        }
+        out_of_order |= held.runs().len() > 1;
+    }
+    assert!(out_of_order, "blocks never left out of order");
+    let stickiness = memory.take_reading().stickiness;
+    assert_eq!(stickiness.len() as u64, memory.archive_blocks().len());
+    assert!(stickiness.iter().any(|&s| s > 0.0), "{stickiness:?}");
+
+    let bytes = memory.to_bytes();
+    let parts = MemoryParts::split(&bytes).unwrap();
+    let blocks: Vec<&[u8]> = parts.blocks.iter().map(Vec::as_slice).collect();
+    let mut from_parts = SessionMemory::from_parts(&parts.core, &blocks, &model, &layout).unwrap();
+    let mut from_bytes = SessionMemory::from_bytes(&bytes, &model, &layout).unwrap();
+    let mut fork = memory.fork();
+    assert_eq!(from_bytes.to_bytes(), bytes);
+    assert_eq!(fork.to_bytes(), bytes);
+    let more = tokens(30, 3);
+    let expected = prefill(&model, memory.caches(), &more, 3).unwrap();
+    for copy in [&mut from_parts, &mut from_bytes, &mut fork] {
+        assert!(prefill(&model, copy.caches(), &more, 3)
+            .unwrap()
+            .equal(&expected));
+        assert_eq!(copy.to_bytes(), memory.to_bytes());
+    }
+}
+
+/// A memory saved in format 1 (before sticky retention: one run of blocks named by the first and
+/// the count, no stickiness in the layers' cores) loads, and is the same memory.
+#[test]
+fn a_memory_saved_in_format_1_loads() {
+    let (model, layout) = (tiny(Precision::F32), layout());
+    let memory = filled(&model, &layout, 100);
+    let held = memory.archive_blocks();
+    assert_eq!(held.runs().len(), 1);
+    let mut header = Writer::new();
+    header.u64(u64::from_le_bytes(*MAGIC));
+    header.u32(1);
+    header.str(&memory.fingerprint);
+    header.str(&layout_text(&layout));
+    header.u32(memory.layers.len() as u32);
+    header.u64(held.iter().next().unwrap());
+    header.u64(held.len());
+    let mut core = header.into_bytes();
+    for layer in &memory.layers {
+        let mut w = Writer::new();
+        layer.write_core(&mut w);
+        let mut bytes = w.into_bytes();
+        // Format 2 ends each layer's core with its stickiness, here absent: one `false`.
+        assert_eq!(bytes.pop(), Some(0));
+        core.extend(bytes);
+    }
+    let blocks: Vec<Vec<u8>> = held
+        .iter()
+        .map(|n| memory.block_bytes(n).unwrap())
+        .collect();
+    let old = parts::join(&core, blocks.iter().map(Vec::as_slice));
+    let loaded = SessionMemory::from_bytes(&old, &model, &layout).unwrap();
+    assert_eq!(loaded.to_bytes(), memory.to_bytes());
 }

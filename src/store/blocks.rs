@@ -3,12 +3,10 @@
 //! change once written, so a turn inserts only the new ones and deletes those the memory let go.
 //! Every function runs on the connection of the caller's transaction.
 
-use std::ops::Range;
-
 use sqlx::{AnyConnection, Row};
 
 use super::StoreError;
-use crate::session::{MemoryParts, SessionFormatError};
+use crate::session::{HeldBlocks, MemoryParts, SessionFormatError};
 
 /// A stored memory that cannot be read as core and blocks.
 pub fn unreadable(id: &str, error: SessionFormatError) -> StoreError {
@@ -25,7 +23,7 @@ pub async fn insert_all(
     parts: &MemoryParts,
 ) -> Result<(), StoreError> {
     let numbers = parts.block_numbers().map_err(|e| unreadable(id, e))?;
-    for (number, bytes) in numbers.zip(&parts.blocks) {
+    for (number, bytes) in numbers.iter().zip(&parts.blocks) {
         insert(conn, id, number, bytes).await?;
     }
     Ok(())
@@ -50,27 +48,47 @@ async fn insert(
     Ok(done.rows_affected() == 1)
 }
 
-/// A turn's block changes: inserts `new` (skipping any already stored), deletes the blocks below
-/// `held`, and checks that the session then has exactly `held`. Returns (written, deleted).
+/// A turn's block changes: inserts `new` (skipping any already stored), deletes the blocks not
+/// in `held` (the oldest, or with sticky retention any that left), and checks that the session
+/// then has exactly `held`. Returns (written, deleted).
 pub async fn advance(
     conn: &mut AnyConnection,
     id: &str,
     new: &[(u64, Vec<u8>)],
-    held: &Range<u64>,
+    held: &HeldBlocks,
 ) -> Result<(u64, u64), StoreError> {
     let mut written = 0;
     for (number, bytes) in new {
         written += u64::from(insert(conn, id, *number, bytes).await?);
     }
-    let deleted = sqlx::query("DELETE FROM session_blocks WHERE session_id = $1 AND block < $2")
-        .bind(id)
-        .bind(held.start as i64)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
+    // The oldest blocks in one statement (all that leave with fifo retention), then any other
+    // block that left (sticky retention).
+    let first = held.iter().next().unwrap_or(u64::MAX).min(i64::MAX as u64);
+    let mut deleted = delete(conn, id, "<", first).await?;
+    for number in numbers(conn, id).await? {
+        if !held.contains(number) {
+            deleted += delete(conn, id, "=", number).await?;
+        }
+    }
     let stored = numbers(conn, id).await?;
     expect_exactly(id, &stored, held)?;
     Ok((written, deleted))
+}
+
+/// Deletes the session's blocks whose number is `comparison` (`<` or `=`) `block`; how many.
+async fn delete(
+    conn: &mut AnyConnection,
+    id: &str,
+    comparison: &'static str,
+    block: u64,
+) -> Result<u64, StoreError> {
+    let sql = format!("DELETE FROM session_blocks WHERE session_id = $1 AND block {comparison} $2");
+    Ok(sqlx::query(&sql)
+        .bind(id)
+        .bind(block as i64)
+        .execute(conn)
+        .await?
+        .rows_affected())
 }
 
 /// The session's block numbers, ascending.
@@ -109,13 +127,9 @@ pub fn check_held(id: &str, parts: &MemoryParts, stored: &[u64]) -> Result<(), S
     expect_exactly(id, stored, &named)
 }
 
-fn expect_exactly(id: &str, stored: &[u64], held: &Range<u64>) -> Result<(), StoreError> {
-    let contiguous = stored.windows(2).all(|w| w[1] == w[0] + 1);
-    let found = match (stored.first(), stored.last()) {
-        (Some(&first), Some(&last)) => first..last + 1,
-        _ => held.start..held.start,
-    };
-    if contiguous && found == *held {
+fn expect_exactly(id: &str, stored: &[u64], held: &HeldBlocks) -> Result<(), StoreError> {
+    let found = HeldBlocks::of_numbers(stored);
+    if found == *held {
         Ok(())
     } else {
         Err(StoreError::Blocks {

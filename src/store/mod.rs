@@ -7,12 +7,10 @@ pub mod budget;
 pub mod hot;
 pub mod sql;
 
-use std::ops::Range;
-
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::session::MemoryParts;
+use crate::session::{HeldBlocks, MemoryParts};
 use crate::tokenizer::Transcript;
 
 /// A store failure; the API reports it as a 500 with this message.
@@ -30,11 +28,11 @@ pub enum StoreError {
     Scheme(String),
     #[error("stored memory of session {id} is unreadable: {error}")]
     Memory { id: String, error: String },
-    #[error("session {id} would hold archive blocks {found:?} after the turn, its memory holds {expected:?}; the turn was not stored")]
+    #[error("session {id} would hold archive blocks {found:?} after the turn, its memory holds {expected:?} (runs of [first, count]); the turn was not stored")]
     Blocks {
         id: String,
-        found: Range<u64>,
-        expected: Range<u64>,
+        found: HeldBlocks,
+        expected: HeldBlocks,
     },
 }
 
@@ -73,8 +71,8 @@ pub struct TurnCommit<'a> {
     /// [`crate::session::SessionMemory::core_bytes`] after the turn.
     pub core: &'a [u8],
     /// The blocks the memory holds after the turn ([`crate::session::SessionMemory::archive_blocks`]);
-    /// the store deletes those below and checks that it then holds exactly these.
-    pub blocks: Range<u64>,
+    /// the store deletes the others and checks that it then holds exactly these.
+    pub blocks: HeldBlocks,
     /// The blocks the store does not have yet (numbered), oldest first.
     pub new_blocks: &'a [(u64, Vec<u8>)],
     pub stats: &'a serde_json::Value,

@@ -1,15 +1,8 @@
 //! Unit tests: the chat template's Jinja set-up, streaming decode, special tokens and errors. The
 //! comparison with the reference tokenizer on thousands of strings is tests/tokenizer_reference.rs.
 
+use super::smollm_for_tests as smollm;
 use super::*;
-use crate::gguf::GgufFile;
-
-const MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-fn smollm() -> Tokenizer {
-    let file = GgufFile::open(MODEL).unwrap_or_else(|e| panic!("{e}"));
-    Tokenizer::from_gguf(&file).unwrap()
-}
 
 fn user(content: &str) -> Vec<ChatMessage> {
     vec![ChatMessage::new("user", content)]

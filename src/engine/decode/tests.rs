@@ -1,12 +1,7 @@
 //! One test per per-token rule, with the real tokenizer's text (the default model's GGUF).
 
 use super::*;
-use crate::gguf::GgufFile;
-
-fn smollm() -> Tokenizer {
-    let file = GgufFile::open(crate::model::DEFAULT_MODEL).unwrap_or_else(|e| panic!("{e}"));
-    Tokenizer::from_gguf(&file).unwrap()
-}
+use crate::tokenizer::smollm_for_tests as smollm;
 
 fn ids(tokenizer: &Tokenizer, text: &str) -> Vec<u32> {
     tokenizer.encode(text).unwrap()

@@ -68,29 +68,61 @@ impl Tally {
         }
     }
 
-    fn split_front(self, front: usize, back: usize) -> (Vec<u64>, Self) {
+    /// The same counts with an unread block after the others.
+    fn with_new_block(self) -> Self {
+        match self {
+            Self::Host { counts, rows } => {
+                let blocks = counts.len() / rows;
+                let mut grown = Vec::with_capacity(rows * (blocks + 1));
+                for row in 0..rows {
+                    grown.extend_from_slice(&counts[row * blocks..(row + 1) * blocks]);
+                    grown.push(0);
+                }
+                Self::Host {
+                    counts: grown,
+                    rows,
+                }
+            }
+            Self::Device(counts) => {
+                let fresh = Tensor::zeros([counts.size()[0], 1], (Kind::Int64, counts.device()));
+                Self::Device(Tensor::cat(&[counts, fresh], 1))
+            }
+        }
+    }
+
+    /// The counts without blocks `leaving` (ascending), and the reads of those blocks per row.
+    fn without(self, leaving: &[usize]) -> (Vec<u64>, Self) {
         match self {
             Self::Host { counts, rows } => {
                 let blocks = counts.len() / rows;
                 let mut gone = vec![0; rows];
-                let mut kept = Vec::with_capacity(rows * (blocks - front + back));
-                for (row, counts) in counts.chunks_exact(blocks).enumerate() {
-                    gone[row] = counts[..front].iter().sum();
-                    kept.extend_from_slice(&counts[front..]);
-                    kept.extend(std::iter::repeat_n(0, back));
+                let mut kept = Vec::with_capacity(rows * (blocks - leaving.len()));
+                for (row, gone) in gone.iter_mut().enumerate() {
+                    let counts = &counts[row * blocks..(row + 1) * blocks];
+                    for (block, &count) in counts.iter().enumerate() {
+                        if leaving.binary_search(&block).is_ok() {
+                            *gone += count;
+                        } else {
+                            kept.push(count);
+                        }
+                    }
                 }
                 (gone, Self::Host { counts: kept, rows })
             }
             Self::Device(counts) => {
-                let (rows, blocks) = (counts.size()[0], counts.size()[1]);
-                let gone = counts
-                    .narrow(1, 0, front as i64)
-                    .sum_dim_intlist(1, false, Kind::Int64);
-                let fresh = Tensor::zeros([rows, back as i64], (Kind::Int64, counts.device()));
-                let kept = Tensor::cat(
-                    &[counts.narrow(1, front as i64, blocks - front as i64), fresh],
-                    1,
-                );
+                let blocks = counts.size()[1] as usize;
+                let indices = |wanted: bool| {
+                    let picked: Vec<i64> = (0..blocks)
+                        .filter(|b| leaving.binary_search(b).is_ok() == wanted)
+                        .map(|b| b as i64)
+                        .collect();
+                    Tensor::from_slice(&picked).to_device(counts.device())
+                };
+                let gone =
+                    counts
+                        .index_select(1, &indices(true))
+                        .sum_dim_intlist(1, false, Kind::Int64);
+                let kept = counts.index_select(1, &indices(false));
                 (row_values(&gone), Self::Device(kept))
             }
         }
@@ -163,13 +195,13 @@ impl ReadCounts {
 
     /// One block joined the archive (it has not been read yet).
     pub fn pushed(&mut self) {
-        self.per_block = self.per_block.take().map(|t| t.split_front(0, 1).1);
+        self.per_block = self.per_block.take().map(Tally::with_new_block);
     }
 
-    /// The oldest `blocks` blocks left the archive: their reads move to `of_blocks_gone`.
-    pub fn popped(&mut self, blocks: i64) {
+    /// Held blocks `leaving` (ascending) left the archive: their reads move to `of_blocks_gone`.
+    pub fn removed(&mut self, leaving: &[usize]) {
         if let Some(tally) = self.per_block.take() {
-            let (gone, kept) = tally.split_front(blocks as usize, 0);
+            let (gone, kept) = tally.without(leaving);
             self.of_blocks_gone += gone.first().copied().unwrap_or(0);
             self.per_block = Some(kept);
         }
@@ -210,7 +242,7 @@ mod tests {
             reads.count(&chosen(&[0, 2, 2, 1]), 3); // two heads, k = 2
             reads.pushed();
             reads.count(&chosen(&[3, 0, 3, 2]), 4);
-            reads.popped(1); // block 0 (read twice) leaves
+            reads.removed(&[0]); // block 0 (read twice) leaves
             let taken = reads.take();
             assert_eq!(taken.per_block, vec![1, 3, 2]);
             assert_eq!(taken.of_blocks_gone, 2);

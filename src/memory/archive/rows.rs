@@ -143,11 +143,15 @@ impl Rows {
         })
     }
 
-    /// Removes the oldest `n` tokens, returned in the model's dtype.
-    pub fn take_front(&mut self, n: i64) -> Tensor {
+    /// Removes blocks `blocks` (ascending, `block_len` tokens each), returned in that order in the
+    /// model's dtype ([`Window::take_blocks`]).
+    pub fn take_blocks(&mut self, blocks: &[i64], block_len: i64) -> Tensor {
         StoredRows {
-            codes: self.codes.take_front(n),
-            scales: self.scales.as_mut().map(|w| w.take_front(n)),
+            codes: self.codes.take_blocks(blocks, block_len),
+            scales: self
+                .scales
+                .as_mut()
+                .map(|w| w.take_blocks(blocks, block_len)),
         }
         .dequantise()
     }

@@ -88,6 +88,18 @@ impl LayerShape {
     }
 }
 
+/// Stored stickiness: f32, one per held block.
+fn stickiness_of(t: Tensor, blocks: usize) -> Result<Vec<f32>, SessionFormatError> {
+    if t.kind() != Kind::Float || t.size() != [blocks as i64] {
+        return Err(SessionFormatError::Corrupt(format!(
+            "the archive's stickiness has shape {:?} of {:?}; expected [{blocks}] of Float",
+            t.size(),
+            t.kind()
+        )));
+    }
+    Vec::<f32>::try_from(t).map_err(|e| SessionFormatError::Corrupt(e.to_string()))
+}
+
 fn write_window(w: &mut Writer, window: &Window) {
     w.optional_tensor(window.view().as_ref());
 }
@@ -138,6 +150,9 @@ impl LayerMemory {
             w.tensor(&p.values);
             w.tensor(&p.bias);
         }
+        // Since format 2: each held block's stickiness (f32, oldest first), when kept.
+        let stickiness = self.archive.stickiness().map(Tensor::from_slice);
+        w.optional_tensor(stickiness.as_ref());
     }
 
     /// Held archive block `index` (0 the oldest held), exactly as stored: keys, values and the
@@ -155,9 +170,14 @@ impl LayerMemory {
         }
     }
 
-    /// The session-wide number of the oldest held archive block, and how many are held.
-    pub(crate) fn archive_span(&self) -> (u64, i64) {
-        (self.archive.first_block(), self.archive.blocks())
+    /// Each held archive block's stickiness (sticky retention), oldest first.
+    pub(crate) fn archive_stickiness(&self) -> Option<&[f32]> {
+        self.archive.stickiness()
+    }
+
+    /// The session-wide numbers of the held archive blocks, ascending.
+    pub(crate) fn archive_numbers(&self) -> &[u64] {
+        self.archive.numbers()
     }
 
     /// Reads one block written by [`LayerMemory::write_block`] (int8 when `int8`).
@@ -206,14 +226,15 @@ impl LayerMemory {
         })
     }
 
-    /// The inverse of [`LayerMemory::write_core`], with the archive's blocks read separately.
+    /// The inverse of [`LayerMemory::write_core`] of format `version`, with the archive's blocks
+    /// (numbered `numbers`) read separately.
     pub(crate) fn read_core(
         r: &mut Reader,
+        version: u32,
         config: &MemoryConfig,
         operators: Option<MemoryOperators>,
         shape: &LayerShape,
-        first_block: u64,
-        blocks: &[Block],
+        (numbers, blocks): (&[u64], &[Block]),
     ) -> Result<Self, SessionFormatError> {
         let (sinks, stm, chunk) = (
             config.sinks as i64,
@@ -287,10 +308,17 @@ impl LayerMemory {
         } else {
             None
         };
+        let stickiness = if version >= 2 {
+            r.optional_tensor(Device::Cpu)?
+                .map(|t| stickiness_of(t, blocks.len()))
+                .transpose()?
+        } else {
+            None
+        };
         let continuous = operators.map(|ops| ContinuousTier::restore(ops, memory, points));
         let mut archive = super::new_archive(config);
         archive
-            .restore(first_block, blocks)
+            .restore(numbers, blocks, stickiness)
             .map_err(|e| SessionFormatError::Spill(e.to_string()))?;
         Ok(Self {
             archive,
