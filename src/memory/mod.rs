@@ -132,4 +132,47 @@ mod tests {
             12_060
         );
     }
+
+    /// A byte budget becomes a token budget for the model, in whole LTM chunks, when it is the
+    /// smaller; one that holds no chunk is refused, naming the field.
+    #[test]
+    fn a_byte_budget_resolves_into_tokens_for_the_model() {
+        let model = crate::model::llama::tests::tiny(crate::model::Precision::F32);
+        let c = model.config();
+        let config = MemoryConfig {
+            stm_len: 32,
+            block_len: 16,
+            ltm_chunk_len: 64,
+            ..MemoryConfig::default()
+        };
+        let per_token = archive_bytes_per_token(
+            &config,
+            [c.num_layers, c.num_kv_heads, c.head_dim],
+            Kind::Float,
+        );
+        let budget = |bytes| {
+            let config = MemoryConfig {
+                archive_budget_bytes: Some(bytes),
+                ..config.clone()
+            };
+            MemoryLayout::for_model(config, &model).map(|l| l.config().archive_budget)
+        };
+        assert_eq!(
+            budget(per_token * 150),
+            Ok(128),
+            "150 tokens of bytes: two chunks"
+        );
+        assert_eq!(
+            budget(u64::MAX),
+            Ok(config.archive_budget),
+            "the token budget is smaller"
+        );
+        assert!(matches!(
+            budget(per_token * 10),
+            Err(MemoryConfigError::OutOfRange {
+                field: "archive_budget_bytes",
+                ..
+            })
+        ));
+    }
 }
