@@ -244,10 +244,15 @@ fn run_reading(
 }
 
 fn write_report(args: &MemoryEvalArgs, results: &[ReadingResult]) -> Result<()> {
-    std::fs::write(&args.out, report::markdown(args, results))
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    write_results(&args.out, &report::markdown(args, results), results)
+}
+
+/// The report `markdown` to `out`, and the numbers `results` as JSON beside it (what
+/// [`earlier_results`] reads back).
+fn write_results<T: Serialize>(out: &std::path::Path, markdown: &str, results: &[T]) -> Result<()> {
+    std::fs::write(out, markdown).with_context(|| format!("writing {}", out.display()))?;
     std::fs::write(
-        args.out.with_extension("json"),
+        out.with_extension("json"),
         serde_json::to_string_pretty(results)?,
     )?;
     Ok(())

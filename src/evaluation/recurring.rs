@@ -13,7 +13,8 @@
 
 use crate::engine::generate::prefill;
 use crate::model::{LayerCache, Llama, ModelError};
-use crate::tokenizer::{Tokenizer, TokenizerError};
+use crate::tokenizer::Tokenizer;
+use anyhow::bail;
 
 use super::passkey::{answer_names, ANSWER_TOKENS, FILLER, INTRO, QUESTION};
 
@@ -47,7 +48,7 @@ pub fn trial(
     length: usize,
     key: u32,
     uses: usize,
-) -> Result<Trial, TokenizerError> {
+) -> anyhow::Result<Trial> {
     let statement = tokenizer.encode(&format!(
         "\nThe pass key is {key}. Remember it. {key} is the pass key.\n"
     ))?;
@@ -67,6 +68,13 @@ pub fn trial(
         parts.push(Part::Text(gap));
         parts.push(Part::Ask(question.clone()));
         parts.push(Part::Text(confirmation.clone()));
+    }
+    if used + question.len() > length {
+        bail!(
+            "a conversation of {length} tokens cannot hold the fact and {uses} uses ({used} \
+             tokens before the last question): give --lengths of at least {}",
+            used + question.len()
+        );
     }
     let rest = length.saturating_sub(used + question.len() + filler.len());
     parts.push(Part::Text(next_text(rest)));
@@ -96,7 +104,9 @@ pub fn answers<C: LayerCache>(
         match part {
             Part::Text(tokens) => {
                 unfed.extend(tokens);
-                let _ = prefill(model, caches, &unfed, chunk)?;
+                if !unfed.is_empty() {
+                    let _ = prefill(model, caches, &unfed, chunk)?;
+                }
                 unfed.clear();
             }
             Part::Ask(question) => {
@@ -144,5 +154,10 @@ mod tests {
             .sum();
         let length = fed + 3 * ANSWER_TOKENS;
         assert!((11_900..=12_000).contains(&length), "{length}");
+        let short = super::trial(&tokenizer, 0, 4_000, 12_345, 3).unwrap_err();
+        assert!(
+            short.to_string().contains("--lengths of at least"),
+            "{short}"
+        );
     }
 }

@@ -229,13 +229,7 @@ fn write_report(
     results: &[ReadingResult],
     device: tch::Device,
 ) -> Result<()> {
-    std::fs::write(&args.out, markdown(args, results, device))
-        .with_context(|| format!("writing {}", args.out.display()))?;
-    std::fs::write(
-        args.out.with_extension("json"),
-        serde_json::to_string_pretty(results)?,
-    )?;
-    Ok(())
+    super::write_results(&args.out, &markdown(args, results, device), results)
 }
 
 fn markdown(args: &RetentionEvalArgs, results: &[ReadingResult], device: tch::Device) -> String {
