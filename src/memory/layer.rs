@@ -269,13 +269,7 @@ impl LayerMemory {
         let held = first.archive.blocks() as usize;
         let protected = protected_blocks(config.archive_budget / config.block_len)
             .min(held.saturating_sub(count));
-        let mut stickiness = vec![0f32; held];
-        for layer in layers.iter() {
-            let layer_stickiness = layer.archive.stickiness().unwrap_or_default();
-            for (sum, s) in stickiness.iter_mut().zip(layer_stickiness) {
-                *sum += s;
-            }
-        }
+        let stickiness = Self::summed_stickiness(layers.iter().map(|layer| &**layer));
         let leaving = least_sticky(&stickiness, count, protected);
         for layer in layers.iter_mut() {
             let (keys, values) = layer.archive.release(&leaving);

@@ -131,14 +131,7 @@ impl SessionMemory {
     pub fn take_reading(&mut self) -> TurnReading {
         let block_len = self.layers.first().map_or(0, |l| l.config().block_len);
         let held = self.archive_blocks();
-        let mut stickiness: Vec<f32> = vec![];
-        for layer in &self.layers {
-            let layer_stickiness = layer.archive_stickiness().unwrap_or_default();
-            stickiness.resize(layer_stickiness.len(), 0.0);
-            for (sum, s) in stickiness.iter_mut().zip(layer_stickiness) {
-                *sum += s;
-            }
-        }
+        let stickiness = LayerMemory::summed_stickiness(&self.layers);
         let layers = self
             .layers
             .iter_mut()

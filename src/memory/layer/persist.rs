@@ -170,9 +170,20 @@ impl LayerMemory {
         }
     }
 
-    /// Each held archive block's stickiness (sticky retention), oldest first.
-    pub(crate) fn archive_stickiness(&self) -> Option<&[f32]> {
-        self.archive.stickiness()
+    /// Each held archive block's stickiness summed over one session's `layers` (which hold the
+    /// same blocks), oldest first; empty when stickiness is not kept (`fifo` retention).
+    pub(crate) fn summed_stickiness<'a>(
+        layers: impl IntoIterator<Item = &'a LayerMemory>,
+    ) -> Vec<f32> {
+        let mut sum: Vec<f32> = vec![];
+        for layer in layers {
+            let stickiness = layer.archive.stickiness().unwrap_or_default();
+            sum.resize(stickiness.len(), 0.0);
+            sum.iter_mut()
+                .zip(stickiness)
+                .for_each(|(sum, s)| *sum += s);
+        }
+        sum
     }
 
     /// The session-wide numbers of the held archive blocks, ascending.
