@@ -22,17 +22,35 @@ pub enum Precision {
     F32,
     /// bf16 weights and activations (norms and softmax statistics in f32 inside libtorch).
     Bf16,
-    /// int4 weights in groups of 32 with bf16 activations (CPU only): the fastest on this machine.
+    /// int4 weights in groups of 32 (CPU only), a memory in bf16, and activations in bf16 or f32 by
+    /// the CPU ([`Precision::compute_kind`]): the fastest on this machine.
     #[default]
     Int4,
 }
 
 impl Precision {
-    /// The kind of activations (and of dense weights) this precision computes in.
+    /// The kind of this precision's activations where they are held: the session memory's keys
+    /// and values, the token embeddings, and dense weights. The same on every CPU, so a memory
+    /// saved on one machine reads the same on another.
     pub fn activation_kind(self) -> Kind {
         match self {
             Precision::F32 => Kind::Float,
             Precision::Bf16 | Precision::Int4 => Kind::BFloat16,
+        }
+    }
+
+    /// The kind the matrix products, norms and feed-forward of many rows (prefill) compute in.
+    /// int4: bf16 where the CPU multiplies it natively, else f32 ([`prefill_kind`]): there bf16
+    /// bought no speed (libtorch widens it to f32 for every product anyway) and cost answers: a
+    /// bf16 round after every norm, product and SwiGLU moved the README's first example from
+    /// "The capital of France is Paris." to nonsense on an AVX2 CPU (its first token's margin,
+    /// ln p(The) − ln p(L), is 0.08 in f32, −0.01 with bf16 activations, +0.04 with only the
+    /// attention's inputs in bf16). The attention still reads the memory in
+    /// [`Precision::activation_kind`].
+    pub fn compute_kind(self) -> Kind {
+        match self {
+            Precision::Int4 => prefill_kind(),
+            other => other.activation_kind(),
         }
     }
 

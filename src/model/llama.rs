@@ -168,7 +168,8 @@ impl RmsNorm {
 struct Attention {
     qkv_proj: Linear, // [(H + 2·H_kv)·D, C]: q_proj, k_proj, v_proj stacked
     o_proj: Linear,   // [C, H·D]
-    /// The kind of the queries, keys and values the cache takes (the precision's activations).
+    /// The kind of the queries, keys and values the cache takes and reads in (the precision's
+    /// [`Precision::activation_kind`], whatever the kind computed in around it).
     kind: Kind,
     num_heads: i64,
     num_kv_heads: i64,
@@ -241,20 +242,21 @@ impl Attention {
                 return Ok(o_proj.multiply(&context?));
             }
         }
-        let qkv = Tensor::from_slice(&qkv)
-            .reshape([b, t, qkv_proj.rows() as i64])
-            .to_kind(self.kind);
-        let context = self.attend(&qkv, cache, rope)?.to_kind(Kind::Float);
+        let qkv = Tensor::from_slice(&qkv).reshape([b, t, qkv_proj.rows() as i64]);
+        let context = self.attend(&qkv, cache, rope)?; // f32, as qkv
         Ok(o_proj.multiply(&Vec::<f32>::try_from(context.reshape([-1]))?))
     }
 
-    /// The heads of `qkv` `[B, T, (H + 2·H_kv)·D]` through the cache: `[B, T, H·D]`.
+    /// The heads of `qkv` `[B, T, (H + 2·H_kv)·D]` through the cache: `[B, T, H·D]`, in the kind
+    /// of `qkv`; the cache takes and reads them in its own kind ([`Attention::kind`]).
     fn attend(
         &self,
         qkv: &Tensor,
         cache: &mut impl LayerCache,
         rope: &RopeTable,
     ) -> Result<Tensor, ModelError> {
+        let compute_kind = qkv.kind();
+        let qkv = qkv.to_kind(self.kind);
         let (b, t, _) = qkv.size3()?;
         let (h, h_kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let heads = |start: i64, count: i64| {
@@ -273,7 +275,10 @@ impl Attention {
         let context = cache.attend(&queries, &keys, &values, rope)?;
         // ─────────────────────────────────────────────────────────────────────────────────────────
 
-        Ok(context.transpose(1, 2).reshape([b, t, h * d])) // [B, T, H·D]
+        Ok(context
+            .transpose(1, 2)
+            .reshape([b, t, h * d]) // [B, T, H·D]
+            .to_kind(compute_kind))
     }
 }
 
@@ -350,7 +355,7 @@ impl Block {
         let prefix = format!("model.layers.{layer}");
         let norm = |weights: &mut Weights, name: &str| {
             let name = format!("{prefix}.{name}.weight");
-            let kind = options.precision.activation_kind();
+            let kind = options.precision.compute_kind();
             RmsNorm::new(weights, &name, cfg, options.device, kind)
         };
         Ok(Self {
