@@ -6,6 +6,7 @@ pub mod batch;
 pub mod channel;
 pub mod decode;
 pub mod generate;
+mod heap;
 pub mod sampler;
 pub mod scheduler;
 pub mod sequence;

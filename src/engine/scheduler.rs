@@ -22,6 +22,7 @@ use std::sync::{mpsc as std_mpsc, Arc};
 use super::batch::decode_rows;
 use super::channel::{Finished, Job, MemoryCheck, MemorySource, Request, TurnFailure};
 use super::generate::{token_row, PREFILL_CHUNK};
+use super::heap;
 use super::sequence::{Phase, Sequence, StepContext};
 use super::stats::EngineStats;
 use crate::memory::{MemoryConfig, MemoryLayout};
@@ -122,6 +123,7 @@ impl Scheduler {
         let mut running: Vec<Sequence> = Vec::new();
         loop {
             if running.is_empty() && waiting.is_empty() {
+                heap::release_free_memory();
                 match queue.recv() {
                     Ok(request) => self.take(request, &mut waiting),
                     Err(_) => return,
