@@ -7,7 +7,9 @@ mod reads;
 mod retention;
 mod rows;
 pub use reads::LayerReads;
-pub use retention::{least_sticky, protected_blocks, Stickiness, STICKY_HALF_LIFE};
+pub use retention::{
+    least_sticky, protected_blocks, Stickiness, SINK_LIKE_BLOCKS, STICKY_HALF_LIFE,
+};
 pub use rows::{quantise, StoredRows};
 
 use super::spill::{SpillError, Storage};
@@ -84,11 +86,25 @@ impl Archive {
     }
 
     /// Adds the attention mass `masses[i]` that held block `chosen[i]` received (the choices of
-    /// every row, KV head and segment) to its stickiness, when kept.
+    /// every row, KV head and segment) to its stickiness, when kept; none to the conversation's
+    /// first [`SINK_LIKE_BLOCKS`] blocks.
     pub fn add_mass(&mut self, chosen: &[i64], masses: &[f32]) {
-        if let Some(stickiness) = &mut self.stickiness {
-            stickiness.add(chosen, masses);
-        }
+        let Some(stickiness) = &mut self.stickiness else {
+            return;
+        };
+        let numbers = &self.numbers;
+        let sink_like = |block: i64| {
+            numbers
+                .get(block as usize)
+                .is_some_and(|&n| n < SINK_LIKE_BLOCKS)
+        };
+        stickiness.add(
+            chosen
+                .iter()
+                .zip(masses)
+                .filter(|(&block, _)| !sink_like(block))
+                .map(|(&block, &mass)| (block, mass)),
+        );
     }
 
     /// The same archive counting how often each block is selected ([`Archive::take_reads`]).

@@ -366,25 +366,28 @@ fn a_fork_shares_the_past_until_either_writes_then_each_continues_exactly() {
 fn sticky_layout() -> MemoryLayout {
     let config = MemoryConfig {
         archive_retention: Retention::Sticky,
-        archive_budget: 32,
+        // 16 blocks, 4 of them judged: enough for one block to stand out of their mean.
+        archive_budget: 64,
         ..layout().config().clone()
     };
     MemoryLayout::new(config, 128, Device::Cpu).unwrap()
 }
 
 /// Sticky retention over a session: after every forward pass the archive is within its budget,
-/// every layer holds the same blocks, and blocks leave out of order once reads differ; the
-/// stickiness round-trips exactly through the bytes, the store's parts and a fork, and each copy
-/// then continues exactly as the original.
+/// every layer holds the same blocks, and blocks leave out of order once reads differ (the random
+/// model reads its blocks alike, within the margin that counts as text read as text; block 3 is
+/// used on top of that); the stickiness round-trips exactly through the bytes, the store's parts
+/// and a fork, and each copy then continues exactly as the original.
 #[test]
 fn a_sticky_archive_lets_blocks_go_out_of_order_and_round_trips_exactly() {
     let (model, layout) = (tiny(Precision::F32), sticky_layout());
     let mut memory = SessionMemory::new(&model, &layout);
     let mut out_of_order = false;
     for part in tokens(300, 2).chunks(7) {
+        memory.layers.iter_mut().for_each(|l| l.use_block(3, 100.0));
         let _ = prefill(&model, memory.caches(), part, 3).unwrap();
         let held = memory.archive_blocks();
-        assert!(held.len() * 4 <= 32, "{held:?} is over the budget");
+        assert!(held.len() * 4 <= 64, "{held:?} is over the budget");
         for layer in memory.caches().iter() {
             assert_eq!(HeldBlocks::of_numbers(layer.archive_numbers()), held);
         }

@@ -191,6 +191,15 @@ impl LayerMemory {
         self.archive.numbers()
     }
 
+    /// Adds `mass` to the stickiness of held block number `number` (if held), as if the queries
+    /// had used it: for tests of retention with a model whose reads are all alike.
+    #[cfg(test)]
+    pub(crate) fn use_block(&mut self, number: u64, mass: f32) {
+        if let Some(index) = self.archive.numbers().iter().position(|&n| n == number) {
+            self.archive.add_mass(&[index as i64], &[mass]);
+        }
+    }
+
     /// Reads one block written by [`LayerMemory::write_block`] (int8 when `int8`).
     pub(crate) fn read_block(
         r: &mut Reader,
