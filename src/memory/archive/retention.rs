@@ -97,11 +97,16 @@ impl Stickiness {
 /// blocks' mean counts as none. Fewer when fewer are judged.
 pub fn least_sticky(stickiness: &[f32], count: usize, protected: usize) -> Vec<usize> {
     let judged = stickiness.len().saturating_sub(protected);
-    let mean = stickiness[..judged].iter().sum::<f32>() / judged.max(1) as f32;
-    let kept_for = |s: f32| if s > STICKY_MARGIN * mean { s } else { 0.0 };
+    let judged_part = &stickiness[..judged];
+    let mean = judged_part.iter().sum::<f32>() / judged.max(1) as f32;
+    // What each judged block is kept for: its stickiness above the margin, else none.
+    let worth: Vec<f32> = judged_part
+        .iter()
+        .map(|&s| if s > STICKY_MARGIN * mean { s } else { 0.0 })
+        .collect();
     let mut order: Vec<usize> = (0..judged).collect();
-    // Stable: equal stickiness keeps the older block first.
-    order.sort_by(|&a, &b| kept_for(stickiness[a]).total_cmp(&kept_for(stickiness[b])));
+    // Stable: equal worth keeps the older block first.
+    order.sort_by(|&a, &b| worth[a].total_cmp(&worth[b]));
     order.truncate(count);
     order.sort_unstable();
     order
