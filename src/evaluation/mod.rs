@@ -43,8 +43,9 @@ pub struct MemoryEvalArgs {
     /// Keys per length.
     #[arg(long, default_value_t = 5)]
     pub keys: usize,
-    /// Only the readings whose names contain one of these (comma-separated); all by default.
-    #[arg(long, value_delimiter = ',')]
+    /// Only the readings whose names contain this text (repeat the flag for several; names hold
+    /// commas, so one flag is one piece of text); all by default.
+    #[arg(long)]
     pub only: Vec<String>,
     /// Tokens per forward pass while reading a prompt.
     #[arg(long, default_value_t = crate::engine::generate::PREFILL_CHUNK)]

@@ -43,8 +43,9 @@ pub struct RetentionEvalArgs {
     /// Archive budgets (tokens) of the bounded readings.
     #[arg(long, value_delimiter = ',', default_values_t = [8_192, 32_768])]
     pub budgets: Vec<usize>,
-    /// Only the readings whose names contain one of these (comma-separated); all by default.
-    #[arg(long, value_delimiter = ',')]
+    /// Only the readings whose names contain this text (repeat the flag for several; names hold
+    /// commas, so one flag is one piece of text); all by default.
+    #[arg(long)]
     pub only: Vec<String>,
     /// Skip the perplexity (two 32k-token passes per reading).
     #[arg(long)]
@@ -283,4 +284,47 @@ fn markdown(args: &RetentionEvalArgs, results: &[ReadingResult], device: tch::De
         md.push_str(&row);
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        args: RetentionEvalArgs,
+    }
+
+    fn names(flags: &[&str]) -> Vec<String> {
+        let argv = ["retention", "--text", "text.txt"]
+            .into_iter()
+            .chain(flags.iter().copied());
+        let command = Command::try_parse_from(argv).expect("the flags parse");
+        readings(&command.args)
+            .into_iter()
+            .map(|r| r.name)
+            .collect()
+    }
+
+    /// A reading's name holds commas, so `--only` takes each piece of text whole (repeated for
+    /// several): one reading named in full is that reading alone.
+    #[test]
+    fn only_picks_readings_by_a_piece_of_their_name_commas_included() {
+        let budget = ["--budgets", "8192"];
+        let one = [&budget[..], &["--only", "budget 8192, sticky, signal on"]].concat();
+        assert_eq!(names(&one), ["budget 8192, sticky, signal on"]);
+        let two = [
+            &budget[..],
+            &["--only", "fifo, signal off", "--only", "unbounded"],
+        ]
+        .concat();
+        assert_eq!(names(&two).len(), 2, "{:?}", names(&two));
+        assert_eq!(
+            names(&["--budgets", "8192,32768"]).len(),
+            9,
+            "every reading by default"
+        );
+    }
 }
