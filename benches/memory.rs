@@ -16,7 +16,8 @@
 //! `INFINI_BENCH_DECODE` (tokens decoded per point per round, default 24), `INFINI_BENCH_ROUNDS`
 //! (default 4), `INFINI_BENCH_HISTORY` (points, default `100,1000,7800,8000,32000,100000`),
 //! `INFINI_BENCH_PEER=0` to skip the peer, `INFINI_BENCH_KEEP=<dir>` to keep each point's prefilled
-//! memory there (serialised, named by history and layout) and read it back in later runs.
+//! memory there (serialised, named by history and layout) and read it back in later runs,
+//! `INFINI_BENCH_RETENTION=sticky` for the archive's sticky retention (default `fifo`).
 
 mod common;
 
@@ -24,10 +25,10 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use common::{cpu_description, env_list, median, peer, prompt, GGUF};
 use infini::engine::generate::{generate, prefill, GenerateOptions, Greedy};
-use infini::memory::{MemoryConfig, MemoryLayout};
+use infini::memory::{MemoryConfig, MemoryLayout, Retention};
 use infini::model::{Checkpoint, KvCache, LayerCache, Llama, ModelOptions};
 use infini::session::SessionMemory;
 
@@ -110,7 +111,14 @@ fn main() -> Result<()> {
     let checkpoint = Checkpoint::open(root.join(GGUF)).context("run ./scripts/setup.sh first")?;
     let model = checkpoint.load(ModelOptions::default())?;
     let context = model.config().max_position_embeddings as usize;
-    let config = MemoryConfig::default();
+    let config = MemoryConfig {
+        archive_retention: match std::env::var("INFINI_BENCH_RETENTION").as_deref() {
+            Ok("sticky") => Retention::Sticky,
+            Ok("fifo") | Err(_) => Retention::Fifo,
+            Ok(other) => bail!("INFINI_BENCH_RETENTION is fifo or sticky, not `{other}`"),
+        },
+        ..MemoryConfig::default()
+    };
     let layout = MemoryLayout::new(config.clone(), context, model.options().device)?;
     let uncounted_layout = MemoryLayout::new(
         MemoryConfig {
@@ -124,9 +132,10 @@ fn main() -> Result<()> {
     let decoded = decode * rounds;
     println!("{}", cpu_description());
     println!(
-        "batch 1, {threads} decode threads, int4, default memory layout (L_stm {}, top-{} blocks of {}), \
-         {rounds} interleaved rounds of {decode} tokens at each point, median time per token",
-        config.stm_len, config.top_k_blocks, config.block_len
+        "batch 1, {threads} decode threads, int4, default memory layout (L_stm {}, top-{} blocks of {}, \
+         {:?} retention), {rounds} interleaved rounds of {decode} tokens at each point, median time \
+         per token",
+        config.stm_len, config.top_k_blocks, config.block_len, config.archive_retention
     );
 
     // The peer at the points that fit its context.

@@ -59,14 +59,15 @@ impl<C: LayerCache> Rows<'_, C> {
             }
         }
         if !reads.is_empty() {
-            let mut read = host_attention::read(&reads)
+            let mut outputs = host_attention::read(&reads)
                 .ok_or_else(|| unread(step))?
                 .into_iter();
             self.calls += 1;
             for (context, cache) in contexts.iter_mut().zip(self.rows.iter_mut()) {
                 if context.is_none() {
-                    cache.after_read(rope)?;
-                    *context = read.next();
+                    let output = outputs.next().ok_or_else(|| unread(step))?;
+                    cache.after_read(&output, rope)?;
+                    *context = Some(output.context);
                 }
             }
         }

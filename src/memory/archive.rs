@@ -85,10 +85,10 @@ impl Archive {
         self.stickiness.as_ref().map(Stickiness::values)
     }
 
-    /// Adds the attention mass `masses[i]` that held block `chosen[i]` received (the choices of
-    /// every row, KV head and segment) to its stickiness, when kept; none to the conversation's
-    /// first [`SINK_LIKE_BLOCKS`] blocks.
-    pub fn add_mass(&mut self, chosen: &[i64], masses: &[f32]) {
+    /// Adds each `(block, mass)`'s attention mass to held block `block`'s stickiness (the choices
+    /// of every row, KV head and segment), when kept; none to the conversation's first
+    /// [`SINK_LIKE_BLOCKS`] blocks.
+    pub fn add_mass(&mut self, reads: impl IntoIterator<Item = (i64, f32)>) {
         let Some(stickiness) = &mut self.stickiness else {
             return;
         };
@@ -98,13 +98,7 @@ impl Archive {
                 .get(block as usize)
                 .is_some_and(|&n| n < SINK_LIKE_BLOCKS)
         };
-        stickiness.add(
-            chosen
-                .iter()
-                .zip(masses)
-                .filter(|(&block, _)| !sink_like(block))
-                .map(|(&block, &mass)| (block, mass)),
-        );
+        stickiness.add(reads.into_iter().filter(|&(block, _)| !sink_like(block)));
     }
 
     /// The same archive counting how often each block is selected ([`Archive::take_reads`]).

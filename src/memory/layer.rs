@@ -402,9 +402,10 @@ impl LayerCache for LayerMemory {
     /// [`LayerMemory::attend`] for one new token per row on host memory, its first half: the
     /// token joins its tier and each key/value head's queries (summed) rank the archive's blocks
     /// on the host; the read returned covers sinks, STM and the chosen blocks where they lie, in
-    /// one softmax of ours ([`host_attention::read`]). Declined, with nothing changed, where the
-    /// joint read needs tensors: the signal's points (their ln w_k bias), an int8 archive, a GPU,
-    /// or nothing held yet.
+    /// one softmax of ours ([`host_attention::read`]), which with sticky retention also weighs
+    /// each chosen block (its mass goes to its stickiness in [`LayerCache::after_read`]).
+    /// Declined, with nothing changed, where the joint read needs tensors: the signal's points
+    /// (their ln w_k bias), an int8 archive, a GPU, or nothing held yet.
     fn take_in_rows(
         &mut self,
         step: &HostStep,
@@ -413,9 +414,7 @@ impl LayerCache for LayerMemory {
         let (keys, values) = (self.keys.buffer()?, self.values.buffer()?);
         let points = self.points().is_some();
         let exact = self.archive.blocks() == 0 || self.archive.is_exact();
-        // A sticky archive needs each block's share of the softmax, which the joint read gives.
-        let sticky = self.archive.stickiness().is_some() && self.archive.blocks() > 0;
-        if !step.fits(keys) || !step.fits(values) || points || !exact || sticky {
+        if !step.fits(keys) || !step.fits(values) || points || !exact {
             return None;
         }
         let start = self.keys.len() + i64::from(self.evicted);
@@ -443,7 +442,7 @@ impl LayerCache for LayerMemory {
         let chosen = self
             .archive
             .choose_on_host(&query_sums, [b, h_kv], self.config.top_k_blocks);
-        let pasts = self.pasts(chosen);
+        let pasts = self.pasts(chosen, self.archive.stickiness().is_some());
         Some(
             pasts
                 .ok_or_else(|| unread(step))
@@ -455,8 +454,15 @@ impl LayerCache for LayerMemory {
         )
     }
 
-    /// The second half of a host step: the STM's overflow leaves for the archive.
-    fn after_read(&mut self, rope: &RopeTable) -> Result<(), ModelError> {
+    /// The second half of a host step: the chosen blocks' mass joins their stickiness (sticky
+    /// retention; the same shares of the softmax as [`LayerMemory::read_tiers`] adds), then the
+    /// STM's overflow leaves for the archive.
+    fn after_read(
+        &mut self,
+        read: &host_attention::Output,
+        rope: &RopeTable,
+    ) -> Result<(), ModelError> {
+        self.archive.add_mass(read.block_mass.iter().copied());
         self.evict_overflow(rope)
     }
 
@@ -641,13 +647,13 @@ impl LayerMemory {
             Some(chosen) => Some(Vec::<i64>::try_from(chosen.reshape([-1])).ok()?),
             None => None,
         };
-        host_attention::decode(q, self.pasts(chosen)?)
+        host_attention::decode(q, self.pasts(chosen, false)?)
     }
 
     /// What a decode step reads where it lies: the sinks and the STM whole, and the `chosen`
-    /// archive blocks (`[B, H_kv, k]`, row-major). `None` when nothing is held or the archive is
-    /// not exact.
-    fn pasts(&self, chosen: Option<Vec<i64>>) -> Option<Vec<Past>> {
+    /// archive blocks (`[B, H_kv, k]`, row-major), each weighed if `weigh`. `None` when nothing
+    /// is held or the archive is not exact.
+    fn pasts(&self, chosen: Option<Vec<i64>>, weigh: bool) -> Option<Vec<Past>> {
         let (keys, values) = (self.keys.view()?, self.values.view()?);
         let mut pasts = vec![Past::Whole { keys, values }];
         if let Some(chosen) = chosen {
@@ -657,6 +663,7 @@ impl LayerMemory {
                 values,
                 chosen,
                 block_len: self.archive.block_len(),
+                weigh,
             });
         }
         Some(pasts)
@@ -669,7 +676,7 @@ impl LayerMemory {
         let chosen = Vec::<i64>::try_from(host(chosen, Kind::Int64));
         let masses = Vec::<f32>::try_from(host(masses, Kind::Float));
         if let (Ok(chosen), Ok(masses)) = (chosen, masses) {
-            self.archive.add_mass(&chosen, &masses);
+            self.archive.add_mass(chosen.into_iter().zip(masses));
         }
     }
 

@@ -50,9 +50,14 @@ pub trait LayerCache {
     }
 
     /// The second half of [`LayerCache::attend_rows`], once the read of
-    /// [`LayerCache::take_in_rows`] has run: what the cache does after its queries have read
-    /// (the session memory's STM overflow leaves for the archive here).
-    fn after_read(&mut self, _rope: &RopeTable) -> Result<(), ModelError> {
+    /// [`LayerCache::take_in_rows`] has run and given `read`: what the cache does after its
+    /// queries have read (the session memory adds the mass its archive blocks received to their
+    /// stickiness, and its STM overflow leaves for the archive here).
+    fn after_read(
+        &mut self,
+        _read: &host_attention::Output,
+        _rope: &RopeTable,
+    ) -> Result<(), ModelError> {
         Ok(())
     }
 
@@ -79,10 +84,10 @@ pub trait LayerCache {
             Ok(read) => read,
             Err(e) => return Some(Err(e)),
         };
-        let context = host_attention::read(std::slice::from_ref(&read))
-            .and_then(|reads| reads.into_iter().next())
+        let output = host_attention::read(std::slice::from_ref(&read))
+            .and_then(|outputs| outputs.into_iter().next())
             .ok_or_else(|| unread(step));
-        Some(context.and_then(|context| self.after_read(rope).map(|()| context)))
+        Some(output.and_then(|output| self.after_read(&output, rope).map(|()| output.context)))
     }
 }
 

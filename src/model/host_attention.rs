@@ -132,6 +132,9 @@ pub enum Past {
         /// `[B, H_kv, k]`, row-major.
         chosen: Vec<i64>,
         block_len: i64,
+        /// Whether the read reports the share of the softmax each chosen block received
+        /// ([`Output::block_mass`]): each block is then read as a run of its own.
+        weigh: bool,
     },
 }
 
@@ -142,6 +145,19 @@ impl Past {
         }
     }
 }
+
+/// What one [`Read`] gives.
+pub struct Output {
+    /// `[B, H_kv, G, D]` f32 rows.
+    pub context: Vec<f32>,
+    /// For a weighed [`Past::Blocks`]: `(block, mass)` for each chosen block of each batch row
+    /// and head, `mass` being the share of that head's softmax its rows received, summed over the
+    /// head's G queries (the archive's stickiness, `memory::archive::retention`); empty otherwise.
+    pub block_mass: BlockMass,
+}
+
+/// `(block, mass)` pairs: each weighed archive block with the softmax mass its rows received.
+pub type BlockMass = Vec<(i64, f32)>;
 
 /// One decode step's read on host memory: `queries` `[B, H_kv, G, D]` as f32 rows (rotated, not
 /// yet scaled by 1/√D) against everything in `pasts`, all visible, in one softmax.
@@ -184,14 +200,14 @@ pub fn decode(queries: &Tensor, pasts: Vec<Past>) -> Option<Tensor> {
         return None;
     }
     let q = Vec::<f32>::try_from(queries.to_kind(Kind::Float).contiguous().reshape([-1])).ok()?;
-    let [out] = <[Vec<f32>; 1]>::try_from(read(&[Read {
+    let [out] = <[Output; 1]>::try_from(read(&[Read {
         queries: q,
         shape: [b, h_kv, g, d],
         pasts,
     }])?)
     .ok()?;
     Some(
-        Tensor::from_slice(&out)
+        Tensor::from_slice(&out.context)
             .reshape([b, h_kv, g, d])
             .to_kind(queries.kind()),
     )
@@ -200,11 +216,11 @@ pub fn decode(queries: &Tensor, pasts: Vec<Past>) -> Option<Tensor> {
 /// Every read in one parallel region: the runs of all reads' heads are split over the threads
 /// together and each head's parts merged exactly, so a read gives the same bits as when it is run
 /// alone, and a step of B sequences costs one region per layer instead of B. Each read's result is
-/// `[B, H_kv, G, D]` f32 rows. `None` where this does not apply: held rows not on the CPU, of a
+/// its [`Output`]. `None` where this does not apply: held rows not on the CPU, of a
 /// kind other than f32 or bf16 or of different kinds across the reads, not contiguous, or with
 /// shapes that disagree (within a read, or G and D across reads); a block out of range; D not a
 /// multiple of 8; more than [`MAX_QUERIES`] queries; nothing to read.
-pub fn read(reads: &[Read]) -> Option<Vec<Vec<f32>>> {
+pub fn read(reads: &[Read]) -> Option<Vec<Output>> {
     let [_, _, g, d] = reads.first()?.shape;
     let kind = reads.first()?.held_kind()?;
     let mut heads = 0;
@@ -221,28 +237,38 @@ pub fn read(reads: &[Read]) -> Option<Vec<Vec<f32>>> {
         .flat_map(|read| read.queries.iter().map(|q| q * scale))
         .collect();
     let shape = (heads, g as usize);
-    let out = match kind {
+    let (out, block_mass) = match kind {
         Kind::Float => attend(&q, &runs::<f32>(reads)?, shape)?,
         _ => attend(&q, &runs::<Bf16>(reads)?, shape)?,
     };
-    let mut rest = out.as_slice();
+    let (mut rest, mut heads_after) = (out.as_slice(), block_mass.into_iter());
     Some(
         reads
             .iter()
             .map(|read| {
                 let (mine, after) = rest.split_at(read.queries.len());
                 rest = after;
-                mine.to_vec()
+                let [b, h_kv, ..] = read.shape;
+                Output {
+                    context: mine.to_vec(),
+                    block_mass: heads_after
+                        .by_ref()
+                        .take((b * h_kv) as usize)
+                        .flatten()
+                        .collect(),
+                }
             })
             .collect(),
     )
 }
 
-/// A run of rows that one key/value head reads: keys and values `[len, D]`.
+/// A run of rows that one key/value head reads: keys and values `[len, D]`, and the archive block
+/// they belong to where the read weighs its blocks.
 struct Run<'a, E> {
     head: usize,
     keys: Rows<'a, E>,
     values: Rows<'a, E>,
+    block: Option<i64>,
 }
 
 /// The rows of `t` `[B, H_kv, L, D]` for head `head` (b·H_kv + h), `start..start + len`, as a
@@ -280,13 +306,17 @@ fn runs<'a, E: Element>(reads: &'a [Read]) -> Option<Vec<Run<'a, E>>> {
     for read in reads {
         let [b, h_kv, ..] = read.shape;
         let heads = (b * h_kv) as usize;
-        let mut push = |keys: &'a Tensor, values: &'a Tensor, head: usize, start: i64, len: i64| {
+        let mut push = |[keys, values]: [&'a Tensor; 2],
+                        head: usize,
+                        (start, len): (i64, i64),
+                        block: Option<i64>| {
             for at in (start..start + len).step_by(PART_LEN) {
                 let n = (start + len - at).min(PART_LEN as i64);
                 runs.push(Run {
                     head: first_head + head,
                     keys: rows(keys, head, at, n)?,
                     values: rows(values, head, at, n)?,
+                    block,
                 });
             }
             Some(())
@@ -295,21 +325,30 @@ fn runs<'a, E: Element>(reads: &'a [Read]) -> Option<Vec<Run<'a, E>>> {
             match past {
                 Past::Whole { keys, values } => {
                     let l = keys.size()[2];
-                    (0..heads).try_for_each(|head| push(keys, values, head, 0, l))?;
+                    (0..heads).try_for_each(|head| push([keys, values], head, (0, l), None))?;
                 }
                 Past::Blocks {
                     keys,
                     values,
                     chosen,
                     block_len,
+                    weigh,
                 } => {
                     if chosen.is_empty() || !chosen.len().is_multiple_of(heads) {
                         return None;
                     }
                     let k = chosen.len() / heads;
                     for (head, blocks) in chosen.chunks_exact(k).enumerate() {
-                        for (first, count) in spans(blocks) {
-                            push(keys, values, head, first * block_len, count * block_len)?;
+                        if *weigh {
+                            for &block in blocks {
+                                let rows = (block * block_len, *block_len);
+                                push([keys, values], head, rows, Some(block))?;
+                            }
+                        } else {
+                            for (first, count) in spans(blocks) {
+                                let rows = (first * block_len, count * block_len);
+                                push([keys, values], head, rows, None)?;
+                            }
                         }
                     }
                 }
@@ -337,8 +376,13 @@ fn spans(blocks: &[i64]) -> Vec<(i64, i64)> {
     spans
 }
 
-/// Every run's partial softmax over the threads, then merged per head.
-fn attend<E: Element>(q: &[f32], runs: &[Run<E>], (heads, g): (usize, usize)) -> Option<Vec<f32>> {
+/// Every run's partial softmax over the threads, then merged per head: the context rows, and for
+/// each head its weighed runs' `(block, mass)` ([`Output::block_mass`]).
+fn attend<E: Element>(
+    q: &[f32],
+    runs: &[Run<E>],
+    (heads, g): (usize, usize),
+) -> Option<(Vec<f32>, Vec<BlockMass>)> {
     let d = q.len() / (heads * g);
     let partials: Vec<Mutex<Option<Partial>>> = runs.iter().map(|_| Mutex::new(None)).collect();
     let isa = Isa::best();
@@ -348,20 +392,25 @@ fn attend<E: Element>(q: &[f32], runs: &[Run<E>], (heads, g): (usize, usize)) ->
         let partial = kernel::part(isa, queries, &run.keys, &run.values);
         *partials[part].lock().expect("each part is written once") = Some(partial);
     });
-    let mut parts_of_head: Vec<Vec<Partial>> = (0..heads).map(|_| vec![]).collect();
+    let mut parts_of_head: Vec<Vec<(Option<i64>, Partial)>> = (0..heads).map(|_| vec![]).collect();
     for (run, partial) in runs.iter().zip(partials) {
         let partial = partial.into_inner().ok()??;
-        parts_of_head[run.head].push(partial);
+        parts_of_head[run.head].push((run.block, partial));
     }
     let mut out = vec![0f32; heads * g * d];
+    let mut block_mass = vec![];
     for (parts, out) in parts_of_head.iter().zip(out.chunks_exact_mut(g * d)) {
+        let mut masses: Vec<(i64, f32)> = parts
+            .iter()
+            .filter_map(|(block, _)| block.map(|block| (block, 0.0)))
+            .collect();
         for (query, out) in out.chunks_exact_mut(d).enumerate() {
             let top = parts
                 .iter()
-                .map(|p| p.max[query])
+                .map(|(_, p)| p.max[query])
                 .fold(f32::NEG_INFINITY, f32::max);
             let mut total = 0f32;
-            for p in parts {
+            for (_, p) in parts {
                 let weight = (p.max[query] - top).exp();
                 total += weight * p.sum[query];
                 let weighted = &p.weighted[query * d..(query + 1) * d];
@@ -371,10 +420,16 @@ fn attend<E: Element>(q: &[f32], runs: &[Run<E>], (heads, g): (usize, usize)) ->
             }
             if total > 0.0 {
                 out.iter_mut().for_each(|o| *o /= total);
+                // Each weighed run's share: its e^{m − M} l over the whole Σ e^{m − M} l.
+                let weighed = parts.iter().filter(|(block, _)| block.is_some());
+                for ((_, mass), (_, p)) in masses.iter_mut().zip(weighed) {
+                    *mass += (p.max[query] - top).exp() * p.sum[query] / total;
+                }
             }
         }
+        block_mass.push(masses);
     }
-    Some(out)
+    Some((out, block_mass))
 }
 
 /// One part's scores, softmax statistics and weighted values, compiled for each instruction set.
@@ -704,8 +759,11 @@ mod tests {
         }
     }
 
+    /// Blocks read where they lie equal the same blocks gathered after the window into one
+    /// softmax; weighed, each block's reported mass is the softmax probability its rows received,
+    /// summed over the head's queries.
     #[test]
-    fn blocks_read_in_place_equal_the_gathered_copy() {
+    fn blocks_read_in_place_equal_the_gathered_copy_and_weigh_each_block() {
         // A window of 70 rows and, per head, blocks 3 and 0 (then 1 and 2) of an archive of four
         // blocks of 8: one softmax over the window and the chosen blocks.
         let q = values(&[1, 2, 3, 16], 0.4);
@@ -714,8 +772,7 @@ mod tests {
         let archive_keys = values(&[1, 2, 32, 16], 0.7);
         let archive_values = values(&[1, 2, 32, 16], 0.8);
         let chosen = [3i64, 0, 1, 2]; // [B = 1, H_kv = 2, k = 2]
-        let got = decode(
-            &q,
+        let pasts = |chosen: &[i64], weigh| {
             vec![
                 Past::Whole {
                     keys: window_keys.shallow_clone(),
@@ -726,10 +783,10 @@ mod tests {
                     values: archive_values.shallow_clone(),
                     chosen: chosen.to_vec(),
                     block_len: 8,
+                    weigh,
                 },
-            ],
-        )
-        .expect("applies on the CPU");
+            ]
+        };
         let gather = |rows: &Tensor, head: i64, blocks: [i64; 2]| {
             let picked: Vec<Tensor> = blocks
                 .iter()
@@ -737,6 +794,23 @@ mod tests {
                 .collect();
             Tensor::cat(&picked, 2)
         };
+        let to_vec = |t: Tensor| Vec::<f32>::try_from(t.reshape([-1])).unwrap();
+        let read_of = |weigh| {
+            let [out] = <[Output; 1]>::try_from(
+                read(&[Read {
+                    queries: to_vec(q.shallow_clone()),
+                    shape: [1, 2, 3, 16],
+                    pasts: pasts(&chosen, weigh),
+                }])
+                .expect("applies on the CPU"),
+            )
+            .ok()
+            .expect("one read, one output");
+            out
+        };
+        let (plain, weighed) = (read_of(false), read_of(true));
+        assert!(plain.block_mass.is_empty());
+        let mut masses = weighed.block_mass.iter();
         for (head, blocks) in [(0i64, [3i64, 0]), (1, [1, 2])] {
             let keys = Tensor::cat(
                 &[
@@ -752,22 +826,31 @@ mod tests {
                 ],
                 2,
             );
-            let want = reference(&q.narrow(1, head, 1), &keys, &values);
-            let error = (got.narrow(1, head, 1) - want)
-                .abs()
-                .max()
-                .double_value(&[]);
-            assert!(error < 1e-5, "head {head}: off by {error}");
+            let q_head = q.narrow(1, head, 1);
+            let want = reference(&q_head, &keys, &values);
+            for out in [&plain, &weighed] {
+                let got = Tensor::from_slice(&out.context).view([1, 2, 3, 16]);
+                let error = (got.narrow(1, head, 1) - &want)
+                    .abs()
+                    .max()
+                    .double_value(&[]);
+                assert!(error < 1e-5, "head {head}: off by {error}");
+            }
+            // [3 queries, 70 + 16 keys]: each chosen block's 8 columns after the window's 70.
+            let p = (q_head.matmul(&keys.transpose(2, 3)) / 4.0)
+                .softmax(-1, Kind::Float)
+                .view([3, 86]);
+            for (slot, &block) in blocks.iter().enumerate() {
+                let want = p.narrow(1, 70 + 8 * slot as i64, 8).sum(Kind::Float);
+                let &(got_block, got) = masses.next().expect("a mass per chosen block");
+                assert_eq!(got_block, block);
+                let error = (f64::from(got) - want.double_value(&[])).abs();
+                assert!(error < 1e-6, "head {head}, block {block}: off by {error}");
+            }
         }
+        assert!(masses.next().is_none());
         // A block beyond the archive is declined, not read.
-        let beyond = [4i64, 0, 1, 2];
-        let past = Past::Blocks {
-            keys: archive_keys.shallow_clone(),
-            values: archive_values.shallow_clone(),
-            chosen: beyond.to_vec(),
-            block_len: 8,
-        };
-        assert!(decode(&q, vec![past]).is_none());
+        assert!(decode(&q, pasts(&[4, 0, 1, 2], false)).is_none());
     }
 
     /// Every instruction set's kernel on one part whose length is not a whole number of tiles

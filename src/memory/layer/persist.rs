@@ -196,7 +196,7 @@ impl LayerMemory {
     #[cfg(test)]
     pub(crate) fn use_block(&mut self, number: u64, mass: f32) {
         if let Some(index) = self.archive.numbers().iter().position(|&n| n == number) {
-            self.archive.add_mass(&[index as i64], &[mass]);
+            self.archive.add_mass([(index as i64, mass)]);
         }
     }
 

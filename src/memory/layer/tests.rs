@@ -356,49 +356,64 @@ fn projection_row(q: &Tensor, k: &Tensor, v: &Tensor) -> Vec<f32> {
 /// A decode step on host memory (`attend_rows`: RoPE, the tiers, the ranking of blocks and the
 /// read, all without tensors of the step) equals the tensor path's `attend` step for step, in
 /// f32, while sinks fill, blocks leave the STM, and the archive grows past the top k; the tiers
-/// and the counted reads end the same.
+/// and the counted reads end the same, and with sticky retention so do the blocks' stickiness
+/// (the host read weighs each chosen block as the joint read does).
 #[test]
 fn host_steps_equal_the_tensor_path() {
-    tch::manual_seed(13);
-    let rope = Rope::new(DIM as usize, 10000.0).table(512, Kind::Float, Device::Cpu);
-    let config = small(2, 8, 2, 1000);
-    let mut host = LayerMemory::new(config.clone(), None);
-    let mut tensors = LayerMemory::new(config, None);
-    let f32_step = |t| {
-        let (q, k, v) = step(t);
-        (
-            q.to_kind(Kind::Float),
-            k.to_kind(Kind::Float),
-            v.to_kind(Kind::Float),
-        )
-    };
-    let (q, k, v) = f32_step(3);
-    let _ = host.attend(&q, &k, &v, &rope).unwrap();
-    let _ = tensors.attend(&q, &k, &v, &rope).unwrap();
-    for _ in 0..40 {
-        let (q, k, v) = f32_step(1);
-        let qkv = projection_row(&q, &k, &v);
-        let step = HostStep {
-            qkv: &qkv,
-            shape: [1, HEADS, KV_HEADS, DIM],
-            kind: Kind::Float,
+    for retention in [Retention::Fifo, Retention::Sticky] {
+        tch::manual_seed(13);
+        let rope = Rope::new(DIM as usize, 10000.0).table(512, Kind::Float, Device::Cpu);
+        let config = MemoryConfig {
+            archive_retention: retention,
+            ..small(2, 8, 2, 1000)
         };
-        let ours = host
-            .attend_rows(&step, &rope)
-            .expect("a host step applies to an f32 memory on the CPU")
-            .unwrap();
-        let want = tensors.attend(&q, &k, &v, &rope).unwrap();
-        let want = Vec::<f32>::try_from(want.reshape([-1])).unwrap();
-        for (got, want) in ours.iter().zip(&want) {
-            assert!((got - want).abs() < 1e-5, "{got} against {want}");
+        let mut host = LayerMemory::new(config.clone(), None);
+        let mut tensors = LayerMemory::new(config, None);
+        let f32_step = |t| {
+            let (q, k, v) = step(t);
+            (
+                q.to_kind(Kind::Float),
+                k.to_kind(Kind::Float),
+                v.to_kind(Kind::Float),
+            )
+        };
+        let (q, k, v) = f32_step(3);
+        let _ = host.attend(&q, &k, &v, &rope).unwrap();
+        let _ = tensors.attend(&q, &k, &v, &rope).unwrap();
+        for _ in 0..40 {
+            let (q, k, v) = f32_step(1);
+            let qkv = projection_row(&q, &k, &v);
+            let step = HostStep {
+                qkv: &qkv,
+                shape: [1, HEADS, KV_HEADS, DIM],
+                kind: Kind::Float,
+            };
+            let ours = host
+                .attend_rows(&step, &rope)
+                .expect("a host step applies to an f32 memory on the CPU")
+                .unwrap();
+            let want = tensors.attend(&q, &k, &v, &rope).unwrap();
+            let want = Vec::<f32>::try_from(want.reshape([-1])).unwrap();
+            for (got, want) in ours.iter().zip(&want) {
+                assert!((got - want).abs() < 1e-5, "{got} against {want}");
+            }
+        }
+        assert_eq!(host.stats(), tensors.stats());
+        assert!(
+            host.stats().archive_tokens > 2 * 4,
+            "more blocks than the top k"
+        );
+        assert_eq!(host.take_reads(), tensors.take_reads());
+        let (got, want) = (host.archive.stickiness(), tensors.archive.stickiness());
+        assert_eq!(got.is_some(), retention == Retention::Sticky);
+        if let (Some(got), Some(want)) = (got, want) {
+            assert_eq!(got.len(), want.len());
+            assert!(want.iter().any(|&s| s > 0.0), "the blocks were read");
+            for (got, want) in got.iter().zip(want) {
+                assert!((got - want).abs() < 1e-5, "stickiness {got} against {want}");
+            }
         }
     }
-    assert_eq!(host.stats(), tensors.stats());
-    assert!(
-        host.stats().archive_tokens > 2 * 4,
-        "more blocks than the top k"
-    );
-    assert_eq!(host.take_reads(), tensors.take_reads());
 }
 
 /// With nothing held yet, the host step declines and leaves the memory as it was.
