@@ -245,30 +245,33 @@ fn markdown(args: &RetentionEvalArgs, results: &[ReadingResult], device: tch::De
         report::machine(device),
         args.trials
     );
+    // Every cell measured, in this run or an earlier one (`--resume`), by length then k.
+    let mut columns: Vec<(usize, usize)> = results
+        .iter()
+        .flat_map(|r| r.recall.iter().map(|cell| (cell.0, cell.1)))
+        .collect();
+    columns.sort_unstable();
+    columns.dedup();
     let mut header = String::from("| reading |");
     let mut rule = String::from("|---|");
-    for length in &args.lengths {
-        for uses in &args.uses {
-            let _ = write!(header, " {}k, k = {uses} |", length / 1_000);
-            rule.push_str("---|");
-        }
+    for (length, uses) in &columns {
+        let _ = write!(header, " {}k, k = {uses} |", length / 1_000);
+        rule.push_str("---|");
     }
     header.push_str(" ppl 12k–16k | ppl 28k–32k | bytes at the longest |");
     rule.push_str("---|---|---|");
     let _ = writeln!(md, "{header}\n{rule}");
     for result in results {
         let mut row = format!("| {} |", result.name);
-        for &length in &args.lengths {
-            for &uses in &args.uses {
-                let cell = result.recall.iter().find(|r| (r.0, r.1) == (length, uses));
-                let _ = match cell {
-                    Some(&(_, _, recalled, trials, answered, asked)) if asked > 0 => {
-                        write!(row, " {recalled}/{trials} ({answered}/{asked}) |")
-                    }
-                    Some(&(_, _, recalled, trials, ..)) => write!(row, " {recalled}/{trials} |"),
-                    None => write!(row, " — |"),
-                };
-            }
+        for &(length, uses) in &columns {
+            let cell = result.recall.iter().find(|r| (r.0, r.1) == (length, uses));
+            let _ = match cell {
+                Some(&(_, _, recalled, trials, answered, asked)) if asked > 0 => {
+                    write!(row, " {recalled}/{trials} ({answered}/{asked}) |")
+                }
+                Some(&(_, _, recalled, trials, ..)) => write!(row, " {recalled}/{trials} |"),
+                None => write!(row, " — |"),
+            };
         }
         let ppl = |v: Option<f64>| v.map_or_else(|| "—".into(), |v| format!("{v:.2}"));
         let bytes = result
@@ -297,15 +300,62 @@ mod tests {
         args: RetentionEvalArgs,
     }
 
-    fn names(flags: &[&str]) -> Vec<String> {
+    fn parse(flags: &[&str]) -> RetentionEvalArgs {
         let argv = ["retention", "--text", "text.txt"]
             .into_iter()
             .chain(flags.iter().copied());
-        let command = Command::try_parse_from(argv).expect("the flags parse");
-        readings(&command.args)
+        Command::try_parse_from(argv).expect("the flags parse").args
+    }
+
+    fn names(flags: &[&str]) -> Vec<String> {
+        readings(&parse(flags))
             .into_iter()
             .map(|r| r.name)
             .collect()
+    }
+
+    /// The report shows every cell measured, whichever run measured it (`--resume` with other
+    /// `--lengths` or `--uses`), by length then k, and a dash where a reading lacks one.
+    #[test]
+    fn the_report_shows_every_cell_measured_by_any_run() {
+        let result = |name: &str, recall| ReadingResult {
+            name: name.into(),
+            recall,
+            ..ReadingResult::default()
+        };
+        let results = [
+            result(
+                "fifo",
+                vec![(32_000, 3, 0, 5, 15, 15), (100_000, 3, 0, 5, 15, 15)],
+            ),
+            result(
+                "sticky",
+                vec![(32_000, 0, 1, 5, 0, 0), (32_000, 3, 5, 5, 15, 15)],
+            ),
+        ];
+        let md = markdown(
+            &parse(&["--lengths", "32000", "--uses", "0"]),
+            &results,
+            tch::Device::Cpu,
+        );
+        let row = |start: &str| {
+            md.lines()
+                .find(|l| l.starts_with(start))
+                .expect(start)
+                .to_string()
+        };
+        assert!(
+            row("| reading |").starts_with("| reading | 32k, k = 0 | 32k, k = 3 | 100k, k = 3 |"),
+            "{md}"
+        );
+        assert!(
+            row("| fifo |").starts_with("| fifo | — | 0/5 (15/15) | 0/5 (15/15) |"),
+            "{md}"
+        );
+        assert!(
+            row("| sticky |").starts_with("| sticky | 1/5 | 5/5 (15/15) | — |"),
+            "{md}"
+        );
     }
 
     /// A reading's name holds commas, so `--only` takes each piece of text whole (repeated for
