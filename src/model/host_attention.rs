@@ -152,7 +152,8 @@ pub struct Output {
     pub context: Vec<f32>,
     /// For a weighed [`Past::Blocks`]: `(block, mass)` for each chosen block of each batch row
     /// and head, `mass` being the share of that head's softmax its rows received, summed over the
-    /// head's G queries (the archive's stickiness, `memory::archive::retention`); empty otherwise.
+    /// head's G queries (the archive's stickiness, `memory::archive::retention`; a block longer
+    /// than [`PART_LEN`] comes in several pairs, whose masses add); empty otherwise.
     pub block_mass: BlockMass,
 }
 
